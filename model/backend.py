@@ -1,0 +1,106 @@
+"""The one interface between generation backends (PyTorch, ONNX Runtime) and their users (TUI, batch).
+
+A backend owns a model and its tokenizer. ``stream(prompt, settings)`` returns a ``Generation``:
+an iterator of ``TokenEvent`` that reads ``settings`` anew before every token (so a UI can change
+them mid-way), can be closed early, and tells why it stopped. Sampling, stop handling and the
+block-size window live once in ``model.engine``; a backend only supplies a ``Decoder``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import torch
+
+from model.tokenizer import Unknown
+
+StopReason = Literal["eot", "max_tokens", "stop_string", "stopped"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sampling controls. temperature 0 = greedy (argmax); top_k None = off; top_p 1.0 = off."""
+
+    temperature: float = 0.8
+    top_k: int | None = None
+    top_p: float = 1.0
+    max_new_tokens: int = 500
+    seed: int | None = None  # None: fresh randomness each generation
+    stop: tuple[str, ...] = ()  # stop once the output contains any of these
+    unknown: Unknown = "strict"  # prompt characters outside the vocabulary: error or replace
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)) \
+                or self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1 (or None for off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.unknown not in ("strict", "replace"):
+            raise ValueError(f"unknown must be 'strict' or 'replace', not {self.unknown!r}")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: int
+    text: str
+    prob: float  # the model's own probability: softmax of the raw logits (temperature 1)
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One sampled token, streamed as soon as it exists."""
+
+    index: int  # 0 for the first generated token
+    id: int
+    text: str  # its decoded piece
+    prob: float  # the model's own probability of it (softmax of raw logits, before any knob)
+    top: tuple[Candidate, ...] = ()  # the most likely candidates at this step, best first
+    logits: torch.Tensor | None = field(default=None, repr=False, compare=False)  # (V,) raw
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    backend: Literal["torch", "onnx"]
+    name: str  # the checkpoint or .onnx file it came from
+    vocab_size: int
+    block_size: int
+    device: str  # "cpu", "cuda:0", "CPUExecutionProvider", ...
+    vocab: str | None = None  # the characters, for a character tokenizer
+    config: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+
+class Decoder(Protocol):
+    """One sequence's model state: the only thing a backend must implement for the engine."""
+
+    block_size: int
+    pos: int  # tokens fed since the last reset
+
+    def reset(self) -> None: ...
+
+    def feed(self, ids: list[int]) -> torch.Tensor:
+        """Append ids (pos + len(ids) <= block_size) -> float32 logits (V,) for the next token."""
+        ...
+
+
+class Generation(Protocol):
+    settings: Settings  # may be replaced between tokens
+    prompt_ids: list[int]
+    stop_reason: StopReason | None  # set once iteration has ended
+
+    def __iter__(self) -> Iterator[TokenEvent]: ...
+    def __next__(self) -> TokenEvent: ...
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    def info(self) -> BackendInfo: ...
+    def unknown_chars(self, prompt: str) -> list[str]: ...
+    def stream(self, prompt: str, settings: Settings) -> Generation: ...

@@ -1,0 +1,133 @@
+"""Tokenizers: characters (the lecture's) and GPT-2 byte-level BPE (through tiktoken, offline).
+
+Both implement ``Tokenizer``; both serialise to a small plain dict stored in checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Protocol
+
+EOT = "<|endoftext|>"
+Unknown = Literal["strict", "replace"]
+
+
+class UnknownCharactersError(ValueError):
+    """Raised for text holding characters outside a character vocabulary."""
+
+    def __init__(self, chars: list[str]):
+        self.chars = chars
+        shown = ", ".join(repr(c) for c in chars)
+        super().__init__(
+            f"{len(chars)} character(s) not in the vocabulary: {shown}; "
+            "remove them or use unknown='replace'"
+        )
+
+
+class Tokenizer(Protocol):
+    vocab_size: int
+    eot_id: int
+
+    def encode(self, text: str, unknown: Unknown = "strict") -> list[int]: ...
+    def decode(self, ids: list[int]) -> str: ...
+    def unknown_chars(self, text: str) -> list[str]: ...
+    def to_dict(self) -> dict: ...
+
+
+class CharTokenizer:
+    """One token per character of the training corpus, plus the end-of-text marker as the last id."""
+
+    def __init__(self, chars: str, replacement: str | None = None):
+        if len(set(chars)) != len(chars):
+            raise ValueError("character vocabulary has duplicates")
+        self.chars = chars
+        self.stoi = {c: i for i, c in enumerate(chars)}
+        self.eot_id = len(chars)
+        self.vocab_size = len(chars) + 1
+        # what an unknown character becomes in 'replace' mode: a space if we have one
+        self.replacement = replacement or (" " if " " in self.stoi else chars[0])
+
+    @classmethod
+    def from_text(cls, text: str) -> CharTokenizer:
+        if not text:
+            raise ValueError("cannot build a character vocabulary from empty text")
+        return cls("".join(sorted(set(text))))
+
+    def unknown_chars(self, text: str) -> list[str]:
+        return sorted({c for c in text if c not in self.stoi})
+
+    def encode(self, text: str, unknown: Unknown = "strict") -> list[int]:
+        missing = self.unknown_chars(text)
+        if missing:
+            if unknown == "strict":
+                raise UnknownCharactersError(missing)
+            sub = self.stoi[self.replacement]
+            return [self.stoi.get(c, sub) for c in text]
+        return [self.stoi[c] for c in text]
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(EOT if i == self.eot_id else self.chars[i] for i in ids)
+
+    def to_dict(self) -> dict:
+        return {"kind": "char", "chars": self.chars}
+
+
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+RANKS_ENV = "GPT_BPE_RANKS"
+
+
+def default_ranks_path() -> Path:
+    from model.data import cache_dir
+
+    return Path(os.environ.get(RANKS_ENV) or cache_dir() / "gpt2.tiktoken")
+
+
+class BPETokenizer:
+    """GPT-2's byte-level BPE, loaded from a local ``.tiktoken`` ranks file (no network).
+
+    The ranks file is the one tiktoken publishes as ``r50k_base.tiktoken`` (same as ``gpt2``):
+    one ``base64-token rank`` pair per line. Every byte sequence is encodable, so nothing is unknown.
+    """
+
+    def __init__(self, ranks_path: str | Path | None = None):
+        try:
+            import tiktoken
+            from tiktoken.load import load_tiktoken_bpe
+        except ImportError:
+            raise RuntimeError("the BPE tokenizer needs tiktoken: pip install tiktoken") from None
+        path = Path(ranks_path) if ranks_path else default_ranks_path()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"GPT-2 BPE ranks file not found at {path}; download r50k_base.tiktoken "
+                f"and pass its path or set {RANKS_ENV}"
+            )
+        ranks = load_tiktoken_bpe(str(path))
+        self.ranks_path = str(path)
+        self.eot_id = len(ranks)  # 50256 for the real file
+        self.vocab_size = len(ranks) + 1
+        self._enc = tiktoken.Encoding(
+            name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+            special_tokens={EOT: self.eot_id},
+        )
+
+    def unknown_chars(self, text: str) -> list[str]:
+        return []
+
+    def encode(self, text: str, unknown: Unknown = "strict") -> list[int]:
+        return self._enc.encode(text, allowed_special={EOT})
+
+    def decode(self, ids: list[int]) -> str:
+        return self._enc.decode(ids)
+
+    def to_dict(self) -> dict:
+        return {"kind": "bpe", "encoding": "gpt2"}
+
+
+def tokenizer_from_dict(d: dict, ranks_path: str | Path | None = None) -> Tokenizer:
+    kind = d.get("kind")
+    if kind == "char":
+        return CharTokenizer(d["chars"])
+    if kind == "bpe":
+        return BPETokenizer(ranks_path)
+    raise ValueError(f"unknown tokenizer kind {kind!r}")
