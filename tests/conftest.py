@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny models and tokenizers built in the test, the shared Tiny Shakespeare copy."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import checkpoint
+from model.config import GPTConfig
+from model.gpt import GPT
+from model.tokenizer import CharTokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# CI and this machine have no network: read Tiny Shakespeare from ../shared/data when it is there.
+if "GPT_DATA_DIR" not in os.environ and (SHARED_DATA / "tinyshakespeare.txt").is_file():
+    os.environ["GPT_DATA_DIR"] = str(SHARED_DATA)
+
+# A small text with every printable ASCII character the tests type, so prompts encode.
+TEXT = "".join(chr(c) for c in range(32, 127)) + "\n" + (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
+    "All:\nSpeak, speak.\n\nROMEO:\nBut, soft! what light through yonder window breaks?\n"
+) * 4
+
+
+@pytest.fixture(scope="session")
+def char_tok() -> CharTokenizer:
+    return CharTokenizer.from_text(TEXT)
+
+
+@pytest.fixture(scope="session")
+def tiny_config(char_tok) -> GPTConfig:
+    return GPTConfig(vocab_size=char_tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=16,
+                     dropout=0.0)
+
+
+@pytest.fixture
+def tiny_model(tiny_config) -> GPT:
+    torch.manual_seed(0)
+    return GPT(tiny_config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory, tiny_config, char_tok) -> Path:
+    """A slim checkpoint of a random-weight 2-layer, 16-wide GPT (block 32)."""
+    torch.manual_seed(0)
+    model = GPT(tiny_config)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    checkpoint.save(checkpoint.payload(model, char_tok, {"steps": 0}), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shakespeare_available() -> bool:
+    if not (Path(os.environ.get("GPT_DATA_DIR", ".")) / "tinyshakespeare.txt").is_file():
+        pytest.skip("Tiny Shakespeare not found; set GPT_DATA_DIR")
+    return True
