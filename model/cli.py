@@ -76,3 +76,37 @@ def main(preset_name: str, data: str, out_dir: str, resume: bool, grad_accum: in
     except KeyboardInterrupt:
         raise click.ClickException(f"interrupted; the last evaluation's state is in {out_dir}/ckpt.pt "
                                    "(continue with --resume)") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def report() -> None:
+    """Measure a trained model and draw its learning curve, for a model card."""
+
+
+@report.command("losses")
+@click.argument("ckpt", type=click.Path(dir_okay=False))
+@click.option("--data", default="shakespeare", show_default=True, help="The text it was trained on.")
+def report_losses(ckpt: str, data: str) -> None:
+    """Loss of CKPT over the whole train and val splits (every target once)."""
+    from model.report import split_losses
+
+    try:
+        losses = split_losses(ckpt, data)
+    except (ValueError, DataError, CheckpointError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"train {losses['train']:.4f}  val {losses['val']:.4f}")
+
+
+@report.command("plot")
+@click.argument("metrics", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", default="learning_curve.png", show_default=True, type=click.Path(dir_okay=False),
+              help="PNG to write.")
+@click.option("--title", default="", help="Plot title.")
+def report_plot(metrics: str, out: str, title: str) -> None:
+    """Plot train and val loss against steps from a gpt-train METRICS jsonl."""
+    from model.report import plot_learning_curve
+
+    try:
+        click.echo(plot_learning_curve(metrics, out, title))
+    except (ValueError, KeyError) as e:
+        raise click.ClickException(f"cannot plot {metrics}: {e}") from None

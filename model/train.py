@@ -287,6 +287,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Trainer:
     tokens_per_step = cfg.batch_size * cfg.grad_accum * tr.model.config.block_size
     log(f"{tokens_per_step:,} tokens per step, device {tr.device}, "
         f"autocast {str(tr.amp_dtype).removeprefix('torch.')}")
+    settings = _plain({k: v for k, v in dataclasses.asdict(cfg).items() if k != "model"})
     metrics = open(out / "metrics.jsonl", "a", encoding="utf-8")
     from model.progress import TrainProgress
 
@@ -300,7 +301,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Trainer:
         record(step=tr.step, train_loss=losses["train"], val_loss=losses["val"])
         bar.note(f"step {tr.step}: train {losses['train']:.4f}, val {losses['val']:.4f}")
         meta = {"steps": tr.step, "val_loss": losses["val"], "train_loss": losses["train"],
-                "tokens_seen": tr.step * tokens_per_step}
+                "tokens_seen": tr.step * tokens_per_step, "train_config": settings}
         save_training(tr, tokenizer, meta)
 
     t0 = time.perf_counter()
