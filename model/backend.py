@@ -42,6 +42,8 @@ class Settings:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if isinstance(self.stop, str) or not all(isinstance(x, str) and x for x in self.stop):
+            raise ValueError(f"stop must be a tuple of non-empty strings like ('\\n\\n',), not {self.stop!r}")
         if self.unknown not in ("strict", "replace"):
             raise ValueError(f"unknown must be 'strict' or 'replace', not {self.unknown!r}")
 
@@ -86,7 +88,8 @@ class Decoder(Protocol):
     def reset(self) -> None: ...
 
     def feed(self, ids: list[int]) -> torch.Tensor:
-        """Append ids (pos + len(ids) <= block_size) -> float32 logits (V,) for the next token."""
+        """Append ids (pos + len(ids) <= block_size) -> float32 logits (V,) on the CPU for the next
+        token (sampling runs there, so a seed gives the same draws on every device)."""
         ...
 
 
