@@ -24,6 +24,9 @@ from model.gpt import GPT, Bigram, build_model
 from model.tokenizer import Tokenizer, tokenizer_from_dict
 
 FORMAT = "gpt-from-scratch/1"
+# the shipped model, which every tool opens by default
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
+DEFAULT_CKPT = "shakespeare.pt"
 
 
 class CheckpointError(ValueError):
@@ -45,6 +48,19 @@ def save(payload: dict, path: str | Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def resolve_ckpt(name: str | Path = DEFAULT_CKPT) -> Path:
+    """The checkpoint a user means: the path as given if it exists, else the same relative path
+    inside the shipped checkpoints/ folder (so ``--ckpt shakespeare.pt`` works from anywhere)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = SHIPPED_DIR / path
+    if not path.is_absolute() and shipped.is_file():
+        return shipped
+    where = str(path) if path.is_absolute() else f"{path} (nor {shipped})"
+    raise CheckpointError(f"checkpoint {where} not found; train one with gpt-train or pass --ckpt PATH")
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

@@ -1,0 +1,140 @@
+"""Decode speed at batch 1: the KV cache against nanoGPT-style recompute, and ONNX Runtime.
+
+    python bench/decode.py [--tokens 500] [--runs 3] [--quick]
+
+For the shipped model (when checkpoints/shakespeare.pt exists) and the shakespeare-char preset with
+random weights: tokens/s for `--tokens` new tokens from a short prompt, greedy, through the same
+``Generation`` loop the app uses (so sampling, top candidates and the block-size window are paid
+for), median of `--runs` runs in one process, for
+  cached     model.engine.TorchDecoder: one position per token on a preallocated KV cache
+  recompute  model.engine.RecomputeDecoder: the whole window again every token (nanoGPT's generate)
+  onnx       export.ort_backend on ONNX Runtime's CPU provider (when the export package imports)
+It also states the arithmetic limit: FLOPs per decoded token over the matrix-vector throughput
+measured here on the model's own weight shapes (a batch-1 decode step is a chain of mat-vecs), and
+the fraction of it the cached path reaches; the gap is per-token overhead (Python, dispatch,
+sampling). The last line, for shakespeare-char:
+cached_tok_s=<f> recompute_tok_s=<f> speedup=<f> limit_tok_s=<f> [onnx_tok_s=<f> onnx_vs_torch=<f>]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from model import checkpoint
+from model.backend import Settings
+from model.config import GPTConfig, preset
+from model.engine import Generation, RecomputeDecoder, TorchDecoder
+from model.gpt import GPT
+from model.tokenizer import CharTokenizer
+
+SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "shakespeare.pt"
+PROMPT = "ROMEO:\n"
+SHAKESPEARE_CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def tok_s(make_decoder, tokenizer, tokens: int, runs: int) -> float:
+    """Median tokens/s of greedy generation of `tokens` tokens, one fresh decoder per run."""
+    settings = Settings(temperature=0.0, max_new_tokens=tokens)
+    rates = []
+    for _ in range(runs):
+        gen = Generation(make_decoder(), tokenizer, PROMPT, settings)
+        t = time.perf_counter()
+        n = sum(1 for _ in gen)
+        rates.append(n / (time.perf_counter() - t))
+        if n != tokens:
+            print(f"  (stopped after {n} tokens: {gen.stop_reason})")
+    return statistics.median(rates)
+
+
+def matvec_seconds(shape: tuple[int, int], reps: int = 200) -> float:
+    """Median time of x (1, k) @ W (k, n): what one decode step does with each weight matrix."""
+    x, w = torch.randn(1, shape[0]), torch.randn(*shape)
+    for _ in range(10):
+        x @ w
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        x @ w
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def arithmetic_limit(cfg: GPTConfig, avg_context: float) -> tuple[float, float]:
+    """(FLOPs per decoded token, tokens/s if every mat-vec ran at the rate measured for its shape)."""
+    C, V, L = cfg.n_embd, cfg.vocab_size, cfg.n_layer
+    shapes = [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)]  # one block: qkv, proj, fc, fc2
+    block_flops = sum(2 * k * n for k, n in shapes)
+    attention_flops = 4 * C * avg_context  # q.k scores and the weighted sum of v, per layer
+    flops = L * (block_flops + attention_flops) + 2 * C * V  # + lm_head
+    seconds = L * sum(matvec_seconds(s) for s in shapes) + matvec_seconds((C, V))
+    rate = (L * block_flops + 2 * C * V) / seconds  # the FLOP/s the mat-vecs alone reach
+    return flops, rate / flops
+
+
+def bench_model(name: str, model: GPT, tokenizer, ckpt_path: Path, args) -> dict:
+    cfg = model.config
+    print(f"\n{name}: {cfg.n_layer} layers x {cfg.n_embd}, block {cfg.block_size}, "
+          f"{args.tokens} new tokens from {PROMPT!r}, median of {args.runs}", flush=True)
+    cached = tok_s(lambda: TorchDecoder(model), tokenizer, args.tokens, args.runs)
+    print(f"  cached     {cached:8.1f} tok/s", flush=True)
+    recompute = tok_s(lambda: RecomputeDecoder(model), tokenizer, args.tokens, args.runs)
+    print(f"  recompute  {recompute:8.1f} tok/s   cached is {cached / recompute:.1f}x", flush=True)
+    # with the re-prefill at block_size, the context averages 3/4 of the window
+    flops, limit = arithmetic_limit(cfg, avg_context=0.75 * cfg.block_size)
+    print(f"  limit      {limit:8.1f} tok/s   ({flops / 1e6:.1f} MFLOP/token at the measured mat-vec "
+          f"rate); cached reaches {cached / limit:.0%} of it", flush=True)
+    result = dict(cached_tok_s=cached, recompute_tok_s=recompute, speedup=cached / recompute,
+                  limit_tok_s=limit)
+    onnx = onnx_tok_s(ckpt_path, tokenizer, args)
+    if onnx is not None:
+        print(f"  onnx (CPU) {onnx:8.1f} tok/s   {onnx / cached:.2f}x the PyTorch cached path", flush=True)
+        result |= dict(onnx_tok_s=onnx, onnx_vs_torch=onnx / cached)
+    return result
+
+
+def onnx_tok_s(ckpt_path: Path, tokenizer, args) -> float | None:
+    try:
+        from export.onnx_export import export_onnx
+        from export.ort_backend import load_ort_backend
+    except ImportError as e:
+        print(f"  onnx       skipped ({e})")
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = export_onnx(ckpt_path, Path(tmp) / "model.onnx", validate=False)
+        backend = load_ort_backend(onnx_path, provider="cpu")
+        return tok_s(backend.decoder, tokenizer, args.tokens, args.runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=500, help="new tokens per run")
+    parser.add_argument("--runs", type=int, default=3, help="runs per path (median)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 20 tokens, 1 run")
+    args = parser.parse_args()
+    if args.quick:
+        args.tokens, args.runs = 20, 1
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    with tempfile.TemporaryDirectory() as tmp:
+        models = []
+        if SHIPPED.is_file():
+            model, tokenizer, _ = checkpoint.load_model(SHIPPED)
+            models.append(("shipped (checkpoints/shakespeare.pt)", model, tokenizer, SHIPPED))
+        torch.manual_seed(0)
+        tokenizer = CharTokenizer(SHAKESPEARE_CHARS)
+        model = GPT(preset("shakespeare-char")).eval()
+        path = Path(tmp) / "shakespeare-char.pt"
+        checkpoint.save(checkpoint.payload(model, tokenizer), path)
+        models.append(("shakespeare-char (random weights)", model, tokenizer, path))
+        for name, model, tokenizer, path in models:
+            result = bench_model(name, model, tokenizer, path, args)
+    print(" ".join(f"{k}={v:.2f}" for k, v in result.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""The ONNX Runtime backend: the same ``Backend`` as the PyTorch one, driven from NumPy.
+
+Everything above the model (sampling, stops, the block-size window, streaming) is model.engine's
+``Generation``; this module only supplies ``OrtDecoder``, which keeps the past keys/values as
+NumPy arrays between calls and feeds them back as ``past_key_values.*``.
+
+Providers: ``auto`` takes CUDA when onnxruntime-gpu can actually run on a GPU here, else the CPU;
+``cuda`` where CUDA cannot run is an error, not a silent fallback. ONNX Runtime's own complaints
+while probing for CUDA (missing libraries) are captured, not printed on the user's terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from export.onnx_export import FORMAT, META_PREFIX, input_names, output_names
+from model.backend import BackendInfo, Settings
+from model.config import GPTConfig
+from model.engine import Generation
+from model.tokenizer import CharTokenizer, Tokenizer, tokenizer_from_dict
+
+Provider = Literal["auto", "cpu", "cuda"]
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+class OnnxModelError(ValueError):
+    """An .onnx file this backend cannot use; the message names the file and what to do."""
+
+
+@contextmanager
+def _quiet_stderr():
+    """Send the process's fd 2 to a temp file (C++ code writes there, below Python); yield a list
+    that holds what was written once the block ends."""
+    captured: list[str] = []
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured.append(sink.read().decode(errors="replace"))
+
+
+def _session(path: Path, provider: Provider):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    want_cuda = provider == "cuda" or (
+        provider == "auto" and PROVIDERS["cuda"] in ort.get_available_providers())
+    providers = [PROVIDERS["cuda"], PROVIDERS["cpu"]] if want_cuda else [PROVIDERS["cpu"]]
+    try:
+        with _quiet_stderr() as captured:
+            session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as e:  # ORT raises its own exception types for unreadable models
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OnnxModelError(f"ONNX Runtime cannot load {path} ({first[:200]}); re-export it with "
+                             "gpt-export onnx") from None
+    if provider == "cuda" and session.get_providers()[0] != PROVIDERS["cuda"]:
+        # ORT's log says why, e.g. "... with error: libcublasLt.so.13: cannot open shared object file"
+        why = re.search(r"with error: ([^\n\x1b]+)", "".join(captured))
+        raise OnnxModelError(
+            "--provider cuda: ONNX Runtime cannot use CUDA here ("
+            + (why.group(1).strip() if why else "no usable GPU or CUDA libraries")
+            + "); use --provider cpu or auto"
+        )
+    return session
+
+
+def _read_metadata(session, path: Path) -> tuple[GPTConfig, dict, dict]:
+    props = session.get_modelmeta().custom_metadata_map
+    if props.get(f"{META_PREFIX}format") != FORMAT:
+        raise OnnxModelError(f"{path} is not a gpt-from-scratch ONNX model (no {FORMAT} metadata); "
+                             "export one with gpt-export onnx")
+    try:
+        config = GPTConfig.from_dict(json.loads(props[f"{META_PREFIX}config"]))
+        tokenizer = json.loads(props[f"{META_PREFIX}tokenizer"])
+        meta = json.loads(props.get(f"{META_PREFIX}meta", "{}"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise OnnxModelError(f"{path} has damaged metadata ({e}); re-export it") from None
+    names = [i.name for i in session.get_inputs()]
+    if names != input_names(config.n_layer):
+        raise OnnxModelError(f"{path}: inputs {names[:4]}... do not match its config; re-export it")
+    return config, tokenizer, meta
+
+
+class OrtDecoder:
+    """One sequence on an ONNX Runtime session: model.backend.Decoder with the past in NumPy."""
+
+    def __init__(self, session, config: GPTConfig):
+        self.session = session
+        self.config = config
+        self.block_size = config.block_size
+        self.outputs = output_names(config.n_layer)
+        self.reset()
+
+    @property
+    def pos(self) -> int:
+        return self.past[0].shape[2]
+
+    def reset(self) -> None:
+        c = self.config
+        empty = np.zeros((1, c.n_head, 0, c.head_size), dtype=np.float32)  # (B, H, P=0, D)
+        self.past = [empty] * (2 * c.n_layer)
+
+    def feed(self, ids: list[int]) -> torch.Tensor:
+        P, T = self.pos, len(ids)
+        if not ids or P + T > self.block_size:
+            raise ValueError(f"{P} + {T} positions exceed block_size {self.block_size}; reset() and "
+                             "re-feed the last part of the context (model.engine does this)")
+        if min(ids) < 0 or max(ids) >= self.config.vocab_size:
+            bad = next(i for i in ids if not 0 <= i < self.config.vocab_size)
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size})")
+        feeds = {
+            "input_ids": np.asarray([ids], dtype=np.int64),  # (1, T)
+            "attention_mask": np.ones((1, P + T), dtype=np.int64),
+            "position_ids": np.arange(P, P + T, dtype=np.int64)[None],
+        }
+        feeds |= dict(zip(input_names(self.config.n_layer)[3:], self.past, strict=True))
+        logits, *self.past = self.session.run(self.outputs, feeds)
+        return torch.from_numpy(logits[0, -1].copy())  # (V,) float32
+
+
+class OrtBackend:
+    """model.backend.Backend over an exported .onnx file."""
+
+    def __init__(self, session, config: GPTConfig, tokenizer: Tokenizer, name: str, meta: dict):
+        self.session, self.config, self.tokenizer = session, config, tokenizer
+        self.name, self.meta = name, meta
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    def info(self) -> BackendInfo:
+        return BackendInfo(
+            backend="onnx", name=self.name, vocab_size=self.config.vocab_size,
+            block_size=self.config.block_size, device=self.provider,
+            vocab=self.tokenizer.chars if isinstance(self.tokenizer, CharTokenizer) else None,
+            config=self.config.to_dict(), meta=self.meta,
+        )
+
+    def unknown_chars(self, prompt: str) -> list[str]:
+        return self.tokenizer.unknown_chars(prompt)
+
+    def decoder(self) -> OrtDecoder:
+        return OrtDecoder(self.session, self.config)
+
+    def stream(self, prompt: str, settings: Settings) -> Generation:
+        return Generation(self.decoder(), self.tokenizer, prompt, settings)
+
+
+def load_ort_backend(path: str | Path, provider: Provider = "auto") -> OrtBackend:
+    """An .onnx file from gpt-export -> a backend on the chosen ONNX Runtime provider."""
+    path = Path(path)
+    if provider not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"provider must be auto, cpu or cuda, not {provider!r}")
+    if not path.is_file():
+        raise OnnxModelError(f"{path} not found; export one with gpt-export onnx --ckpt CKPT --out {path}")
+    session = _session(path, provider)
+    config, tokenizer_dict, meta = _read_metadata(session, path)
+    try:
+        tokenizer = tokenizer_from_dict(tokenizer_dict)
+    except (ValueError, OSError, RuntimeError) as e:
+        raise OnnxModelError(f"{path}: its tokenizer cannot be rebuilt here ({e})") from None
+    return OrtBackend(session, config, tokenizer, str(path), meta)

@@ -1,0 +1,111 @@
+"""Check an exported .onnx against the PyTorch model it came from; raise with the figures if it is off.
+
+1. ``onnx.checker`` with full shape inference.
+2. Logit parity, ONNX Runtime against PyTorch (the same weights in eager mode), at several batch,
+   prompt and past lengths, including a left-padded batch; the max abs difference is reported
+   and must stay under ``LOGIT_TOLERANCE``.
+3. Greedy tokens: a prompt plus 20 steps through both backends' ``Generation`` must be identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.onnx_export import OnnxDecoderModel, input_names, sample_inputs
+from model.backend import Settings
+from model.engine import Generation, TorchDecoder
+from model.gpt import GPT
+
+# fp32 on the CPU: kernels differ only in summation order; measured differences are ~1e-6
+LOGIT_TOLERANCE = 1e-4
+GREEDY_STEPS = 20
+# (batch, new tokens, past): prefill, decode, a chunk after a past, a full window
+PARITY_CASES = ((1, 7, 0), (2, 5, 0), (1, 1, 9), (3, 1, 4), (2, 4, 6))
+
+
+class ValidationError(ValueError):
+    """The exported model disagrees with PyTorch (or is not a valid ONNX model)."""
+
+
+def padded_batch(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Left-pad prompts of different lengths: (input_ids, attention_mask, position_ids), each (B, T).
+
+    Padding goes on the left so every prompt ends at the last column, where the next token's logits
+    are read; positions count real tokens only, so each row sees the positions it would alone."""
+    T = max(len(p) for p in prompts)
+    ids = np.zeros((len(prompts), T), dtype=np.int64)
+    mask = np.zeros((len(prompts), T), dtype=np.int64)
+    for b, p in enumerate(prompts):
+        ids[b, T - len(p):] = p
+        mask[b, T - len(p):] = 1
+    positions = np.clip(mask.cumsum(axis=1) - 1, 0, None)
+    return ids, mask, positions
+
+
+def empty_past(config, batch: int) -> list[np.ndarray]:
+    shape = (batch, config.n_head, 0, config.head_size)
+    return [np.zeros(shape, dtype=np.float32) for _ in range(2 * config.n_layer)]
+
+
+def max_logit_diff(session, model: GPT) -> float:
+    """Max |ORT - PyTorch| over all outputs for PARITY_CASES and a left-padded batch of two."""
+    wrapper = OnnxDecoderModel(model)
+    names = input_names(model.config.n_layer)
+    worst = 0.0
+    with torch.no_grad():
+        for i, (batch, new, past) in enumerate(PARITY_CASES):
+            new = min(new, model.config.block_size - past)
+            inputs = sample_inputs(model.config, batch, new, past, seed=i)
+            expect = wrapper(*inputs)
+            got = session.run(None, dict(zip(names, (x.numpy() for x in inputs), strict=True)))
+            diffs = (float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expect, strict=True))
+            worst = max(worst, *diffs)
+        # a padded batch: each row's real positions must match that prompt run alone
+        V = model.config.vocab_size
+        prompts = [[(3 * j + 1) % V for j in range(6)], [(5 * j + 2) % V for j in range(3)]]
+        ids, mask, positions = padded_batch(prompts)
+        logits = session.run(["logits"], {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+                             | dict(zip(names[3:], empty_past(model.config, 2), strict=True)))[0]
+        for b, p in enumerate(prompts):
+            alone, _ = model(torch.tensor([p]))
+            worst = max(worst, float(np.abs(logits[b, -len(p):] - alone[0].numpy()).max()))
+    return worst
+
+
+def greedy_ids(decoder, tokenizer, prompt: str, steps: int) -> list[int]:
+    greedy = Settings(temperature=0.0, max_new_tokens=steps)
+    return [e.id for e in Generation(decoder, tokenizer, prompt, greedy)]
+
+
+def validate_export(path: Path, model: GPT, say: Callable[[str], None] = lambda m: None) -> float:
+    """Run the three checks on ``path``; return the max abs logit difference."""
+    import onnx
+
+    from export.ort_backend import load_ort_backend
+
+    say("checking the graph (onnx.checker, full shape inference)")
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ValidationError(f"{path} fails onnx.checker: {str(e).splitlines()[0]}") from None
+    backend = load_ort_backend(path, provider="cpu")
+    say("comparing logits with PyTorch")
+    diff = max_logit_diff(backend.session, model.eval())
+    if not diff <= LOGIT_TOLERANCE:  # also catches NaN
+        raise ValidationError(
+            f"{path}: logits differ from PyTorch by {diff:.2e} (tolerance {LOGIT_TOLERANCE:.0e})")
+    say(f"max abs logit difference {diff:.2e} (tolerance {LOGIT_TOLERANCE:.0e})")
+    tokenizer = backend.tokenizer
+    prompt = "" if not isinstance(getattr(tokenizer, "chars", None), str) else tokenizer.chars[:5]
+    torch_ids = greedy_ids(TorchDecoder(model), tokenizer, prompt, GREEDY_STEPS)
+    ort_ids = greedy_ids(backend.decoder(), tokenizer, prompt, GREEDY_STEPS)
+    if torch_ids != ort_ids:
+        pairs = enumerate(zip(torch_ids, ort_ids, strict=False))  # one may have stopped early
+        first = next((i for i, (a, b) in pairs if a != b), min(len(torch_ids), len(ort_ids)))
+        raise ValidationError(f"{path}: greedy tokens differ from PyTorch at step {first}")
+    say(f"greedy tokens identical for a prompt + {len(torch_ids)} steps")
+    return diff

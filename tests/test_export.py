@@ -1,0 +1,134 @@
+"""ONNX export and the ONNX Runtime backend: parity with PyTorch, metadata, refusals."""
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from export.cli import main as export_cli
+from export.onnx_export import export_onnx, input_names
+from export.ort_backend import OnnxModelError, load_ort_backend
+from export.validate import LOGIT_TOLERANCE, empty_past, padded_batch, validate_export
+from model.backend import Settings
+from model.engine import TorchBackend, TorchDecoder
+from tests.test_engine import decode_logits
+
+pytestmark = pytest.mark.slow  # one export of the tiny model: ~15 s
+
+
+@pytest.fixture(scope="module")
+def onnx_path(tiny_ckpt, tmp_path_factory):
+    # validate=True: onnx.checker with full shape inference, parity and greedy checks all pass
+    return export_onnx(tiny_ckpt, tmp_path_factory.mktemp("onnx") / "tiny.onnx", validate=True)
+
+
+@pytest.fixture(scope="module")
+def ort(onnx_path):
+    return load_ort_backend(onnx_path, provider="cpu")
+
+
+def test_one_self_contained_file_with_optimum_names(onnx_path, ort, tiny_config):
+    assert [p.name for p in onnx_path.parent.iterdir()] == ["tiny.onnx"]  # no external data
+    assert [i.name for i in ort.session.get_inputs()] == input_names(2)
+    assert [o.name for o in ort.session.get_outputs()][:3] == ["logits", "present.0.key", "present.0.value"]
+    assert ort.info().device == "CPUExecutionProvider"
+
+
+def test_validation_reports_a_small_logit_difference(onnx_path, tiny_ckpt):
+    from model.checkpoint import load_model
+
+    model, _, _ = load_model(tiny_ckpt)
+    assert validate_export(onnx_path, model) < LOGIT_TOLERANCE
+
+
+def test_metadata_round_trips_tokenizer_and_config(ort, tiny_config, char_tok):
+    assert ort.config == tiny_config
+    assert ort.tokenizer.chars == char_tok.chars
+    assert ort.info().meta == {"steps": 0}
+
+
+def test_prefill_and_decode_logits_match_across_block_size(ort, tiny_model):
+    g = torch.Generator().manual_seed(5)
+    prompt = torch.randint(0, tiny_model.config.vocab_size, (20,), generator=g).tolist()
+    tokens = torch.randint(0, tiny_model.config.vocab_size, (50,), generator=g).tolist()
+    expect = decode_logits(TorchDecoder(tiny_model), prompt, tokens)
+    got = decode_logits(ort.decoder(), prompt, tokens)  # 20 + 50 > 32: re-prefills on the way
+    for step, (a, b) in enumerate(zip(got, expect, strict=True)):
+        torch.testing.assert_close(a, b, rtol=0, atol=LOGIT_TOLERANCE, msg=f"step {step}")
+
+
+def test_left_padded_batch_of_two_prompts_matches_each_alone(ort, tiny_model):
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [40, 41, 42]]
+    ids, mask, positions = padded_batch(prompts)
+    feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+    feeds |= dict(zip(input_names(2)[3:], empty_past(tiny_model.config, 2), strict=True))
+    logits, *present = ort.session.run(None, feeds)
+    assert np.isfinite(logits).all()  # padded rows included
+    # one decode step for both rows on top of the padded past
+    step = {"input_ids": np.array([[12], [43]]), "attention_mask": np.concatenate([mask, [[1], [1]]], 1),
+            "position_ids": positions[:, -1:] + 1} | dict(zip(input_names(2)[3:], present, strict=True))
+    next_logits = ort.session.run(["logits"], step)[0]
+    with torch.no_grad():
+        for b, (p, new) in enumerate(zip(prompts, (12, 43), strict=True)):
+            alone, _ = tiny_model(torch.tensor([p + [new]]))
+            np.testing.assert_allclose(logits[b, -len(p):], alone[0, :-1].numpy(), atol=LOGIT_TOLERANCE)
+            np.testing.assert_allclose(next_logits[b, 0], alone[0, -1].numpy(), atol=LOGIT_TOLERANCE)
+
+
+def test_greedy_text_equals_pytorch_for_100_tokens(ort, tiny_model, char_tok):
+    greedy = Settings(temperature=0.0, max_new_tokens=100)
+    torch_text = "".join(e.text for e in TorchBackend(tiny_model, char_tok).stream("ROMEO:", greedy))
+    assert "".join(e.text for e in ort.stream("ROMEO:", greedy)) == torch_text
+    assert len(torch_text) == 100
+
+
+def test_seeded_sampling_equals_pytorch(ort, tiny_model, char_tok):
+    s = Settings(temperature=1.0, top_k=10, max_new_tokens=60, seed=3)
+    assert "".join(e.text for e in ort.stream("All:", s)) == \
+        "".join(e.text for e in TorchBackend(tiny_model, char_tok).stream("All:", s))
+
+
+def test_over_long_input_and_bad_ids_are_clear_errors(ort):
+    decoder = ort.decoder()
+    with pytest.raises(ValueError, match="0 \\+ 33 positions exceed block_size 32"):
+        decoder.feed([1] * 33)
+    with pytest.raises(ValueError, match=r"token id 97 is outside the vocabulary \[0, 97\)"):
+        decoder.feed([1, 97])
+    with pytest.raises(ValueError, match="token id -1"):
+        decoder.feed([-1])
+
+
+def test_corrupted_and_foreign_onnx_files_are_refused(tmp_path, onnx_path):
+    damaged = tmp_path / "damaged.onnx"
+    damaged.write_bytes(onnx_path.read_bytes()[:5000])
+    with pytest.raises(OnnxModelError, match=f"ONNX Runtime cannot load {damaged}"):
+        load_ort_backend(damaged)
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])
+    foreign = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), foreign)
+    with pytest.raises(OnnxModelError, match="is not a gpt-from-scratch ONNX model"):
+        load_ort_backend(foreign)
+    with pytest.raises(OnnxModelError, match="not found; export one with gpt-export onnx"):
+        load_ort_backend(tmp_path / "missing.onnx")
+
+
+def test_cuda_request_without_cuda_is_an_error_not_a_fallback(onnx_path):
+    import onnxruntime
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    assert onnxruntime.get_device() in ("CPU", "GPU")
+    with pytest.raises(OnnxModelError, match="--provider cuda: ONNX Runtime cannot use CUDA here"):
+        load_ort_backend(onnx_path, provider="cuda")
+
+
+def test_cli_errors_are_one_line(tmp_path, tiny_ckpt):
+    result = CliRunner().invoke(export_cli, ["onnx", "--ckpt", str(tmp_path / "nope.pt")])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: checkpoint {tmp_path / 'nope.pt'} not found; train one with " \
+        "gpt-train or pass --ckpt PATH"
