@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
+from model import distributed
 from model.checkpoint import CheckpointError
 from model.config import PRESETS, preset
 from model.data import DATA_DIR_ENV, DataError
@@ -63,6 +66,11 @@ def main(preset_name: str, data: str, out_dir: str, resume: bool, grad_accum: in
     OUT/metrics.jsonl. Example, nanoGPT's CPU recipe:
 
         gpt-train --preset cpu --data shakespeare --max-iters 2000
+
+    Data parallel on N GPUs (or N CPU processes): the same flags under torchrun, with
+    --batch-size per process:
+
+        torchrun --standalone --nproc-per-node N -m model.cli --preset shakespeare-char
     """
     model_changes = {k: flags.pop(k) for k in MODEL_FLAGS if flags.get(k) is not None}
     for k in MODEL_FLAGS:
@@ -72,10 +80,22 @@ def main(preset_name: str, data: str, out_dir: str, resume: bool, grad_accum: in
                           out_dir=out_dir, resume=resume, grad_accum=grad_accum, **flags)
         train(cfg, log=lambda m: click.echo(m, err=True))
     except (ValueError, DataError, CheckpointError, NonFiniteError) as e:
-        raise click.ClickException(str(e)) from None
+        raise click.ClickException(_on_rank(str(e))) from None
+    except RuntimeError as e:
+        if not distributed.lost_peer(e):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise click.ClickException(_on_rank(f"lost contact with the other processes ({first}); "
+                                            "the first rank to fail says why")) from None
     except KeyboardInterrupt:
         raise click.ClickException(f"interrupted; the last evaluation's state is in {out_dir}/ckpt.pt "
                                    "(continue with --resume)") from None
+
+
+def _on_rank(message: str) -> str:
+    """In a distributed run every rank reports; say which one is speaking."""
+    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE", "1")  # as torchrun sets them
+    return f"rank {rank}/{world}: {message}" if rank is not None and world != "1" else message
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -110,3 +130,7 @@ def report_plot(metrics: str, out: str, title: str) -> None:
         click.echo(plot_learning_curve(metrics, out, title))
     except (ValueError, KeyError) as e:
         raise click.ClickException(f"cannot plot {metrics}: {e}") from None
+
+
+if __name__ == "__main__":  # torchrun --nproc-per-node N -m model.cli ...
+    main()

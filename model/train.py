@@ -1,7 +1,9 @@
 """Training: AdamW, warmup + cosine decay, clipping, accumulation, evaluation, checkpoints, resume.
 
 ``train(TrainConfig)`` is the whole run; ``train_step`` is one optimizer step that tests can drive.
-The CLI (model.cli) only builds a TrainConfig.
+The CLI (model.cli) only builds a TrainConfig. Under ``torchrun`` the same loop runs on every rank
+with DDP (model.distributed): each rank samples its own batches, DDP averages the gradients,
+evaluation is sharded across ranks, and rank 0 alone logs and writes files.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from typing import Literal
 
 import torch
 
-from model import checkpoint
+from model import checkpoint, distributed
 from model.config import GPTConfig
 from model.data import Splits, get_batch, load_corpus
+from model.distributed import Dist
 from model.gpt import build_model, count_params
 from model.tokenizer import tokenizer_from_dict
 
@@ -137,7 +140,7 @@ class Trainer:
 
     cfg: TrainConfig
     model: torch.nn.Module  # the raw module (checkpoints, eval)
-    forward: Callable  # model or its compiled version
+    forward: Callable  # model, compiled and/or wrapped in DDP: what training calls
     optimizer: torch.optim.Optimizer
     splits: Splits
     device: torch.device
@@ -146,6 +149,7 @@ class Trainer:
     scaler: torch.amp.GradScaler | None = None
     step: int = 0
     best_val: float = float("inf")
+    dist: Dist = distributed.SINGLE
 
     def batch(self, split: str = "train", gen: torch.Generator | None = None):
         x, y = get_batch(
@@ -156,24 +160,26 @@ class Trainer:
 
 
 def train_step(tr: Trainer) -> tuple[float, float]:
-    """One optimizer step over grad_accum micro-batches -> (mean loss, grad norm)."""
+    """One optimizer step over grad_accum micro-batches -> (mean loss, grad norm), both the same on
+    every rank: the loss is averaged over ranks, the gradients by DDP."""
     cfg = tr.cfg
     lr = get_lr(tr.step, cfg)
     for group in tr.optimizer.param_groups:
         group["lr"] = lr
     total = torch.zeros((), device=tr.device)
-    for _ in range(cfg.grad_accum):
+    for micro in range(cfg.grad_accum):
         x, y = tr.batch()
-        with autocast(tr.device, tr.amp_dtype):
-            _, loss = tr.forward(x, y)
-        loss = loss / cfg.grad_accum
-        total += loss.detach()
-        (tr.scaler.scale(loss) if tr.scaler else loss).backward()
+        with distributed.grad_sync(tr.forward, sync=micro == cfg.grad_accum - 1):
+            with autocast(tr.device, tr.amp_dtype):
+                _, loss = tr.forward(x, y)
+            loss = loss / cfg.grad_accum
+            total += loss.detach()
+            (tr.scaler.scale(loss) if tr.scaler else loss).backward()
     if tr.scaler:
         tr.scaler.unscale_(tr.optimizer)
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
     norm = torch.nn.utils.clip_grad_norm_(tr.model.parameters(), max_norm)
-    loss_value, norm_value = total.item(), norm.item()
+    loss_value, norm_value = distributed.mean(total, tr.dist).item(), norm.item()
     if not (math.isfinite(loss_value) and math.isfinite(norm_value)) and tr.scaler is None:
         tr.optimizer.zero_grad(set_to_none=True)
         raise NonFiniteError(
@@ -192,18 +198,23 @@ def train_step(tr: Trainer) -> tuple[float, float]:
 
 @torch.no_grad()
 def evaluate(tr: Trainer, iters: int | None = None) -> dict[str, float]:
-    """Mean loss over many random batches of each split, the same batches every time."""
+    """Mean loss over many random batches of each split, the same batches every time.
+
+    Sharded: rank r computes batches r, r + W, r + 2W, ... and the sums are all-reduced, so every
+    rank gets the number one process would (up to float rounding), W times faster."""
     tr.model.eval()
     out = {}
     for split in ("train", "val"):
         gen = torch.Generator().manual_seed(tr.cfg.seed + 1)  # fixed windows: comparable evals
-        losses = torch.zeros(iters or tr.cfg.eval_iters)
+        losses = torch.zeros(iters or tr.cfg.eval_iters, device=tr.device)
         for i in range(len(losses)):
-            x, y = tr.batch(split, gen)
+            x, y = tr.batch(split, gen)  # every rank draws every batch: the same windows as one process
+            if i % tr.dist.world_size != tr.dist.rank:
+                continue
             with autocast(tr.device, tr.amp_dtype):
                 _, loss = tr.model(x, y)
-            losses[i] = loss.item()
-        out[split] = losses.mean().item()
+            losses[i] = loss.float()
+        out[split] = (distributed.mean(losses.sum(), tr.dist) * tr.dist.world_size / len(losses)).item()
     tr.model.train()
     return out
 
@@ -226,32 +237,71 @@ def checkpoint_path(cfg: TrainConfig) -> Path:
     return Path(cfg.out_dir) / "ckpt.pt"
 
 
+def rng_state(tr: Trainer) -> dict:
+    """This rank's random state: batch sampling, and dropout on the CPU or its GPU."""
+    return {
+        "batch": tr.batch_gen.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(tr.device) if tr.device.type == "cuda" else None,
+    }
+
+
+def set_rng_state(tr: Trainer, state: dict) -> None:
+    tr.batch_gen.set_state(state["batch"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and tr.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], tr.device)
+
+
 def save_training(tr: Trainer, tokenizer, meta: dict) -> None:
+    """Rank 0 writes the full state, with every rank's RNG state; all ranks must call it."""
+    rngs = distributed.gather(rng_state(tr), tr.dist)
+    if not tr.dist.is_main:
+        return
     state = checkpoint.payload(tr.model, tokenizer, meta)
     state["train"] = {
         "step": tr.step,
         "best_val": tr.best_val,
         "optimizer": tr.optimizer.state_dict(),
-        "batch_rng": tr.batch_gen.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "world_size": tr.dist.world_size,
+        "rng": rngs,  # one dict per rank, in rank order
         "config": _plain(dataclasses.asdict(tr.cfg)),
     }
     checkpoint.save(state, checkpoint_path(tr.cfg))
+
+
+def saved_rng(t: dict, world_size: int, path: Path) -> list[dict]:
+    """The per-rank RNG states of a checkpoint's ``train`` dict, checked against this run's size."""
+    if "rng" not in t:  # written before distributed training: one process, all CUDA devices
+        cuda = t["cuda_rng"][0] if t["cuda_rng"] else None
+        t = {"world_size": 1, "rng": [{"batch": t["batch_rng"], "torch": t["torch_rng"], "cuda": cuda}]}
+    if t["world_size"] != world_size:
+        raise checkpoint.CheckpointError(
+            f"{path} was written by {t['world_size']} process(es) and this run has {world_size}; "
+            f"resume it with {t['world_size']} in all (torchrun --nnodes x --nproc-per-node), so every "
+            "rank continues its own random stream"
+        )
+    return t["rng"]
 
 
 def _plain(d: dict) -> dict:
     return json.loads(json.dumps(d))
 
 
-def setup(cfg: TrainConfig, log: Callable[[str], None] = print) -> tuple[Trainer, object]:
-    """Build everything a run needs, from scratch or from ``out_dir/ckpt.pt`` when resuming."""
-    device = resolve_device(cfg.device)
+def setup(
+    cfg: TrainConfig, log: Callable[[str], None] = print, dist: Dist = distributed.SINGLE
+) -> tuple[Trainer, object]:
+    """Build everything a run needs, from scratch or from ``out_dir/ckpt.pt`` when resuming.
+    In a distributed run (``dist`` from model.distributed, its process group joined) every rank
+    calls it; each reads the checkpoint itself, so OUT must be visible to every node."""
+    device = distributed.device_for(dist, resolve_device(cfg.device))
     amp_dtype = resolve_dtype(cfg.dtype, device)
     ckpt = checkpoint.load(checkpoint_path(cfg)) if cfg.resume else None
+    rngs = saved_rng(ckpt["train"], dist.world_size, checkpoint_path(cfg)) if ckpt else None
     tokenizer = tokenizer_from_dict(ckpt["tokenizer"]) if ckpt else None
-    tokenizer, splits = load_corpus(cfg.data, tokenizer)
-    torch.manual_seed(cfg.seed)
+    with distributed.local_main_first(dist):  # one download per node, not one per rank
+        tokenizer, splits = load_corpus(cfg.data, tokenizer)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     if ckpt:
         model, _ = checkpoint.restore_model(ckpt, checkpoint_path(cfg))
         if model.config != cfg.model.replace(vocab_size=model.config.vocab_size):
@@ -259,41 +309,55 @@ def setup(cfg: TrainConfig, log: Callable[[str], None] = print) -> tuple[Trainer
     else:
         model = build_model(cfg.model.replace(vocab_size=tokenizer.vocab_size))
     model.to(device)
+    if dist.rank > 0:  # but each rank its own dropout masks
+        torch.manual_seed(distributed.rank_seed(cfg.seed, dist.rank))
     log(f"{model.config.kind} model: {count_params(model) / 1e6:.2f}M parameters, "
         f"vocab {model.config.vocab_size}, block {model.config.block_size}")
     optimizer = make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    batch_gen = torch.Generator().manual_seed(cfg.seed)
-    tr = Trainer(cfg, model, model, optimizer, splits, device, amp_dtype, batch_gen, scaler)
+    batch_gen = distributed.batch_generator(cfg.seed, dist.rank)
+    tr = Trainer(cfg, model, model, optimizer, splits, device, amp_dtype, batch_gen, scaler, dist=dist)
     if ckpt:
         t = ckpt["train"]
         optimizer.load_state_dict(t["optimizer"])
         tr.step, tr.best_val = t["step"], t["best_val"]
-        batch_gen.set_state(t["batch_rng"])
-        torch.set_rng_state(t["torch_rng"])
-        if t["cuda_rng"] and device.type == "cuda":
-            torch.cuda.set_rng_state_all(t["cuda_rng"])
+        set_rng_state(tr, rngs[dist.rank])
         log(f"resumed from {checkpoint_path(cfg)} at step {tr.step}")
-    if cfg.compile:
-        tr.forward = torch.compile(model)
+    # compile the inner module, then wrap it: torch.compile does not trace DDP's hooks well
+    tr.forward = distributed.wrap(torch.compile(model) if cfg.compile else model, dist, device)
     return tr, tokenizer
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Trainer:
-    """The whole run: returns the trainer with its final state; writes ckpt.pt and metrics.jsonl."""
-    tr, tokenizer = setup(cfg, log)
+    """The whole run: returns the trainer with its final state; writes ckpt.pt and metrics.jsonl.
+    Under torchrun (RANK/WORLD_SIZE set) this process is one rank of a data-parallel run."""
+    dist = distributed.from_env()
+    with distributed.process_group(dist, distributed.device_for(dist, resolve_device(cfg.device))):
+        return _run(cfg, log if dist.is_main else lambda m: None, dist)
+
+
+def _run(cfg: TrainConfig, log: Callable[[str], None], dist: Dist) -> Trainer:
+    tr, tokenizer = setup(cfg, log, dist)
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * tr.model.config.block_size
-    log(f"{tokens_per_step:,} tokens per step, device {tr.device}, "
+    # effective batch: every rank and every micro-step adds batch_size windows to one update
+    tokens_per_step = dist.world_size * cfg.grad_accum * cfg.batch_size * tr.model.config.block_size
+    log(f"{tokens_per_step:,} tokens per step ({dist.world_size} process(es) x {cfg.grad_accum} "
+        f"micro-batch(es) x {cfg.batch_size} sequences x {tr.model.config.block_size} tokens), "
+        f"device {tr.device}{' and one per rank' if dist.enabled else ''}, "
         f"autocast {str(tr.amp_dtype).removeprefix('torch.')}")
     settings = _plain({k: v for k, v in dataclasses.asdict(cfg).items() if k != "model"})
-    metrics = open(out / "metrics.jsonl", "a", encoding="utf-8")
+    settings["world_size"] = dist.world_size
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        metrics = open(out / "metrics.jsonl", "a", encoding="utf-8")
+    else:
+        metrics = contextlib.nullcontext()
     from model.progress import TrainProgress
 
     def record(**row) -> None:
-        metrics.write(json.dumps(row) + "\n")
-        metrics.flush()
+        if dist.is_main:
+            metrics.write(json.dumps(row) + "\n")
+            metrics.flush()
 
     def evaluate_and_save() -> None:
         losses = evaluate(tr)
@@ -305,7 +369,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Trainer:
         save_training(tr, tokenizer, meta)
 
     t0 = time.perf_counter()
-    with TrainProgress(cfg.max_iters, tr.step, enabled=cfg.progress, log=log) as bar, metrics:
+    show_bar = cfg.progress and dist.is_main
+    with TrainProgress(cfg.max_iters, tr.step, enabled=show_bar, log=log) as bar, metrics:
         tr.model.train()
         tick, tick_step = time.perf_counter(), tr.step
         while tr.step < cfg.max_iters:

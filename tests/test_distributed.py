@@ -1,0 +1,133 @@
+"""Data parallel on CPU: two gloo ranks under torchrun train exactly like one process that sees
+both ranks' samples in one doubled batch, and resume inside the distributed run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.checkpoint import CheckpointError
+from model.config import GPTConfig
+from model.data import get_batch
+from model.distributed import SINGLE, Dist, batch_generator, from_env
+from model.train import TrainConfig, saved_rng, setup, train_step
+from tests.conftest import REPO, TEXT
+
+STEPS, BATCH, ACCUM, BLOCK = 6, 4, 2, 16
+# a 2-layer, 16-wide GPT without dropout (ranks draw their own masks; one process could not match)
+FLAGS = ["--n-layer", "2", "--n-head", "2", "--n-embd", "16", "--block-size", str(BLOCK), "--dropout", "0",
+         "--batch-size", str(BATCH), "--gradient-accumulation-steps", str(ACCUM), "--warmup-iters", "2",
+         "--learning-rate", "1e-2", "--eval-interval", "3", "--eval-iters", "2", "--log-interval", "1",
+         "--device", "cpu", "--dtype", "fp32", "--no-progress"]
+
+
+def torchrun(text: Path, out: Path, *flags: str) -> list[float]:
+    """gpt-train as two gloo ranks on this machine -> rank 0's logged training losses."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "--monitor-interval", "0.1", "-m", "model.cli", "--data", str(text), "--out", str(out),
+           *FLAGS, *flags]
+    env = os.environ | {"PYTHONPATH": str(REPO)}  # this checkout, not an installed copy
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("text") / "tiny.txt"
+    path.write_text(TEXT * 3)
+    return path
+
+
+@pytest.fixture(scope="module")
+def straight(text, tmp_path_factory) -> tuple[Path, list[float]]:
+    """One uninterrupted 2-rank run of STEPS steps."""
+    out = tmp_path_factory.mktemp("straight")
+    return out, torchrun(text, out, "--max-iters", str(STEPS))
+
+
+@pytest.fixture
+def one_thread():
+    """The reference run as torchrun's ranks run (OMP_NUM_THREADS=1): a 16-wide model gains
+    nothing from more threads, and on a busy 2-core machine they wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one_process_with_the_doubled_batch(text, straight, tmp_path, one_thread):
+    _, ddp_losses = straight
+    model = GPTConfig(block_size=BLOCK, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+    cfg = TrainConfig(model=model, data=str(text), out_dir=str(tmp_path), batch_size=2 * BATCH,
+                      grad_accum=ACCUM, max_iters=STEPS, warmup_iters=2, learning_rate=1e-2,
+                      device="cpu", dtype="fp32", progress=False)
+    tr, _ = setup(cfg, log=lambda m: None)  # same seed: rank 0's initial weights
+    rank_gens = [batch_generator(cfg.seed, rank) for rank in range(2)]
+
+    def doubled(split="train", gen=None):  # (2B, T): rank 0's micro-batch, then rank 1's
+        x, y = zip(*(get_batch(tr.splits.train, BATCH, BLOCK, g) for g in rank_gens), strict=True)
+        return torch.cat(x), torch.cat(y)
+
+    tr.batch = doubled
+    reference = [train_step(tr)[0] for _ in range(STEPS)]
+    assert len(ddp_losses) == STEPS
+    assert reference[0] - reference[-1] > 0.05  # it learns: the comparison is not of constants
+    # DDP averages gradients in another order than one big batch sums them: float rounding only
+    torch.testing.assert_close(torch.tensor(ddp_losses), torch.tensor(reference), rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_resume_inside_a_distributed_run(text, straight, tmp_path):
+    straight_out, straight_losses = straight
+    torchrun(text, tmp_path, "--max-iters", "3", "--lr-decay-iters", str(STEPS))
+    resumed = torchrun(text, tmp_path, "--max-iters", str(STEPS), "--resume")  # metrics.jsonl appends
+    torch.testing.assert_close(torch.tensor(resumed), torch.tensor(straight_losses), rtol=0, atol=1e-6)
+
+    t = torch.load(straight_out / "ckpt.pt", weights_only=True)["train"]
+    assert t["world_size"] == 2 and len(t["rng"]) == 2
+    assert not torch.equal(t["rng"][0]["batch"], t["rng"][1]["batch"])  # each rank its own stream
+    meta = torch.load(straight_out / "ckpt.pt", weights_only=True)["meta"]
+    assert meta["tokens_seen"] == STEPS * 2 * ACCUM * BATCH * BLOCK  # the effective batch
+
+    one = TrainConfig(data=str(text), out_dir=str(tmp_path), resume=True, device="cpu")
+    with pytest.raises(CheckpointError, match="written by 2 process.* this run has 1"):
+        setup(one, log=lambda m: None)
+
+
+def test_rank_samplers():
+    """Rank 0 samples as a single process always did; other ranks draw other windows."""
+    single = torch.Generator().manual_seed(7)
+    ids = torch.arange(1000)
+    x0, _ = get_batch(ids, 8, 4, batch_generator(7, rank=0))
+    x1, _ = get_batch(ids, 8, 4, batch_generator(7, rank=1))
+    assert torch.equal(x0, get_batch(ids, 8, 4, single)[0]) and not torch.equal(x0, x1)
+
+
+def test_rank_comes_from_torchrun_environment(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert from_env() == SINGLE
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert from_env() == Dist(rank=3, local_rank=1, world_size=4)
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(ValueError, match="outside WORLD_SIZE 4"):
+        from_env()
+
+
+def test_checkpoints_from_before_resume_as_one_process():
+    state = torch.Generator().get_state()
+    legacy = {"batch_rng": state, "torch_rng": state, "cuda_rng": []}
+    (rng,) = saved_rng(legacy, 1, Path("ckpt.pt"))
+    assert rng["batch"] is state and rng["torch"] is state and rng["cuda"] is None
+    with pytest.raises(CheckpointError, match="ckpt.pt was written by 1 process"):
+        saved_rng(legacy, 2, Path("ckpt.pt"))
