@@ -83,7 +83,8 @@ def test_timing_with_a_fake_clock():
     assert (t.ttft, t.total, t.tokens) == (0.5, 1.0, 3)
     assert t.tokens_per_s == pytest.approx(2 / 0.2)
     line = status_line(t, "eot", 40, 256, 7, generating=False)
-    assert line == "end of text  ·  3 tokens  ·  10.0 tok/s  ·  first token 500 ms  ·  context 40/256  ·  seed 7"
+    assert line.split("  ·  ") == ["end of text", "3 tokens", "10.0 tok/s", "first token 500 ms",
+                                   "context 40/256", "seed 7"]
 
 
 def test_session_jsonl_and_markdown(tmp_path):
