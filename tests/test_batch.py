@@ -66,7 +66,8 @@ def test_per_item_settings_and_errors_do_not_stop_the_rest():
     rows, summary, _ = run(FakeBackend(fail_on="boom"), text)
     assert [r["id"] for r in rows] == [1, 2, 3, 4, 5]
     assert rows[0]["completion"] == "To " and rows[0]["error"] is None
-    assert "not in the vocabulary: 'é'" in rows[1]["error"] and rows[1]["completion"] is None
+    assert "not in the vocabulary: 'é'; remove them, or pass --unknown replace" in rows[1]["error"]
+    assert rows[1]["completion"] is None
     assert rows[2]["completion"] == "To be," and rows[2]["stop_reason"] == "stop_string"
     assert "bad settings: top_p must be in (0, 1]" in rows[3]["error"]
     assert "backend failure" in rows[4]["error"]

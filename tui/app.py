@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -25,49 +24,17 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Static
 from textual.worker import get_current_worker
 
-from model.backend import Backend, BackendInfo, Generation, Settings, TokenEvent
+from model.backend import Backend, Settings, TokenEvent
 from tui import commands
 from tui import settings as settings_text
 from tui.backends import BackendFactory
 from tui.controls import Controls
 from tui.session import default_session_dir, file_sha256, record, save_jsonl, save_markdown
 from tui.stats import Clock, Timing, status_line
-from tui.widgets import DocumentView, OutputView, PromptArea, StatsBar
+from tui.transcript import Document, Run
+from tui.widgets import OutputView, PromptArea, StatsBar
 
 POST_EVERY = 0.03  # seconds between batches of tokens sent to the UI
-
-
-@dataclass(eq=False)
-class Run:
-    """One generation: what the model was fed, what came out, how and how fast."""
-
-    context: str  # the text fed to the model (for a continuation: the whole document so far)
-    settings: Settings  # at the start, with the seed actually used
-    info: BackendInfo
-    timing: Timing
-    generation: Generation
-    document: Document
-    text: str = ""
-    stop_reason: str | None = None
-    error: str | None = None
-    done: bool = False
-
-    @property
-    def context_used(self) -> int:
-        return len(self.generation.prompt_ids) + self.timing.tokens
-
-
-@dataclass(eq=False)
-class Document:
-    """A prompt and its generations; continuations add runs, regenerating replaces the last."""
-
-    prompt: str
-    view: DocumentView
-    runs: list[Run] = field(default_factory=list)
-
-    @property
-    def text(self) -> str:
-        return self.prompt + "".join(r.text for r in self.runs)
 
 
 class GPTApp(App[None]):
@@ -213,8 +180,7 @@ class GPTApp(App[None]):
     def start(self, prompt: str, document: Document | None = None, replace: bool = False) -> bool:
         """Generate from ``prompt`` (a new document), or continue ``document`` (or regenerate its last
         run when ``replace``). Returns False, with a notice, when the prompt cannot be used."""
-        context = prompt if document is None else (
-            document.text if not replace else document.prompt + "".join(r.text for r in document.runs[:-1]))
+        context = prompt if document is None else document.text_before_last if replace else document.text
         unknown = self.backend.unknown_chars(context)
         if unknown and self.settings.unknown == "strict":
             shown = " ".join(repr(c) for c in unknown)
@@ -227,8 +193,8 @@ class GPTApp(App[None]):
         timing = Timing(self.clock)
         try:
             generation = self.backend.stream(context, settings)
-        except ValueError as e:
-            self.notify_text(str(e), "error", timeout=8)
+        except Exception as e:  # a prompt the tokenizer refuses, a failing backend: say so, carry on
+            self.notify_text(str(e) or type(e).__name__, "error", timeout=8)
             return False
         if unknown:
             shown = " ".join(repr(c) for c in unknown)
@@ -407,15 +373,21 @@ class GPTApp(App[None]):
 
     @work(thread=True, exclusive=True, group="backend")
     def _load_backend(self, name: str) -> None:
+        worker = get_current_worker()
+
         def progress(message: str) -> None:
+            if worker.is_cancelled:  # the app is closing: abandon a long export at its next step
+                raise RuntimeError("cancelled")
             self.call_from_thread(self._backend_progress, message)
 
         try:
             backend = self.factories[name](progress)
         except Exception as e:  # an import, export or load failure: say so, keep the current backend
-            self.call_from_thread(self._backend_failed, name, str(e) or type(e).__name__)
+            if not worker.is_cancelled:
+                self.call_from_thread(self._backend_failed, name, str(e) or type(e).__name__)
             return
-        self.call_from_thread(self._use_backend, name, backend)
+        if not worker.is_cancelled:
+            self.call_from_thread(self._use_backend, name, backend)
 
     def _backend_progress(self, message: str) -> None:
         self._show_backend(loading=message)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal, TextIO
 
 from model.backend import Backend, Settings
+from model.tokenizer import UnknownCharactersError
 from tui import settings as settings_text
 from tui.session import record
 from tui.stats import STOP_NAMES, Clock, Timing
@@ -152,6 +153,10 @@ def _run_item(backend: Backend, item: Item, base: Settings, log: Callable[[str],
             if generation is not None:
                 generation.close()
             return None
+        except UnknownCharactersError as e:
+            shown = ", ".join(repr(c) for c in e.chars)
+            error = (f"{len(e.chars)} character(s) not in the vocabulary: {shown}; remove them, or pass "
+                     '--unknown replace (or "unknown": "replace" in the item)')
         except Exception as e:  # a bad prompt or a failing backend: this item fails, the rest run
             error = str(e) or type(e).__name__
         completion = "".join(pieces) if error is None or pieces else None

@@ -53,9 +53,9 @@ def resolve_ckpt(name: str) -> Path:
 @click.option("--stop", multiple=True, help="Stop when the output contains this text (repeatable).")
 @click.option("--unknown", default="reject", type=click.Choice(["reject", "replace"]),
               help="Prompt characters the model does not know: refuse the prompt, or replace them.")
-@click.option("--batch", type=click.File("r", encoding="utf-8"),
+@click.option("--batch", type=click.File("r", encoding="utf-8"), metavar="FILE",
               help="Run without the UI: prompts from FILE ('-' for stdin), one per line or as JSONL.")
-@click.option("--output", type=click.File("w", encoding="utf-8"),
+@click.option("--output", type=click.File("w", encoding="utf-8"), metavar="FILE",
               help="With --batch: write the JSON lines here [default: stdout].")
 @click.option("--format", "fmt", default="auto", type=click.Choice(["auto", "text", "jsonl"]),
               help="With --batch: input format; auto = JSONL if the first line starts with '{'.")

@@ -13,12 +13,12 @@ from tui import settings as settings_text
 
 # name -> (argument usage, what it does); the order is the order /help lists them in
 COMMANDS = {
-    "set": ("NAME VALUE", "change a setting: temperature, top-k, top-p, max-new-tokens, seed, stop, unknown"),
+    "set": ("NAME VALUE", "temperature, top-k, top-p, max-new-tokens, seed, stop, unknown"),
     "show": ("", "show the settings, backend and checkpoint"),
-    "clear": ("", "clear the output"),
-    "regen": ("", "generate the last prompt again (Ctrl+R)"),
+    "clear": ("", "clear the output (Ctrl+L)"),
+    "regen": ("", "generate the last part again (Ctrl+R)"),
     "continue": ("", "continue from where the text ends (Ctrl+N)"),
-    "copy": ("", "copy the last prompt and its output to the clipboard (Ctrl+O)"),
+    "copy": ("", "copy the last prompt and its output (Ctrl+O)"),
     "backend": ("torch|onnx", "switch the backend"),
     "save": ("[PATH]", "save the session as JSONL (Ctrl+S)"),
     "export": ("[PATH]", "export the session as Markdown"),
