@@ -71,6 +71,7 @@ def test_settings_from_json_values():
         with pytest.raises(ValueError):
             settings_text.replace(S, bad)
     assert settings_text.to_dict(s)["stop"] == ["\n"]
+    assert settings_text.unescape(r"a\nb\tc\\n \d \x") == "a\nb\tc\\n \\d \\x"
     shown = settings_text.describe(s)
     assert "top-k  5" in shown and "seed  random" in shown and "unknown  reject" in shown
 

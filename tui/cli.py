@@ -11,6 +11,7 @@ import click
 from model.backend import Settings
 from model.checkpoint import CheckpointError
 from tui.backends import BackendError, factories
+from tui.settings import unescape
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,7 +51,8 @@ def resolve_ckpt(name: str) -> Path:
               help="Sample from the smallest set holding this probability (1 = off).")
 @click.option("--max-new-tokens", default=500, type=click.IntRange(min=1), help="Tokens per generation.")
 @click.option("--seed", type=int, help="Seed for sampling [default: a fresh one each time, recorded].")
-@click.option("--stop", multiple=True, help="Stop when the output contains this text (repeatable).")
+@click.option("--stop", multiple=True,
+              help="Stop when the output contains this text (repeatable; \\n for a newline).")
 @click.option("--unknown", default="reject", type=click.Choice(["reject", "replace"]),
               help="Prompt characters the model does not know: refuse the prompt, or replace them.")
 @click.option("--batch", type=click.File("r", encoding="utf-8"), metavar="FILE",
@@ -76,7 +78,8 @@ def main(ckpt: str, backend_name: str | None, onnx: Path | None, device: str, ba
     """
     if batch is None and (output is not None or fmt != "auto"):
         raise click.UsageError("--output and --format only apply with --batch")
-    settings = Settings(stop=stop, unknown="strict" if unknown == "reject" else "replace", **knobs)
+    settings = Settings(stop=tuple(unescape(s) for s in stop),
+                        unknown="strict" if unknown == "reject" else "replace", **knobs)
     backend_name = backend_name or ("onnx" if onnx else "torch")
     try:
         ckpt_path = resolve_ckpt(ckpt)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 
 from model.backend import Settings
@@ -24,6 +25,7 @@ ALIASES = {
 FIELDS = ("temperature", "top_k", "top_p", "max_new_tokens", "seed", "stop", "unknown")
 OFF = ("none", "off", "random", "")  # for top_k and seed: no limit / fresh randomness
 UNKNOWN = {"strict": "strict", "reject": "strict", "replace": "replace"}
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
 
 
 def field_name(name: str) -> str:
@@ -52,8 +54,7 @@ def parse_value(field: str, raw: str) -> object:
         extra = " or 'off'" if field in ("top_k", "seed") else ""
         raise ValueError(f"{field.replace('_', '-')} must be {kind}{extra}, not {raw!r}") from None
     if field == "stop":
-        # comma-separated; \n and \t written as escapes since they cannot be typed in one line
-        parts = text.encode("latin-1", "backslashreplace").decode("unicode_escape").split(",")
+        parts = unescape(text).split(",")  # comma-separated
         return tuple(p for p in parts if p) if text.lower() not in OFF else ()
     if field == "unknown":
         try:
@@ -61,6 +62,12 @@ def parse_value(field: str, raw: str) -> object:
         except KeyError:
             raise ValueError(f"unknown must be 'reject' (or 'strict') or 'replace', not {raw!r}") from None
     raise ValueError(f"unknown setting {field!r}")
+
+
+def unescape(text: str) -> str:
+    """\\n, \\t and \\\\ to characters: a stop string often holds a newline, which one
+    line of a command or a shell argument cannot."""
+    return re.sub(r"\\([nt\\])", lambda m: _ESCAPES[m.group(1)], text)
 
 
 def with_text(settings: Settings, name: str, raw: str) -> Settings:
