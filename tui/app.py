@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -59,7 +60,7 @@ class GPTApp(App[None]):
         settings: Settings | None = None,
         clock: Clock = time.perf_counter,
         session_dir: Path | None = None,
-        new_seed=lambda: secrets.randbelow(2**31),
+        new_seed: Callable[[], int] = lambda: secrets.randbelow(2**31),
     ):
         super().__init__()
         self.backend = backend
