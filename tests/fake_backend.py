@@ -1,0 +1,86 @@
+"""A deterministic stand-in for a model backend, for the app and batch tests.
+
+It uses the real ``model.engine.Generation`` (sampling, stopping, settings read per token) over a
+fake decoder whose logits favour the next character of a script, so tests see exact text.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+
+from model.backend import BackendInfo, Settings
+from model.engine import Generation
+from model.tokenizer import CharTokenizer
+
+CHARS = "\n !',.:?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+class ScriptDecoder:
+    """Logits (V,) with ``margin`` on the script's next character, 0 elsewhere; ``delay`` s a feed."""
+
+    def __init__(self, tokenizer: CharTokenizer, script: str, margin: float, block_size: int,
+                 delay: float, gate: threading.Semaphore | None = None):
+        self.tokenizer, self.script, self.margin = tokenizer, script, margin
+        self.block_size, self.delay, self.gate = block_size, delay, gate
+        self.pos = 0
+        self.fed = 0  # tokens generated: where we are in the script, across window resets
+
+    def reset(self) -> None:
+        self.pos = 0
+
+    def feed(self, ids: list[int]) -> torch.Tensor:
+        if self.gate is not None and not self.gate.acquire(timeout=10):
+            raise TimeoutError("the test did not allow this token")
+        if self.delay:
+            time.sleep(self.delay)
+        self.pos += len(ids)
+        logits = torch.zeros(self.tokenizer.vocab_size)
+        logits[self.tokenizer.stoi[self.script[self.fed % len(self.script)]]] = self.margin
+        self.fed += 1
+        return logits
+
+
+class FakeBackend:
+    def __init__(self, script: str = "To be, or not to be: that is the question.\n", margin: float = 30.0,
+                 block_size: int = 64, delay: float = 0.0, name: str = "fake.pt", kind: str = "torch",
+                 device: str = "cpu", fail_on: str | None = None, gated: bool = False):
+        self.tokenizer = CharTokenizer(CHARS)
+        self.script, self.margin, self.block_size, self.delay = script, margin, block_size, delay
+        self.name, self.kind, self.device, self.fail_on = name, kind, device, fail_on
+        # gated: every token waits for the test to allow() it, so a test can act mid-generation
+        self.gate = threading.Semaphore(0) if gated else None
+        self.prompts: list[str] = []
+
+    def allow(self, tokens: int) -> None:
+        self.gate.release(tokens)
+
+    def info(self) -> BackendInfo:
+        return BackendInfo(backend=self.kind, name=self.name, vocab_size=self.tokenizer.vocab_size,  # type: ignore[arg-type]
+                           block_size=self.block_size, device=self.device, vocab=CHARS)
+
+    def unknown_chars(self, prompt: str) -> list[str]:
+        return self.tokenizer.unknown_chars(prompt)
+
+    def stream(self, prompt: str, settings: Settings) -> Generation:
+        if self.fail_on is not None and self.fail_on in prompt:
+            raise RuntimeError(f"backend failure on {self.fail_on!r}")
+        self.prompts.append(prompt)
+        decoder = ScriptDecoder(self.tokenizer, self.script, self.margin, self.block_size, self.delay,
+                                self.gate)
+        return Generation(decoder, self.tokenizer, prompt, settings)
+
+
+class FakeClock:
+    """A clock that advances ``step`` seconds each time it is read: timings become exact."""
+
+    def __init__(self, step: float = 0.01):
+        self.t, self.step = 100.0, step
+        self.lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self.lock:
+            self.t += self.step
+            return self.t

@@ -1,0 +1,103 @@
+"""Typed commands, settings as text, session files and timing: the app's pure parts."""
+
+import json
+
+import pytest
+
+from model.backend import Settings
+from tui import commands
+from tui import settings as settings_text
+from tui.session import file_sha256, load_jsonl, save_jsonl, to_markdown
+from tui.stats import Timing, status_line
+
+S = Settings(temperature=0.8, top_k=None, seed=None)
+
+
+@pytest.mark.parametrize("line, field, value", [
+    ("/set temperature 0.5", "temperature", 0.5),
+    ("/set temp 0", "temperature", 0.0),
+    ("/set top-k 40", "top_k", 40),
+    ("/set top_k off", "top_k", None),
+    ("/set top-p 0.9", "top_p", 0.9),
+    ("/set max-new-tokens 64", "max_new_tokens", 64),
+    ("/set seed 7", "seed", 7),
+    ("/set seed random", "seed", None),
+    ("/set stop \\n\\n,THE END", "stop", ("\n\n", "THE END")),
+    ("/set unknown replace", "unknown", "replace"),
+    ("/SET Temperature 1.2", "temperature", 1.2),
+])
+def test_set_changes_one_setting(line, field, value):
+    command = commands.parse(line, S)
+    assert command.name == "set"
+    assert getattr(command.settings, field) == value
+    assert command.settings.max_new_tokens == S.max_new_tokens or field == "max_new_tokens"
+
+
+@pytest.mark.parametrize("line, message", [
+    ("/set temperature hot", "temperature must be a number, not 'hot'"),
+    ("/set temperature -1", "temperature must be >= 0 (0 = greedy), got -1.0"),
+    ("/set top-k 0", "top_k must be >= 1"),
+    ("/set top-k 2.5", "top-k must be a whole number or 'off', not '2.5'"),
+    ("/set top-p 0", "top_p must be in (0, 1]"),
+    ("/set max-new-tokens 0", "max_new_tokens must be >= 1"),
+    ("/set unknown ignore", "unknown must be 'reject'"),
+    ("/set colour blue", "unknown setting 'colour'"),
+    ("/set temperature", "usage: /set NAME VALUE"),
+    ("/frobnicate", "unknown command /frobnicate; /help lists the commands"),
+    ("/", "empty command"),
+    ("/show all", "/show takes no arguments"),
+    ("/backend tensorflow", "usage: /backend torch|onnx"),
+])
+def test_bad_commands_say_what_to_type(line, message):
+    with pytest.raises(commands.CommandError) as e:
+        commands.parse(line, S)
+    assert message in str(e.value)
+
+
+def test_commands_and_prompts_that_start_with_a_slash():
+    assert commands.is_command("/help") and not commands.is_command("//etc/passwd")
+    assert not commands.is_command("ROMEO:")
+    assert commands.prompt_text("//etc") == "/etc" and commands.prompt_text("x") == "x"
+    assert commands.parse("/save my session.jsonl", S).args == ("my session.jsonl",)
+    assert commands.parse("/export", S).args == ()
+    assert commands.parse("/backend ONNX", S).args == ("onnx",)
+    assert all(f"/{name}" in commands.help_text() for name in commands.COMMANDS)
+
+
+def test_settings_from_json_values():
+    s = settings_text.replace(S, {"temperature": 0, "top_k": 5, "stop": "\n", "unknown": "reject"})
+    assert (s.temperature, s.top_k, s.stop, s.unknown) == (0, 5, ("\n",), "strict")
+    for bad in ({"top_k": 2.0}, {"max_new_tokens": True}, {"top_p": "0.9"}, {"temperature": None}):
+        with pytest.raises(ValueError):
+            settings_text.replace(S, bad)
+    assert settings_text.to_dict(s)["stop"] == ["\n"]
+    assert settings_text.unescape(r"a\nb\tc\\n \d \x") == "a\nb\tc\\n \\d \\x"
+    shown = settings_text.describe(s)
+    assert "top-k  5" in shown and "seed  random" in shown and "unknown  reject" in shown
+
+
+def test_timing_with_a_fake_clock():
+    ticks = iter([10.0, 10.5, 10.6, 10.7, 11.0])
+    t = Timing(lambda: next(ticks))
+    t.token(), t.token(), t.token()
+    t.finish()
+    assert (t.ttft, t.total, t.tokens) == (0.5, 1.0, 3)
+    assert t.tokens_per_s == pytest.approx(2 / 0.2)
+    line = status_line(t, "eot", 40, 256, 7, generating=False)
+    assert line.split("  ·  ") == ["end of text", "3 tokens", "10.0 tok/s", "first token 500 ms",
+                                   "context 40/256", "seed 7"]
+
+
+def test_session_jsonl_and_markdown(tmp_path):
+    rec = {"prompt": "A", "completion": "```code```", "tokens": 3, "stop_reason": "max_tokens",
+           "settings": {"temperature": 0.8, "top_k": None, "top_p": 1.0}, "seed": 1, "backend": "torch",
+           "checkpoint": "x.pt", "checkpoint_sha256": None}
+    path = save_jsonl([rec, rec], tmp_path / "s" / "session.jsonl")
+    assert load_jsonl(path) == [rec, rec]
+    assert json.loads(path.read_text().splitlines()[0])["completion"] == "```code```"
+    md = to_markdown([rec])
+    assert "````\n```code```\n````" in md  # a fence longer than the text's backticks
+    assert "max tokens" in md and "seed 1" in md
+    (tmp_path / "f").write_bytes(b"abc")
+    assert file_sha256(tmp_path / "f") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert file_sha256(tmp_path / "missing") is None

@@ -1,0 +1,97 @@
+"""Making backends for the app and batch mode: PyTorch from a checkpoint, ONNX Runtime from an `.onnx`.
+
+A factory takes a progress callback (for slow steps such as exporting) and returns a Backend. The
+app keeps one factory per backend name, so tests inject fakes and the ONNX code is imported only
+when someone switches to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from model.backend import Backend
+from model.data import cache_dir
+
+BackendName = Literal["torch", "onnx"]
+Progress = Callable[[str], None]
+BackendFactory = Callable[[Progress], Backend]
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot be made; the message says why and what to do."""
+
+
+def onnx_cache_path(ckpt: Path) -> Path:
+    """Where the export of ``ckpt`` goes: beside it (shakespeare.pt -> shakespeare.onnx), or in the
+    user cache when that folder is read-only (an installed package)."""
+    beside = ckpt.with_suffix(".onnx")
+    if _writable(ckpt.parent):
+        return beside
+    tag = hashlib.sha256(str(ckpt.resolve()).encode()).hexdigest()[:8]  # one cache file per checkpoint
+    return cache_dir() / "onnx" / f"{ckpt.stem}-{tag}.onnx"
+
+
+def _writable(folder: Path) -> bool:
+    return folder.is_dir() and os.access(folder, os.W_OK)
+
+
+def torch_factory(ckpt: Path, device: str = "cpu") -> BackendFactory:
+    def make(progress: Progress) -> Backend:
+        from model.engine import load_backend
+
+        progress(f"loading {ckpt.name} with PyTorch" + ("" if device == "auto" else f" on {device}"))
+        return load_backend(ckpt, device)  # type: ignore[arg-type]
+
+    return make
+
+
+def onnx_factory(ckpt: Path | None, onnx: Path | None = None, provider: str = "auto") -> BackendFactory:
+    """ONNX Runtime on ``onnx`` if given, else on the cached export of ``ckpt`` (made on first use,
+    and again when the checkpoint is newer than its export)."""
+
+    def make(progress: Progress) -> Backend:
+        if onnx is not None and not onnx.is_file():
+            raise BackendError(f"ONNX model {onnx} not found; pass an existing file to --onnx or "
+                               "leave it out to export the checkpoint")
+        try:
+            from export.ort_backend import load_ort_backend
+        except ImportError as e:
+            raise BackendError(f"the ONNX Runtime backend is not installed with this copy ({e})") from None
+        path = onnx
+        if path is None:
+            if ckpt is None:
+                raise BackendError("the onnx backend needs --onnx PATH or a checkpoint to export")
+            path = onnx_cache_path(ckpt)
+            if not path.is_file() or path.stat().st_mtime < ckpt.stat().st_mtime:
+                try:
+                    from export.onnx_export import export_onnx
+                except ImportError as e:
+                    raise BackendError(f"cannot export {ckpt.name} to ONNX ({e}); pass --onnx PATH "
+                                       "or use --backend torch") from None
+                progress(f"exporting {ckpt.name} to {path} (first use; this takes a while)")
+                try:
+                    export_onnx(ckpt, path, progress=progress)
+                except Exception as e:
+                    raise BackendError(f"exporting {ckpt.name} to ONNX failed: {e}") from None
+        progress(f"loading {path.name} with ONNX Runtime")
+        try:
+            return load_ort_backend(path, provider=provider)
+        except Exception as e:
+            raise BackendError(f"cannot load {path} with ONNX Runtime: {e}") from None
+
+    return make
+
+
+def factories(ckpt: Path | None, device: str = "cpu", onnx: Path | None = None) -> dict[str, BackendFactory]:
+    """The backends these files allow: PyTorch needs the checkpoint; ONNX needs the .onnx or the
+    checkpoint to export."""
+    made: dict[str, BackendFactory] = {}
+    if ckpt is not None:
+        made["torch"] = torch_factory(ckpt, device)
+    if ckpt is not None or onnx is not None:
+        made["onnx"] = onnx_factory(ckpt, onnx)
+    return made

@@ -1,0 +1,116 @@
+"""`gpt-tui`: open the app on a checkpoint, or run prompts from a file with --batch."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TextIO
+
+import click
+
+from model.backend import Settings
+from model.checkpoint import CheckpointError
+from tui.backends import BackendError, factories
+from tui.settings import unescape
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def resolve_ckpt(name: str) -> Path:
+    """The checkpoint ``name`` means: the path as given if it exists, else the shipped one of that
+    name in <repo>/checkpoints/. Missing in both: a usage error naming both places."""
+    # TODO: use model.checkpoint.resolve_ckpt once it lands on main
+    given = Path(name).expanduser()
+    if given.is_file():
+        return given
+    tried = [given]
+    if not given.is_absolute():
+        shipped = REPO / "checkpoints" / name
+        if shipped.is_file():
+            return shipped
+        tried.append(shipped)
+    raise click.BadParameter(
+        f"no checkpoint at {' nor at '.join(str(p) for p in tried)}; pass --ckpt PATH "
+        "(gpt-train writes OUT/ckpt.pt)", param_hint="'--ckpt'")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--ckpt", default="shakespeare.pt",
+              help="Checkpoint: a path, or the name of a shipped one in checkpoints/.")
+@click.option("--backend", "backend_name", type=click.Choice(["torch", "onnx"]),
+              help="Start on PyTorch or ONNX Runtime [default: onnx with --onnx, else torch].")
+@click.option("--onnx", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The .onnx model for the onnx backend [default: export CKPT on first use, cached "
+                   "beside it].")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+              help="Device for the PyTorch backend.")
+@click.option("--temperature", default=0.8, type=click.FloatRange(min=0), help="0 = greedy.")
+@click.option("--top-k", type=click.IntRange(min=1),
+              help="Sample from the k likeliest tokens [default: off].")
+@click.option("--top-p", default=1.0, type=click.FloatRange(0, 1, min_open=True),
+              help="Sample from the smallest set holding this probability (1 = off).")
+@click.option("--max-new-tokens", default=500, type=click.IntRange(min=1), help="Tokens per generation.")
+@click.option("--seed", type=int, help="Seed for sampling [default: a fresh one each time, recorded].")
+@click.option("--stop", multiple=True,
+              help="Stop when the output contains this text (repeatable; \\n for a newline).")
+@click.option("--unknown", default="reject", type=click.Choice(["reject", "replace"]),
+              help="Prompt characters the model does not know: refuse the prompt, or replace them.")
+@click.option("--batch", type=click.File("r", encoding="utf-8"), metavar="FILE",
+              help="Run without the UI: prompts from FILE ('-' for stdin), one per line or as JSONL.")
+@click.option("--output", type=click.File("w", encoding="utf-8"), metavar="FILE",
+              help="With --batch: write the JSON lines here [default: stdout].")
+@click.option("--format", "fmt", default="auto", type=click.Choice(["auto", "text", "jsonl"]),
+              help="With --batch: input format; auto = JSONL if the first line starts with '{'.")
+@click.option("--session-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where /save and /export write [default: ~/.local/share/gpt-from-scratch/sessions].")
+def main(ckpt: str, backend_name: str | None, onnx: Path | None, device: str, batch: TextIO | None,
+         output: TextIO | None, fmt: str, session_dir: Path | None, unknown: str, stop: tuple[str, ...],
+         **knobs) -> None:
+    """Generate text from a GPT checkpoint: live in the terminal, or in batch.
+
+    \b
+    gpt-tui                                  # the app, on checkpoints/shakespeare.pt
+    gpt-tui --ckpt out/ckpt.pt --backend onnx
+    gpt-tui --batch prompts.txt --seed 1 > out.jsonl
+
+    Batch exit codes: 0 all items done, 2 usage error, 3 some items failed (each line carries its
+    error), 130 interrupted (the lines already written are complete).
+    """
+    if batch is None and (output is not None or fmt != "auto"):
+        raise click.UsageError("--output and --format only apply with --batch")
+    settings = Settings(stop=tuple(unescape(s) for s in stop),
+                        unknown="strict" if unknown == "reject" else "replace", **knobs)
+    backend_name = backend_name or ("onnx" if onnx else "torch")
+    try:
+        ckpt_path = resolve_ckpt(ckpt)
+    except click.BadParameter:
+        if not (backend_name == "onnx" and onnx):
+            raise
+        ckpt_path = None  # an .onnx alone is enough; there is just no PyTorch backend to switch to
+    makers = factories(ckpt_path, device, onnx)
+
+    def progress(message: str) -> None:
+        click.echo(message, err=True)
+
+    try:
+        backend = makers[backend_name](progress)
+    except (CheckpointError, BackendError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+
+    if batch is None:
+        from tui.app import GPTApp
+
+        GPTApp(backend, backend_name, makers, settings, session_dir=session_dir).run()
+        return
+
+    from tui.batch import EXIT_INTERRUPTED, read_items, run_batch
+    from tui.session import file_sha256
+
+    info = backend.info()
+    try:
+        summary = run_batch(backend, read_items(batch, fmt), settings, output or sys.stdout, progress,
+                            checkpoint_sha256=file_sha256(info.name))  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(summary.exit_code)

@@ -1,0 +1,99 @@
+"""The controls panel: sampling settings and the backend switch.
+
+It only reports what the user typed or picked (``SettingEdited``, ``BackendPicked``); the app
+validates, applies (to the running generation too) and calls ``show`` with the result, so `/set`
+and the panel always agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.message import Message
+from textual.widgets import Input, Label, Select
+
+from model.backend import Settings
+
+# (field, label, placeholder when empty)
+FIELDS = (
+    ("temperature", "temperature (0 = greedy)", "0.8"),
+    ("top_k", "top-k", "off"),
+    ("top_p", "top-p", "1.0"),
+    ("max_new_tokens", "max new tokens", "500"),
+    ("seed", "seed", "random"),
+)
+
+
+def _text(settings: Settings, field: str) -> str:
+    value = getattr(settings, field)
+    return "" if value is None else str(value)
+
+
+class Controls(VerticalScroll, can_focus=False):
+    """Tab reaches its fields, not the panel itself."""
+
+    @dataclass
+    class SettingEdited(Message):
+        field: str
+        text: str
+
+    @dataclass
+    class BackendPicked(Message):
+        name: str
+
+    def __init__(self, settings: Settings, backends: tuple[str, ...], backend: str, **kwargs):
+        super().__init__(**kwargs)
+        self._settings = settings
+        self._backends = backends
+        self._backend = backend
+
+    def compose(self) -> ComposeResult:
+        yield Label("backend")
+        yield Select([(b, b) for b in self._backends], value=self._backend, allow_blank=False,
+                     id="backend", compact=True)
+        for field, label, placeholder in FIELDS:
+            yield Label(label)
+            yield Input(_text(self._settings, field), placeholder=placeholder, id=f"set-{field}",
+                        compact=True, select_on_focus=True)
+        yield Label("unknown characters")
+        yield Select([("reject", "strict"), ("replace", "replace")], value=self._settings.unknown,
+                     allow_blank=False, id="set-unknown", compact=True)
+
+    def show(self, settings: Settings) -> None:
+        """Display ``settings`` (after /set, or to undo an invalid edit)."""
+        self._settings = settings
+        for field, _, _ in FIELDS:
+            box = self.query_one(f"#set-{field}", Input)
+            box.value = _text(settings, field)
+            box.remove_class("-invalid")
+        self.query_one("#set-unknown", Select).value = settings.unknown
+
+    def show_backend(self, name: str) -> None:
+        self._backend = name
+        select = self.query_one("#backend", Select)
+        if select.value != name:
+            with select.prevent(Select.Changed):
+                select.value = name
+
+    def mark_invalid(self, field: str) -> None:
+        self.query_one(f"#set-{field}", Input).add_class("-invalid")
+
+    @on(Input.Submitted)
+    @on(Input.Blurred)
+    def _edited(self, event: Input.Submitted | Input.Blurred) -> None:
+        field = (event.input.id or "").removeprefix("set-")
+        if event.value != _text(self._settings, field):
+            self.post_message(self.SettingEdited(field, event.value))
+
+    @on(Select.Changed, "#set-unknown")
+    def _unknown(self, event: Select.Changed) -> None:
+        if event.value != self._settings.unknown:
+            self.post_message(self.SettingEdited("unknown", str(event.value)))
+
+    @on(Select.Changed, "#backend")
+    def _backend_changed(self, event: Select.Changed) -> None:
+        if event.value != self._backend:
+            self.post_message(self.BackendPicked(str(event.value)))

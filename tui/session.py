@@ -1,0 +1,113 @@
+"""What a generation leaves behind: one record per generation, saved as JSONL, exported as Markdown.
+
+The same record serves the app's sessions and batch output, so a line from either can be replayed:
+prompt, settings and seed, backend and checkpoint (with its SHA-256) give the same completion.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from model.backend import BackendInfo, Settings
+from tui import settings as settings_text
+from tui.stats import STOP_NAMES, Timing
+
+
+def default_session_dir() -> Path:
+    """$XDG_DATA_HOME/gpt-from-scratch/sessions (~/.local/share by default)."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "gpt-from-scratch" / "sessions"
+
+
+def file_sha256(path: str | Path) -> str | None:
+    """SHA-256 of a file (None if it is not a file), cached while its size and mtime stay the same."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return _sha256(str(path.resolve()), st.st_size, st.st_mtime_ns) if path.is_file() else None
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def record(prompt: str, completion: str, stop_reason: str | None, settings: Settings, info: BackendInfo,
+           timing: Timing, checkpoint_sha256: str | None = None) -> dict:
+    """One generation as plain JSON data."""
+    return {
+        "prompt": prompt,
+        "completion": completion,
+        "tokens": timing.tokens,
+        "stop_reason": stop_reason,
+        "settings": {k: v for k, v in settings_text.to_dict(settings).items() if k != "seed"},
+        "seed": settings.seed,
+        "backend": info.backend,
+        "device": info.device,
+        "checkpoint": info.name,
+        "checkpoint_sha256": checkpoint_sha256,
+        "timing": timing.to_dict(),
+    }
+
+
+def save_jsonl(records: Iterable[dict], path: str | Path) -> Path:
+    """Write records one per line, atomically (a crash leaves the old file or the new one)."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_jsonl(path: str | Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _fence(text: str) -> str:
+    """A code fence longer than any run of backticks in text, so the text cannot close it."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def to_markdown(records: Iterable[dict], title: str = "gpt-tui session") -> str:
+    """The session for people: each generation's settings in a line, then prompt and completion."""
+    out = [f"# {title}", ""]
+    for i, r in enumerate(records, 1):
+        s = r["settings"]
+        facts = [r["backend"], f"temperature {s['temperature']}", f"top-k {s['top_k'] or 'off'}",
+                 f"top-p {s['top_p']}", f"seed {r['seed']}", f"{r['tokens']} tokens",
+                 STOP_NAMES.get(r["stop_reason"], str(r["stop_reason"] or "-"))]
+        out += [f"## {i}", "", "*" + " · ".join(str(f) for f in facts) + "*", ""]
+        for label, text in (("Prompt", r["prompt"]), ("Completion", r["completion"])):
+            fence = _fence(text)
+            out += [f"**{label}**", "", fence, text, fence, ""]
+        out += [f"Checkpoint `{r['checkpoint']}` (sha256 {r['checkpoint_sha256'] or 'unknown'})", ""]
+    return "\n".join(out)
+
+
+def save_markdown(records: Iterable[dict], path: str | Path, title: str = "gpt-tui session") -> Path:
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_markdown(records, title), encoding="utf-8")
+    return path

@@ -1,0 +1,116 @@
+"""Sampling settings as people type them: one parser for `/set`, the controls panel and batch items.
+
+``model.backend.Settings`` validates values; this module turns names and text into them and back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+
+from model.backend import Settings
+
+# what a user may type -> the Settings field (the CLI flag spelling and the field name both work)
+ALIASES = {
+    "temperature": "temperature", "temp": "temperature", "t": "temperature",
+    "top-k": "top_k", "top_k": "top_k", "topk": "top_k", "k": "top_k",
+    "top-p": "top_p", "top_p": "top_p", "topp": "top_p", "p": "top_p",
+    "max-new-tokens": "max_new_tokens", "max_new_tokens": "max_new_tokens", "max-tokens": "max_new_tokens",
+    "max_tokens": "max_new_tokens", "max": "max_new_tokens", "n": "max_new_tokens",
+    "seed": "seed",
+    "stop": "stop",
+    "unknown": "unknown",
+}
+FIELDS = ("temperature", "top_k", "top_p", "max_new_tokens", "seed", "stop", "unknown")
+OFF = ("none", "off", "random", "")  # for top_k and seed: no limit / fresh randomness
+UNKNOWN = {"strict": "strict", "reject": "strict", "replace": "replace"}
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def field_name(name: str) -> str:
+    """The Settings field a typed name means; ValueError listing the names otherwise."""
+    try:
+        return ALIASES[name.strip().lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown setting {name!r}; use one of temperature, top-k, top-p, max-new-tokens, seed, "
+            "stop, unknown"
+        ) from None
+
+
+def parse_value(field: str, raw: str) -> object:
+    """Text -> the typed value of a Settings field (not yet range-checked: Settings does that)."""
+    text = raw.strip()
+    try:
+        if field == "temperature" or field == "top_p":
+            return float(text)
+        if field in ("top_k", "seed"):
+            return None if text.lower() in OFF else int(text)
+        if field == "max_new_tokens":
+            return int(text)
+    except ValueError:
+        kind = "a number" if field in ("temperature", "top_p") else "a whole number"
+        extra = " or 'off'" if field in ("top_k", "seed") else ""
+        raise ValueError(f"{field.replace('_', '-')} must be {kind}{extra}, not {raw!r}") from None
+    if field == "stop":
+        parts = unescape(text).split(",")  # comma-separated
+        return tuple(p for p in parts if p) if text.lower() not in OFF else ()
+    if field == "unknown":
+        try:
+            return UNKNOWN[text.lower()]
+        except KeyError:
+            raise ValueError(f"unknown must be 'reject' (or 'strict') or 'replace', not {raw!r}") from None
+    raise ValueError(f"unknown setting {field!r}")
+
+
+def unescape(text: str) -> str:
+    """\\n, \\t and \\\\ to characters: a stop string often holds a newline, which one
+    line of a command or a shell argument cannot."""
+    return re.sub(r"\\([nt\\])", lambda m: _ESCAPES[m.group(1)], text)
+
+
+def with_text(settings: Settings, name: str, raw: str) -> Settings:
+    """``settings`` with one value changed from text; ValueError with a message for people."""
+    field = field_name(name)
+    return replace(settings, {field: parse_value(field, raw)})
+
+
+def replace(settings: Settings, changes: Mapping[str, object]) -> Settings:
+    """``settings`` with typed changes (JSON values: numbers, null, a string or list for stop)."""
+    changes = dict(changes)
+    if isinstance(changes.get("stop"), (list, str)):
+        stop = changes["stop"]
+        changes["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
+    if isinstance(changes.get("unknown"), str):
+        changes["unknown"] = UNKNOWN.get(changes["unknown"], changes["unknown"])
+    for key in ("top_k", "max_new_tokens", "seed"):
+        value = changes.get(key)
+        if isinstance(value, bool) or isinstance(value, float):  # JSON 1.0 or true is not a count
+            raise ValueError(f"{key} must be a whole number, not {value!r}")
+    try:
+        return dataclasses.replace(settings, **changes)
+    except TypeError as e:  # a wrong type that Settings' comparisons choke on
+        raise ValueError(f"bad setting value: {e}") from None
+
+
+def to_dict(settings: Settings) -> dict:
+    """Settings as JSON (seed included; stop as a list)."""
+    d = dataclasses.asdict(settings)
+    d["stop"] = list(settings.stop)
+    return d
+
+
+def describe(settings: Settings) -> str:
+    """One line per setting, as `/show` prints them."""
+    def show(field: str) -> str:
+        value = getattr(settings, field)
+        if field in ("top_k", "seed") and value is None:
+            return "off" if field == "top_k" else "random"
+        if field == "stop":
+            return ", ".join(repr(s) for s in value) or "none"
+        if field == "unknown":
+            return "reject" if value == "strict" else "replace"
+        return str(value)
+
+    return "\n".join(f"{f.replace('_', '-'):>15}  {show(f)}" for f in FIELDS)

@@ -1,0 +1,51 @@
+"""What the app keeps of what it generated: runs (one generation each) grouped into documents.
+
+A document is one prompt and everything generated after it: continuing adds a run, regenerating
+replaces the last. Side panels read these too (a run keeps its settings, timing and Generation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from model.backend import BackendInfo, Generation, Settings
+from tui.stats import Timing
+from tui.widgets import DocumentView
+
+
+@dataclass(eq=False)
+class Run:
+    """One generation: what the model was fed, what came out, how and how fast."""
+
+    context: str  # the text fed to the model (for a continuation: the whole document so far)
+    settings: Settings  # at the start, with the seed actually used
+    info: BackendInfo
+    timing: Timing
+    generation: Generation
+    document: Document
+    text: str = ""
+    stop_reason: str | None = None
+    error: str | None = None
+    done: bool = False
+
+    @property
+    def context_used(self) -> int:
+        return len(self.generation.prompt_ids) + self.timing.tokens
+
+
+@dataclass(eq=False)
+class Document:
+    """A prompt and its generations; continuations add runs, regenerating replaces the last."""
+
+    prompt: str
+    view: DocumentView
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return self.prompt + "".join(r.text for r in self.runs)
+
+    @property
+    def text_before_last(self) -> str:
+        """What the last run was fed: the text to regenerate it from."""
+        return self.prompt + "".join(r.text for r in self.runs[:-1])
