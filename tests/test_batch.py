@@ -127,7 +127,7 @@ def test_cli_usage_errors_and_bad_checkpoints(tiny_ckpt, tmp_path):
     assert no_batch.exit_code == 2 and "--output and --format only apply with --batch" in no_batch.output
     missing = runner.invoke(main, ["--ckpt", "nope.pt", "--batch", "-"], input="x\n")
     assert missing.exit_code == 2
-    assert "no checkpoint at nope.pt nor at" in missing.output and "checkpoints/nope.pt" in missing.output
+    assert "checkpoint nope.pt (nor " in missing.output and "checkpoints/nope.pt" in missing.output
     bad = tmp_path / "bad.pt"
     bad.write_bytes(tiny_ckpt.read_bytes()[:1000])
     damaged = runner.invoke(main, ["--ckpt", str(bad), "--batch", "-"], input="x\n")

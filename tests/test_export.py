@@ -1,9 +1,12 @@
 """ONNX export and the ONNX Runtime backend: parity with PyTorch, metadata, refusals."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from test_engine import decode_logits
 
 from export.cli import main as export_cli
 from export.onnx_export import export_onnx, input_names
@@ -11,7 +14,6 @@ from export.ort_backend import OnnxModelError, load_ort_backend
 from export.validate import LOGIT_TOLERANCE, empty_past, padded_batch, validate_export
 from model.backend import Settings
 from model.engine import TorchBackend, TorchDecoder
-from tests.test_engine import decode_logits
 
 pytestmark = pytest.mark.slow  # one export of the tiny model: ~15 s
 
@@ -132,3 +134,18 @@ def test_cli_errors_are_one_line(tmp_path, tiny_ckpt):
     assert result.exit_code == 1
     assert result.output.strip() == f"Error: checkpoint {tmp_path / 'nope.pt'} not found; train one with " \
         "gpt-train or pass --ckpt PATH"
+
+
+def test_gpt_tui_batch_on_onnx_equals_torch(onnx_path, tiny_ckpt):
+    from tui.cli import main as tui_cli
+
+    def completions(*flags):
+        result = CliRunner().invoke(tui_cli, ["--ckpt", str(tiny_ckpt), "--batch", "-", "--seed", "4",
+                                              "--max-new-tokens", "30", *flags], input="All:\nROMEO:\n")
+        assert result.exit_code == 0, result.output
+        rows = [json.loads(line) for line in result.stdout.splitlines()]
+        return [(r["completion"], r["backend"]) for r in rows]
+
+    on_torch, on_onnx = completions(), completions("--backend", "onnx", "--onnx", str(onnx_path))
+    assert [c for c, _ in on_onnx] == [c for c, _ in on_torch]
+    assert {b for _, b in on_torch} == {"torch"} and {b for _, b in on_onnx} == {"onnx"}

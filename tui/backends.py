@@ -86,12 +86,14 @@ def onnx_factory(ckpt: Path | None, onnx: Path | None = None, provider: str = "a
     return make
 
 
-def factories(ckpt: Path | None, device: str = "cpu", onnx: Path | None = None) -> dict[str, BackendFactory]:
+def factories(
+    ckpt: Path | None, device: str = "cpu", onnx: Path | None = None, provider: str = "auto"
+) -> dict[str, BackendFactory]:
     """The backends these files allow: PyTorch needs the checkpoint; ONNX needs the .onnx or the
     checkpoint to export."""
     made: dict[str, BackendFactory] = {}
     if ckpt is not None:
         made["torch"] = torch_factory(ckpt, device)
     if ckpt is not None or onnx is not None:
-        made["onnx"] = onnx_factory(ckpt, onnx)
+        made["onnx"] = onnx_factory(ckpt, onnx, provider)
     return made

@@ -8,30 +8,19 @@ from typing import TextIO
 
 import click
 
+from model import checkpoint
 from model.backend import Settings
 from model.checkpoint import CheckpointError
 from tui.backends import BackendError, factories
 from tui.settings import unescape
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def resolve_ckpt(name: str) -> Path:
-    """The checkpoint ``name`` means: the path as given if it exists, else the shipped one of that
-    name in <repo>/checkpoints/. Missing in both: a usage error naming both places."""
-    # TODO: use model.checkpoint.resolve_ckpt once it lands on main
-    given = Path(name).expanduser()
-    if given.is_file():
-        return given
-    tried = [given]
-    if not given.is_absolute():
-        shipped = REPO / "checkpoints" / name
-        if shipped.is_file():
-            return shipped
-        tried.append(shipped)
-    raise click.BadParameter(
-        f"no checkpoint at {' nor at '.join(str(p) for p in tried)}; pass --ckpt PATH "
-        "(gpt-train writes OUT/ckpt.pt)", param_hint="'--ckpt'")
+    """model.checkpoint.resolve_ckpt, with a miss reported as a usage error (exit code 2)."""
+    try:
+        return checkpoint.resolve_ckpt(Path(name).expanduser())
+    except CheckpointError as e:
+        raise click.BadParameter(str(e), param_hint="'--ckpt'") from None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -42,6 +31,9 @@ def resolve_ckpt(name: str) -> Path:
 @click.option("--onnx", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The .onnx model for the onnx backend [default: export CKPT on first use, cached "
                    "beside it].")
+@click.option("--provider", default="auto", type=click.Choice(["auto", "cpu", "cuda"]),
+              help="ONNX Runtime provider: auto = CUDA when usable, else CPU; cuda where it cannot "
+                   "run is an error.")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda", "mps"]),
               help="Device for the PyTorch backend.")
 @click.option("--temperature", default=0.8, type=click.FloatRange(min=0), help="0 = greedy.")
@@ -63,9 +55,9 @@ def resolve_ckpt(name: str) -> Path:
               help="With --batch: input format; auto = JSONL if the first line starts with '{'.")
 @click.option("--session-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where /save and /export write [default: ~/.local/share/gpt-from-scratch/sessions].")
-def main(ckpt: str, backend_name: str | None, onnx: Path | None, device: str, batch: TextIO | None,
-         output: TextIO | None, fmt: str, session_dir: Path | None, unknown: str, stop: tuple[str, ...],
-         **knobs) -> None:
+def main(ckpt: str, backend_name: str | None, onnx: Path | None, provider: str, device: str,
+         batch: TextIO | None, output: TextIO | None, fmt: str, session_dir: Path | None, unknown: str,
+         stop: tuple[str, ...], **knobs) -> None:
     """Generate text from a GPT checkpoint: live in the terminal, or in batch.
 
     \b
@@ -87,7 +79,7 @@ def main(ckpt: str, backend_name: str | None, onnx: Path | None, device: str, ba
         if not (backend_name == "onnx" and onnx):
             raise
         ckpt_path = None  # an .onnx alone is enough; there is just no PyTorch backend to switch to
-    makers = factories(ckpt_path, device, onnx)
+    makers = factories(ckpt_path, device, onnx, provider)
 
     def progress(message: str) -> None:
         click.echo(message, err=True)
