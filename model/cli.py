@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import click
 
@@ -130,6 +131,26 @@ def report_plot(metrics: str, out: str, title: str) -> None:
         click.echo(plot_learning_curve(metrics, out, title))
     except (ValueError, KeyError) as e:
         raise click.ClickException(f"cannot plot {metrics}: {e}") from None
+
+
+@report.command("slim")
+@click.argument("ckpt", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="Precision of the stored weights (fp16/bf16 halve the file; they load as stored).")
+def report_slim(ckpt: str, out: str, dtype: str) -> None:
+    """Write OUT: the weights, config, tokenizer and training facts of CKPT, without optimizer state.
+
+    What the tools need to generate, about a third of a training checkpoint; written atomically."""
+    import torch
+
+    from model.checkpoint import write_slim
+
+    try:
+        write_slim(ckpt, out, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype])
+    except CheckpointError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{out}: {Path(out).stat().st_size / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":  # torchrun --nproc-per-node N -m model.cli ...

@@ -75,3 +75,27 @@ def test_weights_that_do_not_match_the_config_are_refused(tiny_ckpt, tmp_path):
     checkpoint.save(ckpt, bad)
     with pytest.raises(CheckpointError, match="weights do not match its config"):
         load_model(bad)
+
+
+def test_gpt_report_slim_drops_training_state(tiny_ckpt, tmp_path):
+    from click.testing import CliRunner
+
+    from model.cli import report
+
+    full = load(tiny_ckpt) | {"train": {"step": 7, "optimizer": {"state": {0: torch.zeros(1000)}}}}
+    checkpoint.save(full, tmp_path / "full.pt")
+    result = CliRunner().invoke(report, ["slim", str(tmp_path / "full.pt"), str(tmp_path / "slim.pt")])
+    assert result.exit_code == 0, result.output
+    slim = load(tmp_path / "slim.pt")
+    assert "train" not in slim and slim["meta"] == full["meta"]
+    assert all(torch.equal(slim["model"][k], v) for k, v in full["model"].items())
+
+    args = ["slim", str(tmp_path / "full.pt"), str(tmp_path / "h.pt"), "--dtype", "fp16"]
+    half = CliRunner().invoke(report, args)
+    assert half.exit_code == 0, half.output
+    weights = load(tmp_path / "h.pt")["model"].values()
+    assert {w.dtype for w in weights if w.is_floating_point()} == {torch.float16}
+
+    missing = CliRunner().invoke(report, ["slim", str(tmp_path / "nope.pt"), str(tmp_path / "x.pt")])
+    assert missing.exit_code == 1 and "checkpoint" in missing.output and "nope.pt not found" in missing.output
+    assert not (tmp_path / "x.pt").exists()
