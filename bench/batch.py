@@ -1,6 +1,6 @@
 """Prompts of different lengths: one padded batch against a loop over sequences, on this CPU.
 
-    python bench/batch.py [--tokens 200] [--runs 3]
+    python bench/batch.py [--tokens 150] [--runs 3]
 
 The engine generates a batch one sequence after another (model.engine.generate_batch). The
 alternative is one left-padded batch: a mask hides the padding, each row keeps its own positions,
@@ -73,7 +73,7 @@ def median_tok_s(fn, tokens: int, runs: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=200, help="new tokens per prompt")
+    parser.add_argument("--tokens", type=int, default=150, help="new tokens per prompt")
     parser.add_argument("--runs", type=int, default=3, help="runs per path (median)")
     args = parser.parse_args()
     if SHIPPED.is_file():
@@ -83,6 +83,10 @@ def main() -> None:
         torch.manual_seed(0)
         model, tokenizer = GPT(preset("shakespeare-char")).eval(), CharTokenizer(SHAKESPEARE_CHARS)
         name = "shakespeare-char, random weights"
+    longest = max(len(tokenizer.encode(p)) for p in PROMPTS)
+    if longest + args.tokens > model.config.block_size:  # the padded batch has no window handling
+        parser.error(f"--tokens {args.tokens} plus the longest prompt ({longest}) exceed block_size "
+                     f"{model.config.block_size}; use at most {model.config.block_size - longest}")
     backend = TorchBackend(model, tokenizer)
     greedy = Settings(temperature=0.0, max_new_tokens=args.tokens)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {name}; {args.tokens} new "

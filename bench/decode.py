@@ -9,10 +9,14 @@ for), median of `--runs` runs in one process, for
   cached     model.engine.TorchDecoder: one position per token on a preallocated KV cache
   recompute  model.engine.RecomputeDecoder: the whole window again every token (nanoGPT's generate)
   onnx       export.ort_backend on ONNX Runtime's CPU provider (when the export package imports)
-It also states the arithmetic limit: FLOPs per decoded token over the matrix-vector throughput
-measured here on the model's own weight shapes (a batch-1 decode step is a chain of mat-vecs), and
-the fraction of it the cached path reaches; the gap is per-token overhead (Python, dispatch,
-sampling). The last line, for shakespeare-char:
+It also states the arithmetic limit: a batch-1 decode step is a chain of mat-vecs, one through
+every weight matrix, so the limit is the time of exactly that chain on the model's own weights
+(FLOPs and weight bytes per token are printed beside it), and the fraction of it the cached path
+reaches; the gap is per-token overhead (Python, dispatch, attention over the cache, sampling).
+On this CPU the chain is bound by memory bandwidth, not by the matmul rate: the recompute path
+is compute bound, the cached one bandwidth bound, and their ratio is capped accordingly. ONNX
+Runtime's own mat-vec kernels stream the same weights faster, so it can beat this limit.
+The last line, for shakespeare-char:
 cached_tok_s=<f> recompute_tok_s=<f> speedup=<f> limit_tok_s=<f> [onnx_tok_s=<f> onnx_vs_torch=<f>]
 """
 
@@ -25,10 +29,11 @@ import time
 from pathlib import Path
 
 import torch
+from torch.nn import functional as F
 
 from model import checkpoint
 from model.backend import Settings
-from model.config import GPTConfig, preset
+from model.config import preset
 from model.engine import Generation, RecomputeDecoder, TorchDecoder
 from model.gpt import GPT
 from model.tokenizer import CharTokenizer
@@ -52,29 +57,32 @@ def tok_s(make_decoder, tokenizer, tokens: int, runs: int) -> float:
     return statistics.median(rates)
 
 
-def matvec_seconds(shape: tuple[int, int], reps: int = 200) -> float:
-    """Median time of x (1, k) @ W (k, n): what one decode step does with each weight matrix."""
-    x, w = torch.randn(1, shape[0]), torch.randn(*shape)
-    for _ in range(10):
-        x @ w
+def weight_pass_seconds(model: GPT, reps: int = 20) -> float:
+    """Median time of one mat-vec through every weight matrix of the model, in forward order.
+
+    That is all the arithmetic of a batch-1 decode step bar attention over the cache, and it reads
+    every weight once: when the weights do not stay in cache (10.7M fp32 parameters are 43 MB, more
+    than this CPU's L3), it runs at memory bandwidth, not at the matmul rate."""
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = [torch.randn(1, w.size(1), dtype=w.dtype) for w in weights]
     times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        x @ w
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    with torch.inference_mode():
+        for _ in range(reps + 2):
+            t = time.perf_counter()
+            for x, w in zip(inputs, weights, strict=True):
+                F.linear(x, w)
+            times.append(time.perf_counter() - t)
+    return statistics.median(times[2:])
 
 
-def arithmetic_limit(cfg: GPTConfig, avg_context: float) -> tuple[float, float]:
-    """(FLOPs per decoded token, tokens/s if every mat-vec ran at the rate measured for its shape)."""
-    C, V, L = cfg.n_embd, cfg.vocab_size, cfg.n_layer
-    shapes = [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)]  # one block: qkv, proj, fc, fc2
-    block_flops = sum(2 * k * n for k, n in shapes)
-    attention_flops = 4 * C * avg_context  # q.k scores and the weighted sum of v, per layer
-    flops = L * (block_flops + attention_flops) + 2 * C * V  # + lm_head
-    seconds = L * sum(matvec_seconds(s) for s in shapes) + matvec_seconds((C, V))
-    rate = (L * block_flops + 2 * C * V) / seconds  # the FLOP/s the mat-vecs alone reach
-    return flops, rate / flops
+def arithmetic_limit(model: GPT, avg_context: float) -> tuple[float, float, float]:
+    """(FLOPs per decoded token, weight bytes per token, tokens/s if a step cost only its mat-vecs)."""
+    cfg = model.config
+    attention_flops = 4 * cfg.n_embd * avg_context  # q.k scores and the weighted sum of v, per layer
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    flops = sum(2 * w.numel() for w in weights) + cfg.n_layer * attention_flops
+    weight_bytes = sum(w.numel() * w.element_size() for w in weights)
+    return flops, weight_bytes, 1.0 / weight_pass_seconds(model)
 
 
 def bench_model(name: str, model: GPT, tokenizer, ckpt_path: Path, args) -> dict:
@@ -86,9 +94,10 @@ def bench_model(name: str, model: GPT, tokenizer, ckpt_path: Path, args) -> dict
     recompute = tok_s(lambda: RecomputeDecoder(model), tokenizer, args.tokens, args.runs)
     print(f"  recompute  {recompute:8.1f} tok/s   cached is {cached / recompute:.1f}x", flush=True)
     # with the re-prefill at block_size, the context averages 3/4 of the window
-    flops, limit = arithmetic_limit(cfg, avg_context=0.75 * cfg.block_size)
-    print(f"  limit      {limit:8.1f} tok/s   ({flops / 1e6:.1f} MFLOP/token at the measured mat-vec "
-          f"rate); cached reaches {cached / limit:.0%} of it", flush=True)
+    flops, weight_bytes, limit = arithmetic_limit(model, avg_context=0.75 * cfg.block_size)
+    print(f"  limit      {limit:8.1f} tok/s   ({flops / 1e6:.1f} MFLOP and {weight_bytes / 1e6:.1f} MB of "
+          f"weights per token: {limit * weight_bytes / 1e9:.1f} GB/s); cached reaches {cached / limit:.0%} "
+          "of it", flush=True)
     result = dict(cached_tok_s=cached, recompute_tok_s=recompute, speedup=cached / recompute,
                   limit_tok_s=limit)
     onnx = onnx_tok_s(ckpt_path, tokenizer, args)
