@@ -36,6 +36,7 @@ class Stepper:
         self.forward_passes = 0  # counted, so tests can show a knob preview makes none
         self._logits: torch.Tensor | None = None  # the next step's, cached until a token is taken
         self._decode = None
+        self.prompt_ids: list[int] = []  # what the model was last fed (the stats bar counts it)
 
     @property
     def text(self) -> str:
@@ -57,6 +58,7 @@ class Stepper:
                 # model.engine.Generation: its decoder gives logits without sampling a token
                 decoder, tokenizer = generation.decoder, generation.tokenizer  # type: ignore[attr-defined]
                 decoder.reset()
+                self.prompt_ids = generation.prompt_ids
                 self._logits = decoder.feed(generation.prompt_ids)
                 self._decode = lambda i: tokenizer.decode([i])
                 self.forward_passes += 1
