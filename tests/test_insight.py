@@ -8,9 +8,12 @@ import math
 import pytest
 import torch
 from fake_backend import FakeBackend, FakeClock
-from test_tui import SIZE, done, make_app, run_async, send, until
+from test_tui import SIZE, done, make_app, no_blink, run_async, send, until
+from textual.widgets import Select
 
 from model.backend import Settings
+from model.compare import ABResult, Side
+from model.gpt import count_params
 from model.insight import attention_weights, explain, perplexity
 from tui.app import GPTApp
 from tui.panels import ABPanel, AttentionPanel, NextTokenPanel
@@ -153,6 +156,14 @@ async def test_attention_panel_on_the_tiny_model(tiny_ckpt):
         panel.update_now()
         assert panel.weights.shape == (2, 2, 14, 14) and "".join(panel.pieces) == "ROMEO:" + app.current.text
         assert panel.row().sum().item() == pytest.approx(1.0, abs=1e-5)
+        app.query_one("#attn-layer", Select).value = 1
+        app.query_one("#attn-head", Select).value = 1
+        await pilot.pause()
+        torch.testing.assert_close(panel.row(), panel.weights[1, 1, -1])
+        app.query_one("#attn-head", Select).value = -1  # the mean over heads
+        await pilot.pause()
+        torch.testing.assert_close(panel.row(), panel.weights[1, :, -1].mean(0))
+        assert "most attended:" in str(app.query_one("#attention-body").content)
         await send(pilot, "/show model")
         note = str(list(app.query("Note"))[-1].content)
         assert "2 layers · 2 heads · width 16" in note and "block size  32" in note
@@ -204,3 +215,73 @@ async def test_ab_agrees_fully_for_greedy_decoding_on_the_tiny_model(tiny_ckpt, 
         attention = app.query_one(AttentionPanel)
         attention.update_now()
         assert "ONNX graph does not output it" in attention.note and attention.weights is not None
+        await send(pilot, "/show model")  # ONNX: parameters counted from the config
+        note = str(list(app.query("Note"))[-1].content)
+        assert f"parameters  {count_params(app._backends['torch'].model):,}" in note and "onnx on" in note
+
+
+@run_async
+async def test_hovering_a_token_shows_its_alternatives():
+    app = make_app(scripted(), settings=Settings(max_new_tokens=6, seed=3))
+    async with app.run_test(size=SIZE) as pilot:
+        await send(pilot, "x")
+        await until(pilot, done(app))
+        await pilot.press("f6")
+        await pilot.hover(app.documents[-1].view, offset=(3, 0))  # "x", then tokens 0, 1, 2, ...
+        await pilot.pause()
+        assert app.cursor == 2
+        assert app.query_one(NextTokenPanel).view.chosen.text == app.current.text[2]
+
+
+# ---- snapshots of the other panels ----------------------------------------------------------
+
+def quiet(app: GPTApp) -> GPTApp:
+    app.notify = lambda *args, **kwargs: None  # toasts would cover the panels
+    return app
+
+
+def test_snapshot_step_mode(snap_compare):
+    app = quiet(GPTApp(scripted(), settings=Settings(seed=1, top_k=2), clock=FakeClock()))
+
+    async def steps(pilot):
+        no_blink(pilot)
+        await send(pilot, "/step")
+        await send(pilot, "x")
+        await pilot.press("f8")
+        await send(pilot, "/pick 4")
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(120, 30), run_before=steps)
+
+
+def test_snapshot_attention_panel(snap_compare, tiny_ckpt):
+    from model.engine import load_backend
+
+    app = GPTApp(load_backend(tiny_ckpt), settings=Settings(max_new_tokens=12, seed=0), clock=FakeClock())
+
+    async def generate(pilot):
+        no_blink(pilot)
+        await pilot.press("f2", "f4")
+        await send(pilot, "ROMEO:")
+        await until(pilot, done(app))
+        app.query_one(AttentionPanel).update_now()
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(120, 30), run_before=generate)
+
+
+def test_snapshot_ab_panel(snap_compare):
+    # a made-up result, so the numbers on screen are fixed (the real A/B is tested above)
+    result = ABResult("ROMEO:", Settings(temperature=0.8, seed=7),
+                      Side("torch", "\nWhat light through yonder", (), 210.5),
+                      Side("onnx", "\nWhat light throw yonder", (), 305.25),
+                      agree=(True,) * 17 + (False,) * 6, logit_diff=(2e-6,) * 18)
+    app = GPTApp(FakeBackend(), settings=Settings(seed=1), clock=FakeClock())
+
+    async def show(pilot):
+        no_blink(pilot)
+        await pilot.press("f2", "f5")
+        app.query_one(ABPanel).show_result(result)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(120, 30), run_before=show)

@@ -189,7 +189,15 @@ class InsightMixin:
         if self.stepper is None:
             self.notify_text("no stepped text: press F7 for step mode, then type a prompt", "warning")
             return
-        self.stepper.step(token)
+        taken = len(self.stepper.taken)
+        try:
+            self.stepper.step(token)
+            self.stepper.next_logits()  # the panel shows the next step: fails on text it cannot read
+        except Exception as e:  # e.g. a picked end-of-text the tokenizer will not read back
+            if len(self.stepper.taken) > taken:
+                self.stepper.undo()
+            self.notify_text(str(e) or type(e).__name__, "error", timeout=8)
+            return
         self._stepped()
 
     def pick(self, rank: int) -> None:
