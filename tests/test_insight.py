@@ -12,11 +12,12 @@ from test_tui import SIZE, done, make_app, no_blink, run_async, send, until
 from textual.widgets import Select
 
 from model.backend import Settings
-from model.compare import ABResult, Side
+from model.compare import ABResult, Side, compare_backends
 from model.gpt import count_params
 from model.insight import attention_weights, explain, perplexity
 from tui.app import GPTApp
 from tui.panels import ABPanel, AttentionPanel, NextTokenPanel
+from tui.step import Stepper
 
 # a scripted distribution: every step, these probabilities (the rest of the vocabulary ~0)
 PROBS = {"a": 0.5, "b": 0.25, "c": 0.15, "d": 0.1}
@@ -285,3 +286,24 @@ def test_snapshot_ab_panel(snap_compare):
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=(120, 30), run_before=show)
+
+
+def test_compare_backends_finds_the_first_divergence():
+    a, b = FakeBackend(script="abcabc"), FakeBackend(script="abdabd")
+    r = compare_backends(a, b, "x", Settings(temperature=0, max_new_tokens=6, seed=1))
+    assert r.agree == (True, True, False, True, True, False)
+    assert r.first_divergence == 2 and r.agreement == pytest.approx(4 / 6)
+    assert r.logit_diff == (0.0, 0.0, 30.0) and r.max_logit_diff == 30.0  # compared up to step 3
+    with pytest.raises(ValueError, match="fixed seed"):
+        compare_backends(a, b, "x", Settings(seed=None))
+
+
+def test_stepper_undo_rewinds_the_sampler():
+    stepper = Stepper(scripted(), "x", Settings(temperature=1.0, seed=5))
+    first = [stepper.step().id for _ in range(6)]
+    passes = stepper.forward_passes
+    for _ in range(3):
+        stepper.undo()
+    assert stepper.forward_passes == passes  # undo brings back the cached logits
+    assert [stepper.step().id for _ in range(3)] == first[3:]  # the same draws again
+    assert stepper.step(stepper.next_logits().argmin().item()).text not in "abcd"  # any token may be taken

@@ -102,7 +102,7 @@ class NextTokenPanel(VerticalScroll, can_focus=False):
         if self.logits is None:
             self.view = None
             if self.event is not None:  # no logits kept (a large vocabulary): the top few only
-                lines = [Content(f"{self.title}: {token_label(self.event.text)!s}")]
+                lines = [Content(f"{self.title}: {token_label(self.event.text)}")]
                 lines += [Content(f"  {token_label(c.text):<6} {c.prob:6.1%}") for c in self.event.top]
                 body.update(Content("\n").join(lines))
             return
@@ -248,6 +248,8 @@ class ABPanel(VerticalScroll, can_focus=False):
         a, b = (visible(s.text).replace("\n", "⏎") for s in (r.a, r.b))
         for i in range(0, max(len(a), len(b)), 18):
             left, right = a[i:i + 18], b[i:i + 18]
-            style = "" if left == right else "$error"
-            lines.append(Content.assemble((left.ljust(18), style), " ", (right, style)))
+            if left == right:
+                lines.append(Content(f"{left:<18} {right}"))
+            else:  # the backends disagree somewhere in these characters
+                lines.append(Content.assemble((left.ljust(18), "$error"), " ", (right, "$error")))
         self.query_one("#ab-body", Static).update(Content("\n").join(lines))
