@@ -152,7 +152,7 @@ class AttentionPanel(VerticalScroll, can_focus=False):
 
     def compose(self) -> ComposeResult:
         yield Select([("layer 0", 0)], value=0, allow_blank=False, id="attn-layer", compact=True)
-        yield Select([("mean of heads", -1)], value=-1, allow_blank=False, id="attn-head", compact=True)
+        yield Select([("head 0", 0)], value=0, allow_blank=False, id="attn-head", compact=True)
         yield Static("attention: generate something", id="attention-body")
 
     def show_tokens(self, events: list[TokenEvent]) -> None:
@@ -177,7 +177,7 @@ class AttentionPanel(VerticalScroll, can_focus=False):
         if (L, H) != self._shape:  # a new model: new choices (the same one keeps the user's pick)
             self._shape = (L, H)
             self._options("#attn-layer", [(f"layer {i}", i) for i in range(L)])
-            self._options("#attn-head", [("mean of heads", -1)] + [(f"head {h}", h) for h in range(H)])
+            self._options("#attn-head", [(f"head {h}", h) for h in range(H)] + [("mean of heads", -1)])
         self.render_weights()
 
     def _options(self, selector: str, options: list[tuple[str, int]]) -> None:
