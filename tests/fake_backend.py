@@ -6,6 +6,7 @@ fake decoder whose logits favour the next character of a script, so tests see ex
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -22,9 +23,11 @@ class ScriptDecoder:
     """Logits (V,) with ``margin`` on the script's next character, 0 elsewhere; ``delay`` s a feed."""
 
     def __init__(self, tokenizer: CharTokenizer, script: str, margin: float, block_size: int,
-                 delay: float, gate: threading.Semaphore | None = None):
+                 delay: float, gate: threading.Semaphore | None = None, probs: dict[str, float] | None = None,
+                 feeds: list[int] | None = None):
         self.tokenizer, self.script, self.margin = tokenizer, script, margin
         self.block_size, self.delay, self.gate = block_size, delay, gate
+        self.probs, self.feeds = probs, feeds if feeds is not None else [0]
         self.pos = 0
         self.fed = 0  # tokens generated: where we are in the script, across window resets
 
@@ -32,11 +35,18 @@ class ScriptDecoder:
         self.pos = 0
 
     def feed(self, ids: list[int]) -> torch.Tensor:
+        self.feeds[0] += 1
         if self.gate is not None and not self.gate.acquire(timeout=10):
             raise TimeoutError("the test did not allow this token")
         if self.delay:
             time.sleep(self.delay)
         self.pos += len(ids)
+        if self.probs is not None:  # a scripted distribution, the same every step
+            logits = torch.full((self.tokenizer.vocab_size,), -30.0)
+            for char, p in self.probs.items():
+                logits[self.tokenizer.stoi[char]] = math.log(p)
+            self.fed += 1
+            return logits
         logits = torch.zeros(self.tokenizer.vocab_size)
         logits[self.tokenizer.stoi[self.script[self.fed % len(self.script)]]] = self.margin
         self.fed += 1
@@ -46,13 +56,20 @@ class ScriptDecoder:
 class FakeBackend:
     def __init__(self, script: str = "To be, or not to be: that is the question.\n", margin: float = 30.0,
                  block_size: int = 64, delay: float = 0.0, name: str = "fake.pt", kind: str = "torch",
-                 device: str = "cpu", fail_on: str | None = None, gated: bool = False):
+                 device: str = "cpu", fail_on: str | None = None, gated: bool = False,
+                 probs: dict[str, float] | None = None):
         self.tokenizer = CharTokenizer(CHARS)
         self.script, self.margin, self.block_size, self.delay = script, margin, block_size, delay
         self.name, self.kind, self.device, self.fail_on = name, kind, device, fail_on
         # gated: every token waits for the test to allow() it, so a test can act mid-generation
         self.gate = threading.Semaphore(0) if gated else None
         self.prompts: list[str] = []
+        self.probs = probs  # scripted: every step gives these probabilities, whatever the script
+        self._feeds = [0]  # forward passes, counted across decoders
+
+    @property
+    def feeds(self) -> int:
+        return self._feeds[0]
 
     def allow(self, tokens: int) -> None:
         self.gate.release(tokens)
@@ -69,7 +86,7 @@ class FakeBackend:
             raise RuntimeError(f"backend failure on {self.fail_on!r}")
         self.prompts.append(prompt)
         decoder = ScriptDecoder(self.tokenizer, self.script, self.margin, self.block_size, self.delay,
-                                self.gate)
+                                self.gate, self.probs, self._feeds)
         return Generation(decoder, self.tokenizer, prompt, settings)
 
 

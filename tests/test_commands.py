@@ -45,7 +45,7 @@ def test_set_changes_one_setting(line, field, value):
     ("/set temperature", "usage: /set NAME VALUE"),
     ("/frobnicate", "unknown command /frobnicate; /help lists the commands"),
     ("/", "empty command"),
-    ("/show all", "/show takes no arguments"),
+    ("/show all", "usage: /show or /show model"),
     ("/backend tensorflow", "usage: /backend torch|onnx"),
 ])
 def test_bad_commands_say_what_to_type(line, message):

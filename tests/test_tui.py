@@ -272,7 +272,8 @@ async def test_the_stats_bar_fills_in():
         await until(pilot, done(app))
         # the fake clock ticks 10 ms a read: first token after one tick, then one token a tick
         assert str(app.query_one("#stats").content).split("  ·  ") == [
-            "max tokens", "20 tokens", "100.0 tok/s", "first token 10 ms", "context 22/64", "seed 5"]
+            "max tokens", "20 tokens", "100.0 tok/s", "first token 10 ms", "context 22/64", "seed 5",
+            "ppl 1.00"]  # the fake model is sure of every token
 
 
 @run_async

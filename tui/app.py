@@ -5,9 +5,9 @@ the UI in batches about every 30 ms (``POST_EVERY``), so keys and repaints never
 model. The UI talks only to the ``Backend`` protocol; backends are made by injected factories, so
 tests use fakes and the ONNX code is imported only when someone switches to it.
 
-Side panels live in ``#panels`` and are shown or hidden with a key (F2: the controls). A later
-panel (next-token probabilities, attention) is one more widget there: if it has a
-``show_tokens(events)`` method it receives every batch of ``TokenEvent``s as they stream.
+Side panels live in ``#panels`` and are shown or hidden with a key (F2: the controls). A panel
+with a ``show_tokens(events)`` method receives every batch of ``TokenEvent``s while it is shown
+(a hidden one gets nothing). The views into the model (F3-F9, /step, /ab) live in tui.insight.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from tui import commands
 from tui import settings as settings_text
 from tui.backends import BackendFactory
 from tui.controls import Controls
+from tui.insight import InsightMixin
+from tui.panels import legend
 from tui.session import default_session_dir, file_sha256, record, save_jsonl, save_markdown
 from tui.stats import Clock, Timing, status_line
 from tui.transcript import Document, Run
@@ -38,7 +40,7 @@ from tui.widgets import OutputView, PromptArea, StatsBar
 POST_EVERY = 0.03  # seconds between batches of tokens sent to the UI
 
 
-class GPTApp(App[None]):
+class GPTApp(InsightMixin, App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "gpt-tui"
     BINDINGS = [
@@ -49,6 +51,16 @@ class GPTApp(App[None]):
         Binding("ctrl+s", "save", "Save", priority=True),
         Binding("ctrl+l", "clear", "Clear", priority=True),
         Binding("f2", "toggle_panel('controls')", "Controls"),
+        Binding("f3", "toggle_panel('next-token')", "Next token", priority=True),
+        Binding("f4", "toggle_panel('attention')", "Attention", priority=True),
+        Binding("f5", "toggle_panel('ab')", "A/B", show=False, priority=True),
+        # priority: the prompt box (a TextArea) binds F6 and F7 to selecting
+        Binding("f6", "toggle_colours", "Confidence", priority=True),
+        Binding("f7", "toggle_step", "Step mode", show=False, priority=True),
+        Binding("f8", "step", "Step", show=False, priority=True),
+        Binding("f9", "undo", "Undo step", show=False, priority=True),
+        Binding("alt+left", "token_cursor(-1)", "Previous token", show=False, priority=True),
+        Binding("alt+right", "token_cursor(1)", "Next token", show=False, priority=True),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -86,12 +98,14 @@ class GPTApp(App[None]):
         yield Static(id="topbar")
         with Horizontal(id="body"):
             with Vertical(id="main"):
+                yield Static(legend(), id="legend")
                 yield OutputView(id="output")
                 yield PromptArea(id="prompt", placeholder="Type a prompt; Enter sends, Ctrl+J adds a line, "
                                                           "/help lists commands")
             with Vertical(id="panels"):
                 yield Controls(self.settings, tuple(sorted(self.backend_names)), self.backend_name,
                                id="controls")
+                yield from self.insight_panels()
         yield StatsBar("ready", id="stats")
         yield Footer()
 
@@ -116,6 +130,8 @@ class GPTApp(App[None]):
         stats.set_class(run.stop_reason == "stopped" or run.error is not None, "-stopped")
         line = status_line(run.timing, run.stop_reason, run.context_used, run.info.block_size,
                            run.settings.seed, not run.done)
+        ppl = run.perplexity
+        line += f"  ·  ppl {ppl:.2f}" if ppl is not None else ""
         stats.update(line + (f"  ·  error: {run.error}" if run.error else ""))
 
     def notify_text(self, message: str, severity: str = "information", timeout: float | None = None) -> None:
@@ -135,6 +151,9 @@ class GPTApp(App[None]):
                 event.prompt_area.restore(line)
                 return
             self.execute(command)
+        elif self.step_mode:
+            if not self.step_submitted(line):
+                event.prompt_area.restore(line)
         elif not self.start(commands.prompt_text(line)):
             event.prompt_area.restore(line)
 
@@ -142,6 +161,8 @@ class GPTApp(App[None]):
         name = command.name
         if name == "set" and command.settings is not None:
             self.apply_settings(command.settings)
+        elif name == "show" and command.args:
+            self.output.add_note(self.model_note())
         elif name == "show":
             info = self.backend.info()
             self.output.add_note(f"{settings_text.describe(self.settings)}\n{'backend':>15}  {info.backend} "
@@ -149,7 +170,11 @@ class GPTApp(App[None]):
         elif name == "help":
             self.output.add_note(commands.help_text() + "\n\nkeys: Enter send · Ctrl+J newline · Esc stop · "
                                  "Ctrl+R regenerate · Ctrl+N continue · Ctrl+O copy · Ctrl+S save · "
-                                 "Ctrl+L clear · F2 controls · Ctrl+Q quit")
+                                 "Ctrl+L clear · F2 controls · F3 next token · F4 attention · F5 A/B · "
+                                 "F6 confidence · F7 step mode · F8 step · F9 undo · Alt+←/→ token · "
+                                 "Ctrl+Q quit")
+        elif name in ("step", "pick", "undo", "ab"):
+            self.insight_command(command)
         elif name == "backend":
             self.switch_backend(command.args[0])
         elif name == "export":
@@ -163,6 +188,7 @@ class GPTApp(App[None]):
         """New settings for the next generation and for the next token of the running one."""
         self.settings = settings
         self.controls.show(settings)
+        self.insight_settings(settings)
         run = self.current
         if run is not None and not run.done:
             # the seed counts only at the start: keep the one this run started with
@@ -211,6 +237,7 @@ class GPTApp(App[None]):
             document.runs.pop()
         run = Run(context, settings, info, timing, generation, document)
         document.runs.append(run)
+        self.insight_started(run)
         self.current = run
         self._render(document)
         self._show_stats()
@@ -245,13 +272,10 @@ class GPTApp(App[None]):
         if run.done:  # finished early by a newer generation: these tokens came too late
             return
         run.text += "".join(e.text for e in events)
+        self.insight_tokens(run, events)
         self._render(run.document)
         if run is self.current:
             self._show_stats()
-        for panel in self.query("#panels > *"):
-            show_tokens = getattr(panel, "show_tokens", None)
-            if show_tokens is not None:
-                show_tokens(events)
 
     def _finished(self, run: Run, events: list[TokenEvent], error: str | None) -> None:
         if run.done:
@@ -272,7 +296,7 @@ class GPTApp(App[None]):
         last = document.runs[-1] if document.runs else None
         document.view.show(document.prompt, "".join(r.text for r in document.runs),
                            last.stop_reason if last else None, last.error if last else None,
-                           bool(last and not last.done))
+                           bool(last and not last.done), self.coloured_tokens(document))
 
     def stop(self) -> None:
         """Stop the running generation; its worker posts the text so far, marked as stopped."""
@@ -346,6 +370,8 @@ class GPTApp(App[None]):
     def action_toggle_panel(self, panel_id: str) -> None:
         panel = self.query_one(f"#{panel_id}")
         panel.display = not panel.display
+        if panel.display:
+            self.show_panel(panel_id)
 
     async def action_quit(self) -> None:
         self._end_current()

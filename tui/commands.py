@@ -14,7 +14,7 @@ from tui import settings as settings_text
 # name -> (argument usage, what it does); the order is the order /help lists them in
 COMMANDS = {
     "set": ("NAME VALUE", "temperature, top-k, top-p, max-new-tokens, seed, stop, unknown"),
-    "show": ("", "show the settings, backend and checkpoint"),
+    "show": ("[model]", "show the settings, backend and checkpoint; model: layers, vocabulary, training"),
     "clear": ("", "clear the output (Ctrl+L)"),
     "regen": ("", "generate the last part again (Ctrl+R)"),
     "continue": ("", "continue from where the text ends (Ctrl+N)"),
@@ -22,6 +22,10 @@ COMMANDS = {
     "backend": ("torch|onnx", "switch the backend"),
     "save": ("[PATH]", "save the session as JSONL (Ctrl+S)"),
     "export": ("[PATH]", "export the session as Markdown"),
+    "step": ("", "step mode on/off: one token at a time (F7)"),
+    "pick": ("N", "step mode: take candidate N (1 = most likely) instead of sampling"),
+    "undo": ("", "step mode: take back the last token (F9)"),
+    "ab": ("[PROMPT]", "the same prompt, seed and settings through torch and onnx, compared"),
     "help": ("", "list the commands and keys"),
 }
 
@@ -66,8 +70,16 @@ def parse(line: str, current: Settings, backends: tuple[str, ...] = ("torch", "o
         if len(args) != 1 or args[0].lower() not in backends:
             raise CommandError(f"usage: /backend {'|'.join(backends)}")
         return Command(name, (args[0].lower(),))
-    if name in ("save", "export"):
-        # a path may hold spaces: keep the rest of the line as one argument
+    if name == "show":
+        if args and (len(args) > 1 or args[0].lower() != "model"):
+            raise CommandError("usage: /show or /show model")
+        return Command(name, tuple(a.lower() for a in args))
+    if name == "pick":
+        if len(args) != 1 or not args[0].isdigit() or int(args[0]) < 1:
+            raise CommandError("usage: /pick N, N a rank in the next-token panel (1 = most likely)")
+        return Command(name, args)
+    if name in ("save", "export", "ab"):
+        # a path or a prompt may hold spaces: keep the rest of the line as one argument
         rest = line.strip()[1 + len(words[0]):].strip()
         return Command(name, (rest,) if rest else ())
     if args:

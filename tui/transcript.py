@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from model.backend import BackendInfo, Generation, Settings
+from model.backend import BackendInfo, Generation, Settings, TokenEvent
+from model.insight import perplexity
 from tui.stats import Timing
 from tui.widgets import DocumentView
 
@@ -27,6 +28,11 @@ class Run:
     stop_reason: str | None = None
     error: str | None = None
     done: bool = False
+    events: list[TokenEvent] = field(default_factory=list)  # logits dropped for a large vocabulary
+
+    @property
+    def perplexity(self) -> float | None:
+        return perplexity([e.prob for e in self.events])
 
     @property
     def context_used(self) -> int:
@@ -44,6 +50,10 @@ class Document:
     @property
     def text(self) -> str:
         return self.prompt + "".join(r.text for r in self.runs)
+
+    @property
+    def events(self) -> list[TokenEvent]:
+        return [e for r in self.runs for e in r.events]
 
     @property
     def text_before_last(self) -> str:

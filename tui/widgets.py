@@ -12,6 +12,7 @@ from textual import events
 from textual.containers import VerticalScroll
 from textual.content import Content
 from textual.message import Message
+from textual.style import Style
 from textual.widgets import Static, TextArea
 
 # C0 controls and DEL -> their Unicode "control picture" (ESC -> ␛), keeping newline and tab
@@ -59,10 +60,24 @@ class DocumentView(Static):
     """One prompt and what was generated after it (continuations included), with a marker when the
     last generation was stopped or failed."""
 
+    @dataclass
+    class Hovered(Message):
+        """The mouse is over generated token ``index`` of this document."""
+
+        view: DocumentView
+        index: int
+
     def show(self, prompt: str, text: str, stop_reason: str | None, error: str | None,
-             generating: bool) -> None:
-        parts: list[str | tuple[str, str]] = [(visible(prompt), "bold") if prompt else (START, "dim italic")]
-        parts.append(visible(text))
+             generating: bool, tokens: list[tuple[str, Style]] | None = None) -> None:
+        """``tokens``: the generated text as (piece, style) pairs instead of ``text`` (confidence
+        colouring); each piece carries its index, so hovering it can show its alternatives."""
+        parts: list[str | tuple[str, str | Style]] = [
+            (visible(prompt), "bold") if prompt else (START, "dim italic")]
+        if tokens is None:
+            parts.append(visible(text))
+        else:
+            parts += [(visible(piece), style + Style.from_meta({"token": i}))
+                      for i, (piece, style) in enumerate(tokens)]
         if generating:
             parts.append(("▍", "$accent"))
         elif error:
@@ -70,6 +85,11 @@ class DocumentView(Static):
         elif stop_reason == "stopped":
             parts.append((" ⏹ stopped", "bold $warning"))
         self.update(Content.assemble(*parts))
+
+    def on_mouse_move(self, event: events.MouseMove) -> None:
+        index = self.get_style_at(event.x, event.y).meta.get("token")
+        if index is not None:
+            self.post_message(self.Hovered(self, index))
 
 
 class Note(Static):

@@ -1,0 +1,119 @@
+"""Looking inside a step of generation: what the knobs keep, how sure the model was, where it looked.
+
+Pure functions over tensors the generator already has (a step's raw logits) or over the PyTorch
+model (attention). Nothing here runs unless a view asks, so generation pays nothing for it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from model.backend import Settings
+from model.gpt import GPT
+from model.sampling import distribution
+
+
+@dataclass(frozen=True)
+class Row:
+    """One candidate token at one step."""
+
+    id: int
+    text: str
+    logit: float
+    prob: float  # the model's own probability (softmax of the raw logits)
+    rank: int  # 1 = the model's favourite
+    kept: bool  # whether the current temperature/top-k/top-p could still sample it
+    knob_prob: float  # its probability in what sampling draws from (0 when filtered out)
+
+
+@dataclass(frozen=True)
+class StepView:
+    rows: tuple[Row, ...]  # the n most likely, best first
+    entropy: float  # bits, of the distribution sampling draws from (after the knobs)
+    model_entropy: float  # bits, of the model's own distribution
+    kept: int  # how many tokens the knobs keep
+    chosen: Row | None = None  # the token taken at this step, if any
+    surprisal: float | None = None  # bits, -log2 of the model's probability of the chosen token
+
+
+def _bits(probs: torch.Tensor) -> float:
+    p = probs[probs > 0]
+    return float(-(p * p.log2()).sum())
+
+
+def knob_probs(logits: torch.Tensor, settings: Settings) -> torch.Tensor:
+    """What sampling draws from under ``settings``, spread back over the vocabulary: (V,)."""
+    if settings.temperature == 0:  # greedy: all the mass on the argmax
+        out = torch.zeros_like(logits)
+        out[logits.argmax()] = 1.0
+        return out
+    probs, ids = distribution(logits, settings.temperature, settings.top_k, settings.top_p)
+    if ids is None:
+        return probs
+    return torch.zeros_like(logits).index_copy_(0, ids, probs)
+
+
+def explain(logits: torch.Tensor, decode: Callable[[int], str], settings: Settings,
+            chosen: int | None = None, n: int = 10) -> StepView:
+    """The n most likely next tokens from raw logits (V,), with what ``settings`` do to them.
+
+    Costs one softmax and one top-k over V: cheap enough to redo whenever a knob moves, with no
+    forward pass (the logits are the step's cached ones)."""
+    logits = logits.float()
+    probs = F.softmax(logits, dim=-1)  # (V,)
+    knob = knob_probs(logits, settings)  # (V,)
+    top = torch.topk(logits, min(n, logits.numel())).indices.tolist()
+    ranks = {i: r + 1 for r, i in enumerate(top)}
+
+    def row(i: int) -> Row:
+        rank = ranks.get(i) or int((logits > logits[i]).sum()) + 1
+        return Row(i, decode(i), float(logits[i]), float(probs[i]), rank, bool(knob[i] > 0), float(knob[i]))
+
+    rows = tuple(row(i) for i in top)
+    chosen_row = None if chosen is None else next((r for r in rows if r.id == chosen), None) or row(chosen)
+    surprisal = None if chosen_row is None else -math.log2(max(chosen_row.prob, 1e-45))
+    return StepView(rows, _bits(knob), _bits(probs), int((knob > 0).sum()), chosen_row, surprisal)
+
+
+def perplexity(probs: Sequence[float]) -> float | None:
+    """exp of the mean negative log-likelihood of the tokens taken, under the model's own probs."""
+    if not probs:
+        return None
+    return math.exp(-sum(math.log(max(p, 1e-45)) for p in probs) / len(probs))
+
+
+@torch.inference_mode()
+def attention_weights(model: GPT, ids: Sequence[int]) -> torch.Tensor:
+    """Each layer's attention softmax over ``ids`` (at most block_size): (L, H, T, T).
+
+    Opt-in and separate from the model's forward: hooks catch each attention layer's input during
+    one ordinary forward, and the weights are recomputed from it with the explicit path's maths
+    (q k^T / sqrt(D), causal mask, softmax). The model itself is untouched, fused or explicit."""
+    T = len(ids)
+    if not 0 < T <= model.config.block_size:
+        raise ValueError(f"need 1..{model.config.block_size} tokens for attention, got {T}; crop the context")
+    inputs: list[torch.Tensor] = []
+    hooks = [block.attn.register_forward_hook(lambda _m, args, _out: inputs.append(args[0]))
+             for block in model.blocks]
+    try:
+        device = next(model.parameters()).device
+        model(torch.tensor([list(ids)], device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+    weights = []
+    for block, x in zip(model.blocks, inputs, strict=True):
+        attn = block.attn
+        C = x.size(-1)
+        q, k, _ = attn.c_attn(x).split(C, dim=2)  # (1, T, C) each
+        q = q.view(1, T, attn.n_head, -1).transpose(1, 2)  # (1, H, T, D)
+        k = k.view(1, T, attn.n_head, -1).transpose(1, 2)
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (1, H, T, T)
+        att = att.masked_fill(~attn.tril[:T, :T], float("-inf"))
+        weights.append(F.softmax(att.float(), dim=-1)[0])  # (H, T, T)
+    return torch.stack(weights).cpu()  # (L, H, T, T)

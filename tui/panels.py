@@ -1,0 +1,255 @@
+"""Side panels that look inside the model: the next-token distribution, attention, backend A/B.
+
+Each lives in the app's ``#panels``, hidden until its key is pressed. A hidden panel gets no
+tokens (the app skips it) and does no work; when shown, the app hands it the latest state. All
+model text goes through ``Content`` (never markup) with control characters made visible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.content import Content
+from textual.widgets import Select, Static
+
+from model.backend import Settings, TokenEvent
+from model.compare import ABResult
+from model.insight import StepView, attention_weights, explain
+from tui.widgets import visible
+
+N_ROWS = 10  # candidates listed in the next-token panel
+BAR = 10  # cells of the widest probability bar
+_EIGHTHS = " ▏▎▍▌▋▊▉"
+
+# confidence colouring: (lowest probability, colour), most confident first
+CONFIDENCE = ((0.75, "#5fd75f"), (0.5, "#afd75f"), (0.25, "#ffd75f"), (0.1, "#ff875f"), (0.0, "#ff5f5f"))
+
+
+def confidence_colour(prob: float) -> str:
+    return next(colour for low, colour in CONFIDENCE if prob >= low)
+
+
+def legend() -> Content:
+    parts: list[str | tuple[str, str]] = [("confidence ", "dim")]
+    for (low, colour), (high, _) in zip(CONFIDENCE, ((1.0, ""), *CONFIDENCE), strict=False):
+        parts += [("██", colour), (f" {low:.0%}–{high:.0%}  " if low else f" <{high:.0%}  ", "dim")]
+    parts.append(("· Alt+←/→ or the mouse: a token's alternatives", "dim"))
+    return Content.assemble(*parts)
+
+
+def token_label(text: str, width: int = 6) -> str:
+    """A token as one short cell run: newline, space and controls made visible, long ones cut."""
+    shown = visible(text.replace("\n", "⏎").replace(" ", "␣")) or "∅"
+    return shown if len(shown) <= width else shown[: width - 1] + "…"
+
+
+def bar(fraction: float, width: int = BAR) -> str:
+    eighths = round(max(0.0, min(1.0, fraction)) * width * 8)
+    full, part = divmod(eighths, 8)
+    return ("█" * full + (_EIGHTHS[part] if part else "")).ljust(width)
+
+
+def describe_knobs(s: Settings) -> str:
+    if s.temperature == 0:
+        return "greedy (temperature 0)"
+    return f"temperature {s.temperature:g} · top-k {s.top_k or 'off'} · top-p {s.top_p:g}"
+
+
+class NextTokenPanel(VerticalScroll, can_focus=False):
+    """The top candidates of one step: probability under the knobs (bar), the model's own
+    probability, logit and rank; filtered ones struck out; entropy and surprisal above."""
+
+    def __init__(self, settings: Settings, **kwargs):
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.decode: Callable[[int], str] = str
+        self.logits: torch.Tensor | None = None  # the step shown: its cached raw logits (V,)
+        self.chosen: int | None = None
+        self.title = ""
+        self.event: TokenEvent | None = None  # a past step without logits: its top candidates
+        self.view: StepView | None = None  # what is on screen, for tests
+
+    def compose(self) -> ComposeResult:
+        yield Static("next token: generate something", id="next-token-body")
+
+    def show_tokens(self, events: list[TokenEvent]) -> None:
+        last = events[-1] if events else None
+        if last is not None:
+            self.show_event(last, f"token {last.index + 1}")
+
+    def show_event(self, event: TokenEvent, title: str) -> None:
+        self.event, self.logits, self.chosen, self.title = event, event.logits, event.id, title
+        self.render_step()
+
+    def show_next(self, logits: torch.Tensor, title: str) -> None:
+        """The step about to be taken (step mode): nothing chosen yet."""
+        self.event, self.logits, self.chosen, self.title = None, logits, None, title
+        self.render_step()
+
+    def preview(self, settings: Settings) -> None:
+        """New knobs: redraw the same step from its cached logits (no forward pass)."""
+        self.settings = settings
+        if self.display:
+            self.render_step()
+
+    def render_step(self) -> None:
+        body = self.query_one("#next-token-body", Static)
+        if self.logits is None:
+            self.view = None
+            if self.event is not None:  # no logits kept (a large vocabulary): the top few only
+                lines = [Content(f"{self.title}: {token_label(self.event.text)}")]
+                lines += [Content(f"  {token_label(c.text):<6} {c.prob:6.1%}") for c in self.event.top]
+                body.update(Content("\n").join(lines))
+            return
+        view = self.view = explain(self.logits, self.decode, self.settings, self.chosen, N_ROWS)
+        lines = [Content.assemble((self.title, "bold"), ("  " + describe_knobs(self.settings), "dim"))]
+        if view.chosen is not None:
+            lines.append(Content(f"took {token_label(view.chosen.text)} (rank {view.chosen.rank}, "
+                                 f"p {view.chosen.prob:.1%}) · surprisal {view.surprisal:.2f} bits"))
+        lines.append(Content(f"entropy {view.entropy:.2f} bits (model {view.model_entropy:.2f}) · "
+                             f"keeps {view.kept}"))
+        lines.append(Content.styled("   #  token   sampled p         model p  logit", "dim"))
+        top = max((r.knob_prob for r in view.rows), default=0.0) or 1.0
+        for r in view.rows:
+            mark = "▶" if r.id == self.chosen else " "
+            label = f"{mark}{r.rank:>3}  {token_label(r.text):<6}  "
+            model = f"  {r.prob:6.1%} {r.logit:6.2f}"
+            if r.kept:
+                lines.append(Content.assemble(label, (bar(r.knob_prob / top), "$accent"),
+                                              f"{r.knob_prob:6.1%}", model))
+            else:  # filtered out by the knobs: it cannot be sampled now
+                lines.append(Content.assemble((label, "dim strike"), ("✗ filtered".ljust(BAR + 6), "$error"),
+                                              (model, "dim")))
+        body.update(Content("\n").join(lines))
+
+
+@dataclass(frozen=True)
+class AttentionSource:
+    model: torch.nn.Module | None  # the PyTorch GPT; None when there is none to ask
+    ids: list[int]  # the context the last token was predicted from (at most block_size)
+    pieces: list[str]  # their texts
+    note: str = ""  # e.g. why the ONNX backend is not the one asked
+
+
+class AttentionPanel(VerticalScroll, can_focus=False):
+    """Where the last token looks: one cell per context token, shaded by its attention weight."""
+
+    REFRESH = 0.25  # s: at most this often while tokens stream (a forward pass each)
+
+    def __init__(self, source: Callable[[], AttentionSource | None], **kwargs):
+        super().__init__(**kwargs)
+        self.source = source
+        self.weights: torch.Tensor | None = None  # (L, H, T, T), for tests
+        self.pieces: list[str] = []
+        self.note = ""
+        self._scheduled = False
+        self._shape: tuple[int, int] | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Select([("layer 0", 0)], value=0, allow_blank=False, id="attn-layer", compact=True)
+        yield Select([("head 0", 0)], value=0, allow_blank=False, id="attn-head", compact=True)
+        yield Static("attention: generate something", id="attention-body")
+
+    def show_tokens(self, events: list[TokenEvent]) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self.set_timer(self.REFRESH, self.update_now)
+
+    def update_now(self) -> None:
+        self._scheduled = False
+        src = self.source()
+        body = self.query_one("#attention-body", Static)
+        if src is None or not src.ids:
+            body.update("attention: generate something")
+            return
+        self.note = src.note
+        if src.model is None or not hasattr(src.model, "blocks"):
+            self.weights = None
+            body.update(Content(src.note or "attention needs the PyTorch GPT"))
+            return
+        self.weights, self.pieces = attention_weights(src.model, src.ids), src.pieces
+        L, H = self.weights.shape[:2]
+        if (L, H) != self._shape:  # a new model: new choices (the same one keeps the user's pick)
+            self._shape = (L, H)
+            self._options("#attn-layer", [(f"layer {i}", i) for i in range(L)])
+            self._options("#attn-head", [(f"head {h}", h) for h in range(H)] + [("mean of heads", -1)])
+        self.render_weights()
+
+    def _options(self, selector: str, options: list[tuple[str, int]]) -> None:
+        select = self.query_one(selector, Select)
+        with select.prevent(Select.Changed):
+            select.set_options(options)
+            select.value = options[0][1]
+
+    @on(Select.Changed)
+    def _picked(self) -> None:
+        if self.weights is not None:
+            self.render_weights()
+
+    def row(self) -> torch.Tensor:
+        """The last token's weights (T,) for the selected layer and head (or the heads' mean)."""
+        layer = int(self.query_one("#attn-layer", Select).value)  # type: ignore[arg-type]
+        head = int(self.query_one("#attn-head", Select).value)  # type: ignore[arg-type]
+        w = self.weights[layer, :, -1]  # (H, T)
+        return w.mean(0) if head < 0 else w[head]
+
+    def render_weights(self) -> None:
+        w = self.row()
+        top = float(w.max()) or 1.0
+        cells: list[str | tuple[str, str]] = []
+        for piece, weight in zip(self.pieces, w.tolist(), strict=True):
+            level = int(255 * weight / top)  # shade from black to orange, the darkest unseen
+            shade = f"#ffffff on #{level:02x}{level * 140 // 255:02x}00"
+            cells.append((token_label(piece, 8).replace("⏎", "⏎\n"), shade))
+        best = torch.topk(w, min(5, w.numel()))
+        lines = [Content.assemble(*cells), Content("")]
+        if self.note:
+            lines.append(Content.styled(self.note, "$warning"))
+        lines.append(Content.styled("most attended:", "dim"))
+        lines += [Content(f"  {i:>4} {token_label(self.pieces[i]):<6} {v:.3f}")
+                  for v, i in zip(best.values.tolist(), best.indices.tolist(), strict=True)]
+        self.query_one("#attention-body", Static).update(Content("\n").join(lines))
+
+
+class ABPanel(VerticalScroll, can_focus=False):
+    """The last /ab: both backends' text side by side, agreement, logit difference, speed."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.result: ABResult | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static("A/B: /ab [PROMPT] runs it through torch and onnx", id="ab-body")
+
+    def show_status(self, text: str) -> None:
+        self.query_one("#ab-body", Static).update(Content(text))
+
+    def show_result(self, r: ABResult) -> None:
+        self.result = r
+
+        def rate(x: float | None) -> str:
+            return "-" if x is None else f"{x:.1f} tok/s"
+
+        div = r.first_divergence
+        lines = [
+            Content.styled(f"A/B  seed {r.settings.seed} · {describe_knobs(r.settings)}", "bold"),
+            Content(f"agreement {r.agreement:.0%} ({sum(r.agree)}/{len(r.agree)} steps)"
+                    + ("" if div is None else f", first differs at step {div + 1}")),
+            Content(f"max |Δlogit| {r.max_logit_diff:.2e}"),
+            Content(f"{r.a.name} {rate(r.a.tokens_per_s)} · {r.b.name} {rate(r.b.tokens_per_s)}"),
+            Content(""),
+            Content.styled(f"{r.a.name:<18} {r.b.name}", "dim"),
+        ]
+        a, b = (visible(s.text).replace("\n", "⏎") for s in (r.a, r.b))
+        for i in range(0, max(len(a), len(b)), 18):
+            left, right = a[i:i + 18], b[i:i + 18]
+            if left == right:
+                lines.append(Content(f"{left:<18} {right}"))
+            else:  # the backends disagree somewhere in these characters
+                lines.append(Content.assemble((left.ljust(18), "$error"), " ", (right, "$error")))
+        self.query_one("#ab-body", Static).update(Content("\n").join(lines))
