@@ -15,19 +15,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+# `python bench/tui.py` puts bench/ first on sys.path, where this file would shadow the tui package
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from model import checkpoint
-from model.backend import Backend, Settings
-from model.config import preset
-from model.engine import TorchBackend
-from model.gpt import GPT
-from model.tokenizer import CharTokenizer
-from tui.app import GPTApp
+import torch  # noqa: E402
+
+from model import checkpoint  # noqa: E402
+from model.backend import Backend, Settings  # noqa: E402
+from model.config import preset  # noqa: E402
+from model.engine import TorchBackend  # noqa: E402
+from model.gpt import GPT  # noqa: E402
+from model.tokenizer import CharTokenizer  # noqa: E402
+from tui.app import GPTApp  # noqa: E402
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "shakespeare.pt"
 SHAKESPEARE_CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -52,8 +56,9 @@ async def app_rates(backend: Backend, settings: Settings, runs: int, shown: bool
             for _ in range(runs):
                 start = time.perf_counter()
                 app.start(PROMPT)
-                while not app.current.done:
-                    await asyncio.sleep(0.002)
+                # wait on the worker, not by polling: a busy poll of the UI loop starves the worker's
+                # hand-offs to it and the run never finishes
+                await app.workers.wait_for_complete()
                 rates.append(app.current.timing.tokens / (time.perf_counter() - start))
             return rates
 

@@ -91,29 +91,24 @@ def perplexity(probs: Sequence[float]) -> float | None:
 def attention_weights(model: GPT, ids: Sequence[int]) -> torch.Tensor:
     """Each layer's attention softmax over ``ids`` (at most block_size): (L, H, T, T).
 
-    Opt-in and separate from the model's forward: hooks catch each attention layer's input during
-    one ordinary forward, and the weights are recomputed from it with the explicit path's maths
-    (q k^T / sqrt(D), causal mask, softmax). The model itself is untouched, fused or explicit."""
+    Opt-in and separate from the model's forward: it walks the blocks itself, as ``GPT.logits``
+    does, and at each one recomputes the weights from the attention's input with the explicit
+    path's maths (q k^T / sqrt(D), causal mask, softmax). It reads the model and changes nothing
+    (no hooks), so it is safe while another thread generates with the same model."""
     T = len(ids)
     if not 0 < T <= model.config.block_size:
         raise ValueError(f"need 1..{model.config.block_size} tokens for attention, got {T}; crop the context")
-    inputs: list[torch.Tensor] = []
-    hooks = [block.attn.register_forward_hook(lambda _m, args, _out: inputs.append(args[0]))
-             for block in model.blocks]
-    try:
-        device = next(model.parameters()).device
-        model(torch.tensor([list(ids)], device=device))
-    finally:
-        for h in hooks:
-            h.remove()
+    device = next(model.parameters()).device
+    idx = torch.tensor([list(ids)], device=device)  # (1, T)
+    x = model.wte(idx) + model.wpe(torch.arange(T, device=device))  # (1, T, C)
     weights = []
-    for block, x in zip(model.blocks, inputs, strict=True):
-        attn = block.attn
-        C = x.size(-1)
-        q, k, _ = attn.c_attn(x).split(C, dim=2)  # (1, T, C) each
+    for block in model.blocks:
+        attn, h = block.attn, block.ln_1(x)
+        q, k, _ = attn.c_attn(h).split(h.size(-1), dim=2)  # (1, T, C) each
         q = q.view(1, T, attn.n_head, -1).transpose(1, 2)  # (1, H, T, D)
         k = k.view(1, T, attn.n_head, -1).transpose(1, 2)
         att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (1, H, T, T)
         att = att.masked_fill(~attn.tril[:T, :T], float("-inf"))
         weights.append(F.softmax(att.float(), dim=-1)[0])  # (H, T, T)
+        x = block(x)
     return torch.stack(weights).cpu()  # (L, H, T, T)

@@ -3,6 +3,7 @@ real tiny model: next-token panel, knob preview, confidence colouring, step mode
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -11,9 +12,10 @@ from fake_backend import FakeBackend, FakeClock
 from test_tui import SIZE, done, make_app, no_blink, run_async, send, until
 from textual.widgets import Select
 
+from model import gpt as gpt_module
 from model.backend import Settings
 from model.compare import ABResult, Side, compare_backends
-from model.gpt import count_params
+from model.gpt import GPT, count_params
 from model.insight import attention_weights, explain, perplexity
 from tui.app import GPTApp
 from tui.panels import ABPanel, AttentionPanel, NextTokenPanel
@@ -132,9 +134,23 @@ def test_attention_rows_sum_to_one_and_are_causal(tiny_model):
     assert w.shape == (L, H, 20, 20)
     torch.testing.assert_close(w.sum(-1), torch.ones(L, H, 20))
     assert (w.triu(diagonal=1) == 0).all()
-    with torch.no_grad():
-        logits, _ = tiny_model(torch.tensor([ids]))  # the hooks are gone: a normal forward again
-    assert logits.shape == (1, 20, tiny_model.config.vocab_size)
+
+
+def test_attention_weights_are_the_ones_the_model_uses(tiny_config, monkeypatch):
+    """The explicit path's own softmax outputs, recorded during a forward, equal the view's."""
+    torch.manual_seed(0)
+    model = GPT(dataclasses.replace(tiny_config, attention="explicit")).eval()
+    seen = []
+
+    def recording_softmax(x, dim):
+        seen.append(torch.softmax(x, dim))
+        return seen[-1]
+
+    ids = list(range(20))
+    with torch.no_grad(), monkeypatch.context() as m:
+        m.setattr(gpt_module.F, "softmax", recording_softmax)
+        model(torch.tensor([ids]))
+    torch.testing.assert_close(attention_weights(model, ids), torch.stack([a[0] for a in seen]))
 
 
 def test_explain_marks_top_p():
