@@ -22,6 +22,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.widgets import Footer, Static
 from textual.worker import get_current_worker
 
@@ -38,6 +39,16 @@ from tui.transcript import Document, Run
 from tui.widgets import OutputView, PromptArea, StatsBar
 
 POST_EVERY = 0.03  # seconds between batches of tokens sent to the UI
+
+
+class _Update(Message):
+    """A call the generation worker hands to the UI without waiting for it (``call_from_thread``
+    would block the worker until the UI had rendered, and rendering time would become
+    generation time). Posted to the app's own queue, so updates run in the order sent."""
+
+    def __init__(self, fn: Callable[..., None], *args) -> None:
+        super().__init__()
+        self.fn, self.args = fn, args
 
 
 class GPTApp(InsightMixin, App[None]):
@@ -258,7 +269,7 @@ class GPTApp(InsightMixin, App[None]):
                 if worker.is_cancelled:  # replaced by a newer generation, or the app is closing
                     break
                 if now - last_post >= POST_EVERY:
-                    self.call_from_thread(self._tokens, run, pending)
+                    self.post_message(_Update(self._tokens, run, pending))
                     pending, last_post = [], now
         except Exception as e:  # a failing backend ends this run, not the app
             error = f"{type(e).__name__}: {e}"
@@ -266,7 +277,11 @@ class GPTApp(InsightMixin, App[None]):
             run.generation.close()
             run.timing.finish()
         if not worker.is_cancelled:
-            self.call_from_thread(self._finished, run, pending, error)
+            self.post_message(_Update(self._finished, run, pending, error))
+
+    @on(_Update)
+    def _update(self, message: _Update) -> None:
+        message.fn(*message.args)
 
     def _tokens(self, run: Run, events: list[TokenEvent]) -> None:
         if run.done:  # finished early by a newer generation: these tokens came too late

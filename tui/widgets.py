@@ -67,6 +67,8 @@ class DocumentView(Static):
         view: DocumentView
         index: int
 
+    _height: int | None = None  # lines the content wrapped to at the last update
+
     def show(self, prompt: str, text: str, stop_reason: str | None, error: str | None,
              generating: bool, tokens: list[tuple[str, Style]] | None = None) -> None:
         """``tokens``: the generated text as (piece, style) pairs instead of ``text`` (confidence
@@ -84,7 +86,13 @@ class DocumentView(Static):
             parts.append((f" ⚠ {visible(error)}", "bold $error"))
         elif stop_reason == "stopped":
             parts.append((" ⏹ stopped", "bold $warning"))
-        self.update(Content.assemble(*parts))
+        content = Content.assemble(*parts)
+        # a full layout of the screen costs far more than repainting this widget: ask for one only
+        # when the text's height changes (a new line), not for every few tokens on the same line
+        width = self.content_region.width
+        height = content.get_height(self.styles, width) if width else None
+        self.update(content, layout=height is None or height != self._height)
+        self._height = height
 
     def on_mouse_move(self, event: events.MouseMove) -> None:
         index = self.get_style_at(event.x, event.y).meta.get("token")
