@@ -82,7 +82,7 @@ def bench_config(name: str, cfg: GPTConfig, batch_size: int, steps: int, peaks: 
         results[label] = (tok_s, frac)
         print(f"  {label:14s} {tok_s:9,.0f} tok/s  {tok_s * fpt / 1e9:6.1f} GFLOP/s  "
               f"{frac:5.1%} of {str(amp).removeprefix('torch.')} matmul peak", flush=True)
-    fast = max((k for k in results if k != "fp32 fused"), key=lambda k: results[k][0])
+    fast = max(results, key=lambda k: results[k][0])  # the baseline itself when nothing beats it
     fp32_tok_s, fast_tok_s = results["fp32 fused"][0], results[fast][0]
     print(f"  fastest: {fast}, {fast_tok_s / fp32_tok_s:.2f}x fp32")
     return dict(fp32_tok_s=fp32_tok_s, fast_tok_s=fast_tok_s, speedup=fast_tok_s / fp32_tok_s,
