@@ -135,5 +135,9 @@ def write_slim(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.floa
     restore_model(ckpt, src)  # refuse to ship something that does not load
     weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
     slim = {k: ckpt[k] for k in ("config", "tokenizer", "meta") if k in ckpt} | {"model": weights}
+    train_config = slim.get("meta", {}).get("train_config")
+    if train_config is not None:  # where the run wrote its files means nothing on another machine
+        local = {k: v for k, v in train_config.items() if k != "out_dir"}
+        slim["meta"] = slim["meta"] | {"train_config": local}
     save(slim, dst)
     return slim
