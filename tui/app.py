@@ -22,6 +22,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.content import Content
 from textual.message import Message
 from textual.widgets import Footer, Static
 from textual.worker import get_current_worker
@@ -121,8 +122,11 @@ class GPTApp(InsightMixin, App[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        # looked up once: a DOM query on every batch of tokens costs milliseconds of the UI thread
         self.output = self.query_one(OutputView)
         self.controls = self.query_one(Controls)
+        self.stats = self.query_one(StatsBar)
+        self.side_panels = list(self.query("#panels > *"))
         self._show_backend()
         self.query_one(PromptArea).focus()
 
@@ -134,7 +138,7 @@ class GPTApp(InsightMixin, App[None]):
 
     def _show_stats(self) -> None:
         run = self.current
-        stats = self.query_one(StatsBar)
+        stats = self.stats
         if run is None:
             stats.update("ready")
             return
@@ -143,7 +147,9 @@ class GPTApp(InsightMixin, App[None]):
                            run.settings.seed, not run.done)
         ppl = run.perplexity
         line += f"  ·  ppl {ppl:.2f}" if ppl is not None else ""
-        stats.update(line + (f"  ·  error: {run.error}" if run.error else ""))
+        # one line of fixed height: repaint it, never re-lay-out the screen for it; plain Content,
+        # as a str would be parsed as markup on every update
+        stats.update(Content(line + (f"  ·  error: {run.error}" if run.error else "")), layout=False)
 
     def notify_text(self, message: str, severity: str = "information", timeout: float | None = None) -> None:
         """A notification whose text is shown as is (it may hold prompt characters or file paths)."""

@@ -83,7 +83,7 @@ class InsightMixin:
             run.events.extend(events)
         else:  # 200 kB a token for GPT-2's vocabulary: keep the top candidates only
             run.events.extend(dataclasses.replace(e, logits=None) for e in events)
-        for panel in self.query("#panels > *"):
+        for panel in self.side_panels:
             if panel.display and hasattr(panel, "show_tokens"):  # hidden: no work at all
                 panel.show_tokens(events)
 
