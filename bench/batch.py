@@ -15,20 +15,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from common import shipped_or_random
 
-from model import checkpoint
 from model.backend import Settings
-from model.config import preset
 from model.engine import TorchBackend, generate_batch
 from model.gpt import GPT
 from model.kv_cache import KVCache
-from model.tokenizer import CharTokenizer
 
-SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "shakespeare.pt"
-SHAKESPEARE_CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 PROMPTS = ["KING", "ROMEO:\nO", "First Citizen:\nWe", "JULIET:\nWhat light is that",
            "MENENIUS:\nI tell you, friends, most", "DUKE VINCENTIO:\nGood morrow, and what news",
            "QUEEN ELIZABETH:\nMy lord, I pray you, tell me where", "LUCIO:\nHow now, " * 4]
@@ -76,13 +71,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=150, help="new tokens per prompt")
     parser.add_argument("--runs", type=int, default=3, help="runs per path (median)")
     args = parser.parse_args()
-    if SHIPPED.is_file():
-        model, tokenizer, _ = checkpoint.load_model(SHIPPED)
-        name = "shipped model"
-    else:
-        torch.manual_seed(0)
-        model, tokenizer = GPT(preset("shakespeare-char")).eval(), CharTokenizer(SHAKESPEARE_CHARS)
-        name = "shakespeare-char, random weights"
+    model, tokenizer, name = shipped_or_random()
     longest = max(len(tokenizer.encode(p)) for p in PROMPTS)
     if longest + args.tokens > model.config.block_size:  # the padded batch has no window handling
         parser.error(f"--tokens {args.tokens} plus the longest prompt ({longest}) exceed block_size "

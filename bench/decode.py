@@ -29,18 +29,15 @@ import time
 from pathlib import Path
 
 import torch
+from common import SHIPPED, random_shakespeare_char
 from torch.nn import functional as F
 
 from model import checkpoint
 from model.backend import Settings
-from model.config import preset
 from model.engine import Generation, RecomputeDecoder, TorchDecoder
 from model.gpt import GPT
-from model.tokenizer import CharTokenizer
 
-SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "shakespeare.pt"
 PROMPT = "ROMEO:\n"
-SHAKESPEARE_CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 def tok_s(make_decoder, tokenizer, tokens: int, runs: int) -> float:
@@ -134,9 +131,7 @@ def main() -> None:
         if SHIPPED.is_file():
             model, tokenizer, _ = checkpoint.load_model(SHIPPED)
             models.append(("shipped (checkpoints/shakespeare.pt)", model, tokenizer, SHIPPED))
-        torch.manual_seed(0)
-        tokenizer = CharTokenizer(SHAKESPEARE_CHARS)
-        model = GPT(preset("shakespeare-char")).eval()
+        model, tokenizer = random_shakespeare_char()
         path = Path(tmp) / "shakespeare-char.pt"
         checkpoint.save(checkpoint.payload(model, tokenizer), path)
         models.append(("shakespeare-char (random weights)", model, tokenizer, path))

@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from common import SHIPPED
 
 from model.checkpoint import load
 from model.config import GPTConfig, preset
@@ -24,7 +24,6 @@ from model.data import Splits
 from model.gpt import build_model, count_params
 from model.train import TrainConfig, Trainer, cpu_has_bf16, make_optimizer, train_step
 
-SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "shakespeare.pt"
 # nanoGPT's batch for train_shakespeare_char; the shipped run's batch comes from its checkpoint
 NANOGPT_BATCH = 64
 

@@ -20,21 +20,17 @@ import tempfile
 import time
 from pathlib import Path
 
-# `python bench/tui.py` puts bench/ first on sys.path, where this file would shadow the tui package
+from common import shipped_or_random  # bench/ is first on sys.path when run as a script
+
+# ... where this file would shadow the tui package: drop it before importing tui
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import torch  # noqa: E402
 
-from model import checkpoint  # noqa: E402
 from model.backend import Backend, Settings  # noqa: E402
-from model.config import preset  # noqa: E402
 from model.engine import TorchBackend  # noqa: E402
-from model.gpt import GPT  # noqa: E402
-from model.tokenizer import CharTokenizer  # noqa: E402
 from tui.app import GPTApp  # noqa: E402
 
-SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "shakespeare.pt"
-SHAKESPEARE_CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 PROMPT = "ROMEO:\n"
 
 
@@ -68,13 +64,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=500, help="new tokens per run")
     parser.add_argument("--runs", type=int, default=3, help="runs per way (median)")
     args = parser.parse_args()
-    if SHIPPED.is_file():
-        model, tokenizer, _ = checkpoint.load_model(SHIPPED)
-        name = "shipped model"
-    else:  # the same shape with random weights: speed does not depend on what it learned
-        torch.manual_seed(0)
-        model, tokenizer = GPT(preset("shakespeare-char")).eval(), CharTokenizer(SHAKESPEARE_CHARS)
-        name = "shakespeare-char, random weights"
+    model, tokenizer, name = shipped_or_random()
     backend = TorchBackend(model, tokenizer, name=name)
     settings = Settings(temperature=0.8, max_new_tokens=args.tokens, seed=1)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {name}; {args.tokens} tokens, "
