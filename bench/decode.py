@@ -54,13 +54,12 @@ def tok_s(make_decoder, tokenizer, tokens: int, runs: int) -> float:
     return statistics.median(rates)
 
 
-def weight_pass_seconds(model: GPT, reps: int = 20) -> float:
+def weight_pass_seconds(weights: list[torch.Tensor], reps: int = 20) -> float:
     """Median time of one mat-vec through every weight matrix of the model, in forward order.
 
     That is all the arithmetic of a batch-1 decode step bar attention over the cache, and it reads
     every weight once: when the weights do not stay in cache (10.7M fp32 parameters are 43 MB, more
     than this CPU's L3), it runs at memory bandwidth, not at the matmul rate."""
-    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
     inputs = [torch.randn(1, w.size(1), dtype=w.dtype) for w in weights]
     times = []
     with torch.inference_mode():
@@ -79,7 +78,7 @@ def arithmetic_limit(model: GPT, avg_context: float) -> tuple[float, float, floa
     weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
     flops = sum(2 * w.numel() for w in weights) + cfg.n_layer * attention_flops
     weight_bytes = sum(w.numel() * w.element_size() for w in weights)
-    return flops, weight_bytes, 1.0 / weight_pass_seconds(model)
+    return flops, weight_bytes, 1.0 / weight_pass_seconds(weights)
 
 
 def bench_model(name: str, model: GPT, tokenizer, ckpt_path: Path, args) -> dict:

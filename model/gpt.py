@@ -56,11 +56,7 @@ class CausalSelfAttention(nn.Module):
         """``causal``: query i sees keys <= i (needs T == S). ``mask``: bool (.., T, S), True
         where attending is allowed. Neither: every query sees every key (one-token decode)."""
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        # (B, T, C) -> (B, H, T, D): heads become a batch dimension
-        q = q.view(B, T, self.n_head, -1).transpose(1, 2)
-        k = k.view(B, T, self.n_head, -1).transpose(1, 2)
-        v = v.view(B, T, self.n_head, -1).transpose(1, 2)
+        q, k, v = self.heads(x)
         if cache is not None:
             k, v = cache.update(k, v)  # (B, H, S, D) with the past in front
         if self.explicit:
@@ -73,7 +69,14 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # concatenate the heads again
         return self.resid_dropout(self.c_proj(y))
 
-    def _explicit(self, q, k, v, causal, mask):
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, C) -> q, k, v, each (B, H, T, D): heads become a batch dimension."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        return tuple(t.view(B, T, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
+
+    def weights(self, q, k, causal=True, mask=None) -> torch.Tensor:
+        """The attention softmax (B, H, T, S): how much each query takes from each key."""
         T, S = q.size(-2), k.size(-2)
         # affinities between every query and key, scaled so the softmax stays soft at init
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, H, T, S)
@@ -81,8 +84,10 @@ class CausalSelfAttention(nn.Module):
             att = att.masked_fill(~self.tril[:T, :S], float("-inf"))  # no peeking ahead
         if mask is not None:
             att = att.masked_fill(~mask, float("-inf"))
-        att = F.softmax(att, dim=-1)
-        att = self.attn_dropout(att)
+        return F.softmax(att, dim=-1)
+
+    def _explicit(self, q, k, v, causal, mask):
+        att = self.attn_dropout(self.weights(q, k, causal, mask))
         return att @ v  # (B, H, T, S) @ (B, H, S, D) -> (B, H, T, D)
 
 

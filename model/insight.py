@@ -92,8 +92,8 @@ def attention_weights(model: GPT, ids: Sequence[int]) -> torch.Tensor:
     """Each layer's attention softmax over ``ids`` (at most block_size): (L, H, T, T).
 
     Opt-in and separate from the model's forward: it walks the blocks itself, as ``GPT.logits``
-    does, and at each one recomputes the weights from the attention's input with the explicit
-    path's maths (q k^T / sqrt(D), causal mask, softmax). It reads the model and changes nothing
+    does, and at each one asks the attention layer for its weights (the explicit path's
+    softmax of q k^T / sqrt(D) under the causal mask). It reads the model and changes nothing
     (no hooks), so it is safe while another thread generates with the same model."""
     T = len(ids)
     if not 0 < T <= model.config.block_size:
@@ -103,12 +103,7 @@ def attention_weights(model: GPT, ids: Sequence[int]) -> torch.Tensor:
     x = model.wte(idx) + model.wpe(torch.arange(T, device=device))  # (1, T, C)
     weights = []
     for block in model.blocks:
-        attn, h = block.attn, block.ln_1(x)
-        q, k, _ = attn.c_attn(h).split(h.size(-1), dim=2)  # (1, T, C) each
-        q = q.view(1, T, attn.n_head, -1).transpose(1, 2)  # (1, H, T, D)
-        k = k.view(1, T, attn.n_head, -1).transpose(1, 2)
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (1, H, T, T)
-        att = att.masked_fill(~attn.tril[:T, :T], float("-inf"))
-        weights.append(F.softmax(att.float(), dim=-1)[0])  # (H, T, T)
+        q, k, _ = block.attn.heads(block.ln_1(x))  # (1, H, T, D) each
+        weights.append(block.attn.weights(q.float(), k.float())[0])  # (H, T, T)
         x = block(x)
     return torch.stack(weights).cpu()  # (L, H, T, T)
