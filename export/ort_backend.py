@@ -53,11 +53,13 @@ def _quiet_stderr():
             captured.append(sink.read().decode(errors="replace"))
 
 
-def _session(path: Path, provider: Provider):
+def _session(path: Path, provider: Provider, threads: int | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
+    if threads is not None:  # else ONNX Runtime's default: a thread per core
+        options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     want_cuda = provider == "cuda" or (
         provider == "auto" and PROVIDERS["cuda"] in ort.get_available_providers())
@@ -163,14 +165,15 @@ class OrtBackend:
         return Generation(self.decoder(), self.tokenizer, prompt, settings)
 
 
-def load_ort_backend(path: str | Path, provider: Provider = "auto") -> OrtBackend:
-    """An .onnx file from gpt-export -> a backend on the chosen ONNX Runtime provider."""
+def load_ort_backend(path: str | Path, provider: Provider = "auto", threads: int | None = None) -> OrtBackend:
+    """An .onnx file from gpt-export -> a backend on the chosen ONNX Runtime provider (on
+    ``threads`` CPU threads; default: one per core)."""
     path = Path(path)
     if provider not in ("auto", "cpu", "cuda"):
         raise ValueError(f"provider must be auto, cpu or cuda, not {provider!r}")
     if not path.is_file():
         raise OnnxModelError(f"{path} not found; export one with gpt-export onnx --ckpt CKPT --out {path}")
-    session = _session(path, provider)
+    session = _session(path, provider, threads)
     config, tokenizer_dict, meta = _read_metadata(session, path)
     try:
         tokenizer = tokenizer_from_dict(tokenizer_dict)

@@ -24,6 +24,9 @@ class UnknownCharactersError(ValueError):
             "remove them or use unknown='replace'"
         )
 
+    def __reduce__(self):  # rebuilt from the characters, not the message (the app's child process)
+        return type(self), (self.chars,)
+
 
 class Tokenizer(Protocol):
     vocab_size: int

@@ -12,7 +12,7 @@ from textual.widgets import Input, Select
 
 from model.backend import Settings
 from tui.app import GPTApp
-from tui.backends import BackendError, onnx_factory
+from tui.backends import BackendError, OnnxFactory
 from tui.session import load_jsonl
 from tui.widgets import START, OutputView
 
@@ -254,10 +254,10 @@ def test_onnx_factory_exports_once_into_a_cache_beside_the_checkpoint(tmp_path, 
         return out
 
     monkeypatch.setitem(sys.modules, "export.onnx_export", types.SimpleNamespace(export_onnx=export_onnx))
-    monkeypatch.setitem(sys.modules, "export.ort_backend",
-                        types.SimpleNamespace(load_ort_backend=lambda p, provider: loads.append(p) or "ort"))
+    load = lambda p, provider, threads: loads.append(p) or "ort"  # noqa: E731
+    monkeypatch.setitem(sys.modules, "export.ort_backend", types.SimpleNamespace(load_ort_backend=load))
     notices = []
-    make = onnx_factory(ckpt)
+    make = OnnxFactory(ckpt)
     assert make(notices.append) == "ort" and make(notices.append) == "ort"
     assert exports == [ckpt] and loads == [tmp_path / "model.onnx"] * 2  # exported on first use only
     assert notices[0].startswith("exporting model.pt to") and "tracing" in notices

@@ -10,8 +10,11 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+import torch
 
 from model.backend import Backend
 from model.data import cache_dir
@@ -39,21 +42,38 @@ def _writable(folder: Path) -> bool:
     return folder.is_dir() and os.access(folder, os.W_OK)
 
 
-def torch_factory(ckpt: Path, device: str = "cpu") -> BackendFactory:
-    def make(progress: Progress) -> Backend:
+@dataclass(frozen=True)
+class TorchFactory:
+    """PyTorch on a checkpoint. Factories are dataclasses, not closures, so they pickle: the app's
+    generation process (tui.remote) makes its own copy of the backend from the same one."""
+
+    ckpt: Path
+    device: str = "cpu"
+    threads: int | None = None  # CPU threads for PyTorch in this process (None: leave as is)
+
+    def __call__(self, progress: Progress) -> Backend:
         from model.engine import load_backend
 
-        progress(f"loading {ckpt.name} with PyTorch" + ("" if device == "auto" else f" on {device}"))
-        return load_backend(ckpt, device)  # type: ignore[arg-type]
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
 
-    return make
+        where = "" if self.device == "auto" else f" on {self.device}"
+        progress(f"loading {self.ckpt.name} with PyTorch{where}")
+        return load_backend(self.ckpt, self.device)  # type: ignore[arg-type]
 
 
-def onnx_factory(ckpt: Path | None, onnx: Path | None = None, provider: str = "auto") -> BackendFactory:
+@dataclass(frozen=True)
+class OnnxFactory:
     """ONNX Runtime on ``onnx`` if given, else on the cached export of ``ckpt`` (made on first use,
     and again when the checkpoint is newer than its export)."""
 
-    def make(progress: Progress) -> Backend:
+    ckpt: Path | None
+    onnx: Path | None = None
+    provider: str = "auto"
+    threads: int | None = None  # ONNX Runtime's CPU threads (None: one per core)
+
+    def __call__(self, progress: Progress) -> Backend:
+        ckpt, onnx = self.ckpt, self.onnx
         if onnx is not None and not onnx.is_file():
             raise BackendError(f"ONNX model {onnx} not found; pass an existing file to --onnx or "
                                "leave it out to export the checkpoint")
@@ -79,11 +99,9 @@ def onnx_factory(ckpt: Path | None, onnx: Path | None = None, provider: str = "a
                     raise BackendError(f"exporting {ckpt.name} to ONNX failed: {e}") from None
         progress(f"loading {path.name} with ONNX Runtime")
         try:
-            return load_ort_backend(path, provider=provider)
+            return load_ort_backend(path, provider=self.provider, threads=self.threads)  # type: ignore[arg-type]
         except Exception as e:
             raise BackendError(f"cannot load {path} with ONNX Runtime: {e}") from None
-
-    return make
 
 
 def factories(
@@ -93,7 +111,7 @@ def factories(
     checkpoint to export."""
     made: dict[str, BackendFactory] = {}
     if ckpt is not None:
-        made["torch"] = torch_factory(ckpt, device)
+        made["torch"] = TorchFactory(ckpt, device)
     if ckpt is not None or onnx is not None:
-        made["onnx"] = onnx_factory(ckpt, onnx, provider)
+        made["onnx"] = OnnxFactory(ckpt, onnx, provider)
     return made
