@@ -12,6 +12,7 @@ from model import checkpoint
 from model.backend import Settings
 from model.checkpoint import CheckpointError
 from tui.backends import BackendError, factories
+from tui.remote import offloaded
 from tui.settings import unescape
 
 
@@ -80,6 +81,8 @@ def main(ckpt: str, backend_name: str | None, onnx: Path | None, provider: str, 
             raise
         ckpt_path = None  # an .onnx alone is enough; there is just no PyTorch backend to switch to
     makers = factories(ckpt_path, device, onnx, provider)
+    if batch is None:  # the app generates in a child process: rendering never stalls the model
+        makers = offloaded(makers)
 
     def progress(message: str) -> None:
         click.echo(message, err=True)

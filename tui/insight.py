@@ -24,6 +24,7 @@ from model.config import GPTConfig
 from model.gpt import build_model, count_params
 from tui import commands
 from tui.panels import ABPanel, AttentionPanel, AttentionSource, NextTokenPanel, confidence_colour
+from tui.remote import in_process
 from tui.stats import Timing
 from tui.step import Stepper
 from tui.transcript import Document, Run
@@ -170,7 +171,7 @@ class InsightMixin:
         self._end_current()
         seed = self.settings.seed if self.settings.seed is not None else self.new_seed()
         settings = dataclasses.replace(self.settings, seed=seed)
-        stepper = Stepper(self.backend, prompt, settings)
+        stepper = Stepper(in_process(self.backend), prompt, settings)  # it drives the decoder itself
         try:
             stepper.next_logits()
         except Exception as e:  # unknown characters under "reject", a failing backend
@@ -233,7 +234,7 @@ class InsightMixin:
         run = self.current
         if run is None or not self.documents:
             return None
-        torch_backend = self._backends.get("torch")
+        torch_backend = in_process(self._backends.get("torch"))
         model = getattr(torch_backend, "model", None)
         note = ""
         if self.backend_name != "torch":
@@ -279,7 +280,7 @@ class InsightMixin:
             self.call_from_thread(self.query_one(ABPanel).show_result, result)
 
     def model_note(self) -> str:
-        return describe_model(self.backend.info(), getattr(self.backend, "model", None))
+        return describe_model(self.backend.info(), getattr(in_process(self.backend), "model", None))
 
     def insight_command(self, command: commands.Command) -> None:
         if command.name == "step":
