@@ -264,6 +264,26 @@ def test_onnx_factory_exports_once_into_a_cache_beside_the_checkpoint(tmp_path, 
 
 
 @run_async
+async def test_a_long_document_streams_in_chunks_and_only_the_last_is_redrawn():
+    line = "To be, or not.\n"
+    backend = FakeBackend(script=line, gated=True)
+    app = make_app(backend, settings=Settings(max_new_tokens=len(line) * 40, seed=1))
+    async with app.run_test(size=SIZE) as pilot:
+        await send(pilot, "A")
+        backend.allow(len(line) * 20)
+        await until(pilot, lambda: app.current.text.count("\n") == 20)
+        view = app.documents[-1].view
+        first = view.children[0].content
+        assert len(view.children) == 2 and str(first) == "A" + line * 15 + line[:-1]  # 16 lines
+        backend.allow(len(line) * 20)
+        await until(pilot, done(app))
+        assert view.children[0].content is first  # not re-wrapped while the rest streamed in
+        assert str(view.content) == "A" + line * 40
+        # on screen as one text: 16 + 16 + 8 lines and the empty one after the last newline
+        assert [chunk.size.height for chunk in view.children] == [16, 16, 9]
+
+
+@run_async
 async def test_the_stats_bar_fills_in():
     app = make_app(settings=Settings(max_new_tokens=20, seed=5))
     async with app.run_test(size=SIZE) as pilot:

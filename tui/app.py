@@ -40,6 +40,9 @@ from tui.transcript import Document, Run
 from tui.widgets import OutputView, PromptArea, StatsBar
 
 POST_EVERY = 0.03  # seconds between batches of tokens sent to the UI
+# seconds between stats bar updates while tokens stream: a repaint at the bottom of the screen
+# while the text grows at the top makes the compositor redraw everything between the two
+STATS_EVERY = 0.25
 
 
 class _Update(Message):
@@ -99,6 +102,7 @@ class GPTApp(InsightMixin, App[None]):
         self.documents: list[Document] = []
         self.history: list[dict] = []  # a record per finished generation, for /save and /export
         self.current: Run | None = None  # the latest generation (running or done)
+        self._stats_shown = 0.0  # when the stats bar was last updated during a generation
 
     # ---- screen ----------------------------------------------------------------------------
 
@@ -295,8 +299,10 @@ class GPTApp(InsightMixin, App[None]):
         run.text += "".join(e.text for e in events)
         self.insight_tokens(run, events)
         self._render(run.document)
-        if run is self.current:
+        now = time.perf_counter()  # not self.clock: tests' fake clocks count their reads
+        if run is self.current and now - self._stats_shown >= STATS_EVERY:
             self._show_stats()
+            self._stats_shown = now
 
     def _finished(self, run: Run, events: list[TokenEvent], error: str | None) -> None:
         if run.done:

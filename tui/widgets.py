@@ -13,6 +13,7 @@ from textual.containers import VerticalScroll
 from textual.content import Content
 from textual.message import Message
 from textual.style import Style
+from textual.widget import Widget
 from textual.widgets import Static, TextArea
 
 # C0 controls and DEL -> their Unicode "control picture" (ESC -> ␛), keeping newline and tab
@@ -56,9 +57,24 @@ class PromptArea(TextArea):
             self.move_cursor(self.document.end)
 
 
-class DocumentView(Static):
+Part = str | tuple[str, str | Style]  # a piece of text and its style, as Content.assemble takes
+
+
+class DocumentView(Widget):
     """One prompt and what was generated after it (continuations included), with a marker when the
-    last generation was stopped or failed."""
+    last generation was stopped or failed.
+
+    The text is shown in chunks of CHUNK_LINES lines (split at newlines, so the wrapping is the
+    same), each its own Static. While text streams in only the last chunk changes, so an update
+    re-wraps a few lines, not the whole document: its cost stays flat as the document grows.
+    """
+
+    DEFAULT_CSS = """
+    DocumentView { height: auto; layout: vertical; }
+    DocumentView > Static { height: auto; }
+    """
+    CHUNK_LINES = 16
+    GROW = 8  # the live chunk is kept this many lines at a time taller than its text (see show)
 
     @dataclass
     class Hovered(Message):
@@ -67,14 +83,22 @@ class DocumentView(Static):
         view: DocumentView
         index: int
 
-    _height: int | None = None  # lines the content wrapped to at the last update
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._parts: list[Part] = []
+        self._chunks: list[list[Part]] = []  # what each child Static shows
+        self._height: int | None = None  # lines the live (last) chunk was given at the last update
+
+    @property
+    def content(self) -> Content:
+        """The whole document as one Content (tests and readers; the screen shows it in chunks)."""
+        return Content.assemble(*self._parts)
 
     def show(self, prompt: str, text: str, stop_reason: str | None, error: str | None,
              generating: bool, tokens: list[tuple[str, Style]] | None = None) -> None:
         """``tokens``: the generated text as (piece, style) pairs instead of ``text`` (confidence
         colouring); each piece carries its index, so hovering it can show its alternatives."""
-        parts: list[str | tuple[str, str | Style]] = [
-            (visible(prompt), "bold") if prompt else (START, "dim italic")]
+        parts: list[Part] = [(visible(prompt), "bold") if prompt else (START, "dim italic")]
         if tokens is None:
             parts.append(visible(text))
         else:
@@ -86,18 +110,70 @@ class DocumentView(Static):
             parts.append((f" ⚠ {visible(error)}", "bold $error"))
         elif stop_reason == "stopped":
             parts.append((" ⏹ stopped", "bold $warning"))
-        content = Content.assemble(*parts)
-        # a full layout of the screen costs far more than repainting this widget: ask for one only
-        # when the text's height changes (a new line), not for every few tokens on the same line
-        width = self.content_region.width
-        height = content.get_height(self.styles, width) if width else None
-        self.update(content, layout=height is None or height != self._height)
+        self._parts = parts
+        chunks = split_lines(parts, self.CHUNK_LINES)
+        views = list(self.children)
+        for view in views[len(chunks):]:  # a regenerated run can be shorter than the one it replaced
+            view.remove()
+        live = len(chunks) - 1
+        for i, chunk in enumerate(chunks):
+            if i >= len(views):
+                self.mount(Static(Content.assemble(*chunk)))
+            elif i == live:
+                self._show_live(views[i], Content.assemble(*chunk), generating)
+            elif chunk != self._chunks[i] or i == len(self._chunks) - 1:  # changed, or was the live one
+                views[i].styles.min_height = None
+                views[i].update(Content.assemble(*chunk))
+        if len(chunks) > len(views):
+            self._height = None
+        self._chunks = chunks
+
+    def _show_live(self, view: Static, content: Content, generating: bool) -> None:
+        # A layout of the screen costs far more than repainting one widget (5-30 ms against 1 ms):
+        # ask for one only when the chunk's height changes. While text streams in, the chunk is
+        # kept GROW lines at a time taller than its text (blank lines below it), so a layout comes
+        # every few lines of text rather than at every line; the spare lines go when it ends.
+        width = view.content_region.width
+        height = content.get_height(view.styles, width) if width else None
+        if height is not None:
+            height = -(-height // self.GROW) * self.GROW if generating else height
+            if height != self._height:
+                view.styles.min_height = height if generating else None
+        view.update(content, layout=height is None or height != self._height)
         self._height = height
 
     def on_mouse_move(self, event: events.MouseMove) -> None:
-        index = self.get_style_at(event.x, event.y).meta.get("token")
+        index = self.screen.get_style_at(*event.screen_offset).meta.get("token")
         if index is not None:
             self.post_message(self.Hovered(self, index))
+
+
+def split_lines(parts: list[Part], lines: int) -> list[list[Part]]:
+    """``parts`` cut at every ``lines``-th newline into runs of parts: the newline itself goes (one
+    widget below another already starts a new line) and a piece holding it is cut in two, both
+    halves keeping its style. No empty run at the end."""
+    chunks: list[list[Part]] = [[]]
+    newlines = 0
+    for part in parts:
+        text, style = (part, None) if isinstance(part, str) else part
+        start = 0
+        at = text.find("\n")
+        while at >= 0:
+            newlines += 1
+            if newlines % lines == 0:
+                piece = text[start:at]
+                if piece:
+                    chunks[-1].append(piece if style is None else (piece, style))
+                chunks.append([])
+                start = at + 1
+            at = text.find("\n", at + 1)
+        if start == 0:
+            chunks[-1].append(part)
+        elif start < len(text):
+            chunks[-1].append(text[start:] if style is None else (text[start:], style))
+    if len(chunks) > 1 and not chunks[-1]:
+        chunks.pop()
+    return chunks
 
 
 class Note(Static):
