@@ -1,11 +1,15 @@
 """What the app's views into the model cost: tokens/s in the app (headless) against batch mode.
 
-    python bench/tui.py [--tokens 500] [--runs 3]
+    python bench/tui.py [--tokens 500] [--runs 9] [--ckpt checkpoints/shakespeare.pt] [--backend torch]
 
-The same model, prompt, seed and settings (temperature 0.8), three ways: the engine alone (what
-batch mode runs), the app with every side panel hidden (F2's controls too), and the app with the
-next-token panel, the attention panel and confidence colouring shown. tokens/s is wall-clock,
-prefill included, median of --runs; the app's numbers include handing tokens to the UI thread.
+The same model, prompt, seed and settings (temperature 0.8), four ways, in rounds (one run of each
+per round, so the machine's drift hits all four alike; medians over --runs rounds):
+  batch   the engine in this process on every core, as `gpt-tui --batch` runs it;
+  child   the app's generation process alone, streamed without the app (tui.remote);
+  hidden  the app, every side panel hidden (F2's controls too);
+  shown   the app with the next-token panel, the attention panel and confidence colouring.
+The app is made as gpt-tui makes it (generation in a child process, the UI keeps one core). Its
+tokens/s is wall-clock from Enter until the UI has taken the last token, prefill included.
 Goal (issue 8): hidden panels cost under 5%, shown ones under 25%. Last line:
 batch_tok_s=<f> hidden_tok_s=<f> shown_tok_s=<f> hidden_cost=<f>
 """
@@ -20,61 +24,86 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import shipped_or_random  # bench/ is first on sys.path when run as a script
-
-# ... where this file would shadow the tui package: drop it before importing tui
+# bench/ is first on sys.path when this runs as a script, where this file shadows the tui package
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import torch  # noqa: E402
 
 from model.backend import Backend, Settings  # noqa: E402
-from model.engine import TorchBackend  # noqa: E402
+from model.checkpoint import DEFAULT_CKPT, SHIPPED_DIR  # noqa: E402
 from tui.app import GPTApp  # noqa: E402
+from tui.backends import OnnxFactory, TorchFactory  # noqa: E402
+from tui.remote import offloaded  # noqa: E402
 
 PROMPT = "ROMEO:\n"
 
 
-def batch_rate(backend: Backend, settings: Settings) -> float:
+def stream_rate(backend: Backend, settings: Settings) -> float:
     start = time.perf_counter()
     tokens = sum(1 for _ in backend.stream(PROMPT, settings))
     return tokens / (time.perf_counter() - start)
 
 
-async def app_rates(backend: Backend, settings: Settings, runs: int, shown: bool) -> list[float]:
+async def app_rate(backend: Backend, name: str, settings: Settings, shown: bool) -> float:
     with tempfile.TemporaryDirectory() as sessions:
-        app = GPTApp(backend, settings=settings, session_dir=Path(sessions))
+        app = GPTApp(backend, name, settings=settings, session_dir=Path(sessions))
         async with app.run_test(size=(160, 50)) as pilot:
             await pilot.press("f2")  # hide the controls: nothing on the side
             if shown:
                 await pilot.press("f3", "f4", "f6")  # next token, attention, confidence colouring
             await pilot.pause()
-            rates = []
-            for _ in range(runs):
-                start = time.perf_counter()
-                app.start(PROMPT)
-                # wait on the worker, not by polling: a busy poll of the UI loop starves the worker's
-                # hand-offs to it and the run never finishes
-                await app.workers.wait_for_complete()
-                rates.append(app.current.timing.tokens / (time.perf_counter() - start))
-            return rates
+            start = time.perf_counter()
+            app.start(PROMPT)
+            # wait on the worker, not by polling: a busy poll of the UI loop starves the worker's
+            # hand-offs to it and the run never finishes
+            await app.workers.wait_for_complete()
+            while not app.current.done:  # then until the UI has taken the last tokens
+                await asyncio.sleep(0.001)
+            return app.current.timing.tokens / (time.perf_counter() - start)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=500, help="new tokens per run")
-    parser.add_argument("--runs", type=int, default=3, help="runs per way (median)")
+    parser.add_argument("--runs", type=int, default=9, help="rounds (medians)")
+    parser.add_argument("--ckpt", type=Path, default=SHIPPED_DIR / DEFAULT_CKPT, help="the checkpoint")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                        help="onnx: ONNX Runtime on the checkpoint's export (made on first use)")
     args = parser.parse_args()
-    model, tokenizer, name = shipped_or_random()
-    backend = TorchBackend(model, tokenizer, name=name)
+    if args.backend == "torch":
+        factory = TorchFactory(args.ckpt, "cpu")
+    else:
+        factory = OnnxFactory(args.ckpt, provider="cpu")
     settings = Settings(temperature=0.8, max_new_tokens=args.tokens, seed=1)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {name}; {args.tokens} tokens, "
-          f"temperature 0.8, seed 1, median of {args.runs}")
-    batch_rate(backend, settings)  # warm up
-    batch = statistics.median(batch_rate(backend, settings) for _ in range(args.runs))
-    hidden = statistics.median(asyncio.run(app_rates(backend, settings, args.runs, shown=False)))
-    shown = statistics.median(asyncio.run(app_rates(backend, settings, args.runs, shown=True)))
-    print(f"batch {batch:.1f} tok/s · app, panels hidden {hidden:.1f} · app, panels shown {shown:.1f} "
-          f"(shown cost {1 - shown / batch:.1%})")
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, {threads} threads; {args.ckpt.name} on {args.backend}; {args.tokens} "
+          f"tokens, temperature 0.8, seed 1, median of {args.runs} rounds")
+    backend = factory(lambda message: None)  # batch mode's
+    app_backend = offloaded({args.backend: factory})[args.backend](lambda message: None)  # the app's
+    if not app_backend.wait_ready(60):
+        sys.exit(f"the app's generation process did not start: {app_backend.failure}")
+    rates: dict[str, list[float]] = {"batch": [], "child": [], "hidden": [], "shown": []}
+    for round_ in range(args.runs + 1):  # round 0 warms up
+        torch.set_num_threads(threads)  # batch mode has every core; the app's UI process keeps one
+        figures = {"batch": stream_rate(backend, settings)}
+        torch.set_num_threads(1)
+        figures["child"] = stream_rate(app_backend, settings)
+        figures["hidden"] = asyncio.run(app_rate(app_backend, args.backend, settings, shown=False))
+        figures["shown"] = asyncio.run(app_rate(app_backend, args.backend, settings, shown=True))
+        print(f"round {round_}{' (warm-up)' if round_ == 0 else ''}: "
+              + " · ".join(f"{k} {v:.1f}" for k, v in figures.items()), flush=True)
+        if round_:
+            for k, v in figures.items():
+                rates[k].append(v)
+    app_backend.close()
+    batch, child, hidden, shown = (statistics.median(rates[k]) for k in ("batch", "child", "hidden", "shown"))
+    print(f"tok/s: batch {batch:.1f} · child alone {child:.1f} ({1 - child / batch:.1%} below batch) · "
+          f"app, panels hidden {hidden:.1f} ({1 - hidden / batch:.1%}) · shown {shown:.1f} "
+          f"({1 - shown / batch:.1%})")
+    paired = {k: statistics.median(v / b for v, b in zip(rates[k], rates["batch"], strict=True))
+              for k in ("child", "hidden", "shown")}
+    print("cost against batch mode, median of the rounds' own ratios: "
+          + " · ".join(f"{k} {1 - r:.1%}" for k, r in paired.items()))
     print(f"batch_tok_s={batch:.2f} hidden_tok_s={hidden:.2f} shown_tok_s={shown:.2f} "
           f"hidden_cost={1 - hidden / batch:.4f}")
 
