@@ -2,8 +2,10 @@
 
 Generation runs in a thread worker that checks for cancellation every token and hands tokens to
 the UI in batches about every 30 ms (``POST_EVERY``), so keys and repaints never wait for the
-model. The UI talks only to the ``Backend`` protocol; backends are made by injected factories, so
-tests use fakes and the ONNX code is imported only when someone switches to it.
+model. The worker only waits on the backend: the one gpt-tui gives the app decodes in a child
+process (tui.remote), so the UI's rendering never holds the GIL the model needs. The UI talks
+only to the ``Backend`` protocol; backends are made by injected factories, so tests use fakes and
+the ONNX code is imported only when someone switches to it.
 
 Side panels live in ``#panels`` and are shown or hidden with a key (F2: the controls). A panel
 with a ``show_tokens(events)`` method receives every batch of ``TokenEvent``s while it is shown
