@@ -41,7 +41,8 @@ import torch
 
 from model.backend import Backend, BackendInfo, Settings, StopReason, TokenEvent
 
-FLUSH = 0.005  # s: the child sends the tokens of this long at once (the first one at once)
+FLUSH = 0.015  # s: the child sends the tokens of this long at once (the first at once): half the
+# app's POST_EVERY, so the UI still gets tokens every ~30 ms, with few wake-ups of its reader thread
 START_TIMEOUT = 30.0  # s: the longest a stream waits for the child to take it (a long prefill)
 
 
