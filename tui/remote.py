@@ -151,8 +151,8 @@ class RemoteBackend:
                     if kind in ("end", "error"):
                         self._inboxes.pop(message[1], None)
         except (EOFError, OSError):
-            code = self.process.exitcode if not self.process.is_alive() else None
-            self.failure = self.failure or f"the generation process exited (code {code})"
+            self.process.join(1.0)  # the pipe closes as the child exits: wait for its exit code
+            self.failure = self.failure or f"the generation process exited (code {self.process.exitcode})"
             self._ready.set()
             error = RuntimeError(self.failure)
             for gid in list(self._inboxes):
