@@ -224,9 +224,9 @@ def _to_wire(event: TokenEvent) -> TokenEvent:
 
 
 def _from_wire(event: TokenEvent) -> TokenEvent:
-    logits = event.logits
-    return event if logits is None or isinstance(logits, torch.Tensor) else \
-        dataclasses.replace(event, logits=torch.from_numpy(logits))
+    if event.logits is None:
+        return event
+    return dataclasses.replace(event, logits=torch.from_numpy(event.logits))
 
 
 def _picklable(error: BaseException) -> BaseException:
