@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 from model.backend import Backend, Settings  # noqa: E402
 from model.checkpoint import DEFAULT_CKPT, SHIPPED_DIR  # noqa: E402
-from tui.app import GPTApp  # noqa: E402
+from tui.app import GPTApp, freeze_heap  # noqa: E402
 from tui.backends import OnnxFactory, TorchFactory  # noqa: E402
 from tui.remote import offloaded  # noqa: E402
 
@@ -94,6 +94,7 @@ def main() -> None:
     app_backend = offloaded({args.backend: factory})[args.backend](lambda message: None)  # the app's
     if not app_backend.wait_ready(60):
         sys.exit(f"the app's generation process did not start: {app_backend.failure}")
+    freeze_heap()  # as gpt-tui does before the app runs
 
     def measure(mode: str) -> float:
         if mode == "batch":  # batch mode has every core

@@ -93,9 +93,11 @@ def main(ckpt: str, backend_name: str | None, onnx: Path | None, provider: str, 
         raise click.ClickException(str(e)) from None
 
     if batch is None:
-        from tui.app import GPTApp
+        from tui.app import GPTApp, freeze_heap
 
-        GPTApp(backend, backend_name, makers, settings, session_dir=session_dir).run()
+        app = GPTApp(backend, backend_name, makers, settings, session_dir=session_dir)
+        freeze_heap()
+        app.run()
         return
 
     from tui.batch import EXIT_INTERRUPTED, read_items, run_batch
