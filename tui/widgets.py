@@ -66,7 +66,8 @@ class DocumentView(Widget):
 
     The text is shown in chunks of CHUNK_LINES lines (split at newlines, so the wrapping is the
     same), each its own Static. While text streams in only the last chunk changes, so an update
-    re-wraps a few lines, not the whole document: its cost stays flat as the document grows.
+    re-wraps a few lines, not the whole document. Cutting the text into chunks still walks it all
+    (0.6 ms for 50,000 characters; 22 ms when confidence colouring makes each token a part).
     """
 
     DEFAULT_CSS = """
