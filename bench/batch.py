@@ -2,7 +2,7 @@
 
     python bench/batch.py [--tokens 150] [--runs 3]
 
-The engine generates a batch one sequence after another (model.engine.generate_batch). The
+The engine generates a batch one sequence after another (``generate_batch`` below). The
 alternative is one left-padded batch: a mask hides the padding, each row keeps its own positions,
 and every step runs all rows through one matmul. This measures both, greedy, on the shipped model
 (or shakespeare-char with random weights), for batches of 4 and 8 prompts of 4..60 characters,
@@ -15,14 +15,22 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Sequence
 
 import torch
 from common import shipped_or_random
 
-from model.backend import Settings
-from model.engine import TorchBackend, generate_batch
+from model.backend import Backend, Settings
 from model.gpt import GPT
 from model.kv_cache import KVCache
+from model.torch_backend import TorchBackend
+
+
+def generate_batch(backend: Backend, prompts: Sequence[str], settings: Settings) -> list[str]:
+    """The generated text for each prompt, one sequence after another: each result is exactly what
+    ``backend.stream`` gives for that prompt alone (its seed, stop strings and window)."""
+    return ["".join(event.text for event in backend.stream(prompt, settings)) for prompt in prompts]
+
 
 PROMPTS = ["KING", "ROMEO:\nO", "First Citizen:\nWe", "JULIET:\nWhat light is that",
            "MENENIUS:\nI tell you, friends, most", "DUKE VINCENTIO:\nGood morrow, and what news",
@@ -43,7 +51,7 @@ def padded_greedy(model: GPT, prompts: list[list[int]], new_tokens: int) -> list
     causal = slot[None, :] <= slot[:, None]  # (T0, T0)
     mask = (causal & real[:, None, None, :T0]) | torch.eye(T0, dtype=torch.bool)  # (B, 1, T0, T0)
     cache = KVCache(model.config, B)
-    logits = model.logits(ids, positions, causal=False, mask=mask, caches=cache.layers)
+    logits = model.forward_at(ids, positions, causal=False, mask=mask, caches=cache.layers)
     cache.advance(T0)
     out = []
     for t in range(new_tokens):
@@ -52,7 +60,8 @@ def padded_greedy(model: GPT, prompts: list[list[int]], new_tokens: int) -> list
         real[:, T0 + t] = True
         positions = positions[:, -1:] + 1
         S = T0 + t + 1
-        logits = model.logits(nxt, positions, causal=False, mask=real[:, None, None, :S], caches=cache.layers)
+        logits = model.forward_at(nxt, positions, causal=False, mask=real[:, None, None, :S],
+                                  caches=cache.layers)
         cache.advance(1)
     return torch.cat(out, 1).tolist()
 

@@ -6,8 +6,8 @@ For the shipped model (when checkpoints/shakespeare.pt exists) and the shakespea
 random weights: tokens/s for `--tokens` new tokens from a short prompt, greedy, through the same
 ``Generation`` loop the app uses (so sampling, top candidates and the block-size window are paid
 for), median of `--runs` runs in one process, for
-  cached     model.engine.TorchDecoder: one position per token on a preallocated KV cache
-  recompute  model.engine.RecomputeDecoder: the whole window again every token (nanoGPT's generate)
+  cached     model.torch_backend.TorchDecoder: one position per token on a preallocated KV cache
+  recompute  model.torch_backend.RecomputeDecoder: the whole window again every token (nanoGPT's generate)
   onnx       export.ort_backend on ONNX Runtime's CPU provider (when the export package imports)
 It also states the arithmetic limit: a batch-1 decode step is a chain of mat-vecs, one through
 every weight matrix, so the limit is the time of exactly that chain on the model's own weights
@@ -34,8 +34,9 @@ from torch.nn import functional as F
 
 from model import checkpoint
 from model.backend import Settings
-from model.engine import Generation, RecomputeDecoder, TorchDecoder
+from model.engine import Generation
 from model.gpt import GPT
+from model.torch_backend import RecomputeDecoder, TorchDecoder
 
 PROMPT = "ROMEO:\n"
 
@@ -104,12 +105,9 @@ def bench_model(name: str, model: GPT, tokenizer, ckpt_path: Path, args) -> dict
 
 
 def onnx_tok_s(ckpt_path: Path, tokenizer, args) -> float | None:
-    try:
-        from export.onnx_export import export_onnx
-        from export.ort_backend import load_ort_backend
-    except ImportError as e:
-        print(f"  onnx       skipped ({e})")
-        return None
+    from export.onnx_export import export_onnx
+    from export.ort_backend import load_ort_backend
+
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export_onnx(ckpt_path, Path(tmp) / "model.onnx", validate=False)
         backend = load_ort_backend(onnx_path, provider="cpu")

@@ -21,8 +21,9 @@ from common import SHIPPED
 from model.checkpoint import load
 from model.config import GPTConfig, preset
 from model.data import Splits
+from model.device import cpu_has_bf16
 from model.gpt import build_model, count_params
-from model.train import TrainConfig, Trainer, cpu_has_bf16, make_optimizer, train_step
+from model.train import TrainConfig, Trainer, make_optimizer, train_step
 
 # nanoGPT's batch for train_shakespeare_char; the shipped run's batch comes from its checkpoint
 NANOGPT_BATCH = 64

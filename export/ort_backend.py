@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from export.onnx_export import FORMAT, META_PREFIX, input_names, output_names
+from export.graph import FORMAT, META_PREFIX, input_names, output_names
 from model.backend import BackendInfo, Settings
 from model.config import GPTConfig
 from model.engine import Generation
@@ -139,9 +139,9 @@ class OrtDecoder:
 class OrtBackend:
     """model.backend.Backend over an exported .onnx file."""
 
-    def __init__(self, session, config: GPTConfig, tokenizer: Tokenizer, name: str, meta: dict):
+    def __init__(self, session, config: GPTConfig, tokenizer: Tokenizer, path: str, meta: dict):
         self.session, self.config, self.tokenizer = session, config, tokenizer
-        self.name, self.meta = name, meta
+        self.path, self.meta = path, meta
 
     @property
     def provider(self) -> str:
@@ -149,7 +149,7 @@ class OrtBackend:
 
     def info(self) -> BackendInfo:
         return BackendInfo(
-            backend="onnx", name=self.name, vocab_size=self.config.vocab_size,
+            backend="onnx", path=self.path, vocab_size=self.config.vocab_size,
             block_size=self.config.block_size, device=self.provider,
             vocab=self.tokenizer.chars if isinstance(self.tokenizer, CharTokenizer) else None,
             config=self.config.to_dict(), meta=self.meta,
@@ -160,6 +160,9 @@ class OrtBackend:
 
     def decoder(self) -> OrtDecoder:
         return OrtDecoder(self.session, self.config)
+
+    def torch_model(self) -> None:
+        return None  # no PyTorch model here: the attention view needs the checkpoint
 
     def stream(self, prompt: str, settings: Settings) -> Generation:
         return Generation(self.decoder(), self.tokenizer, prompt, settings)

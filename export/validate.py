@@ -13,14 +13,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
-from export.onnx_export import OnnxDecoderModel, input_names, sample_inputs
+from export.graph import OnnxDecoderModel, input_names, sample_inputs
+from export.ort_backend import load_ort_backend
 from model.backend import Settings
-from model.engine import Generation, TorchDecoder
+from model.engine import Generation
 from model.gpt import GPT
+from model.tokenizer import CharTokenizer
+from model.torch_backend import TorchDecoder
 
-# fp32 on the CPU: kernels differ only in summation order; measured differences are ~1e-6
+# fp32 on the CPU: kernels differ only in summation order, far below this
 LOGIT_TOLERANCE = 1e-4
 GREEDY_STEPS = 20
 # (batch, new tokens, past): prefill, decode, a chunk after a past, a full window
@@ -81,31 +85,30 @@ def greedy_ids(decoder, tokenizer, prompt: str, steps: int) -> list[int]:
     return [e.id for e in Generation(decoder, tokenizer, prompt, greedy)]
 
 
-def validate_export(path: Path, model: GPT, say: Callable[[str], None] = lambda m: None) -> float:
-    """Run the three checks on ``path``; return the max abs logit difference."""
-    import onnx
-
-    from export.ort_backend import load_ort_backend
-
+def validate_export(path: Path, model: GPT, say: Callable[[str], None] = lambda m: None,
+                    shown: Path | None = None) -> float:
+    """Run the three checks on ``path``; return the max abs logit difference. Errors name ``shown``
+    (default: ``path``), for the exporter, which checks a temp file before it becomes the output."""
+    name = shown or path
     say("checking the graph (onnx.checker, full shape inference)")
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as e:
-        raise ValidationError(f"{path} fails onnx.checker: {str(e).splitlines()[0]}") from None
+        raise ValidationError(f"{name} fails onnx.checker: {str(e).splitlines()[0]}") from None
     backend = load_ort_backend(path, provider="cpu")
     say("comparing logits with PyTorch")
     diff = max_logit_diff(backend.session, model.eval())
     if not diff <= LOGIT_TOLERANCE:  # also catches NaN
         raise ValidationError(
-            f"{path}: logits differ from PyTorch by {diff:.2e} (tolerance {LOGIT_TOLERANCE:.0e})")
+            f"{name}: logits differ from PyTorch by {diff:.2e} (tolerance {LOGIT_TOLERANCE:.0e})")
     say(f"max abs logit difference {diff:.2e} (tolerance {LOGIT_TOLERANCE:.0e})")
     tokenizer = backend.tokenizer
-    prompt = "" if not isinstance(getattr(tokenizer, "chars", None), str) else tokenizer.chars[:5]
+    prompt = tokenizer.chars[:5] if isinstance(tokenizer, CharTokenizer) else ""
     torch_ids = greedy_ids(TorchDecoder(model), tokenizer, prompt, GREEDY_STEPS)
     ort_ids = greedy_ids(backend.decoder(), tokenizer, prompt, GREEDY_STEPS)
     if torch_ids != ort_ids:
         pairs = enumerate(zip(torch_ids, ort_ids, strict=False))  # one may have stopped early
         first = next((i for i, (a, b) in pairs if a != b), min(len(torch_ids), len(ort_ids)))
-        raise ValidationError(f"{path}: greedy tokens differ from PyTorch at step {first}")
+        raise ValidationError(f"{name}: greedy tokens differ from PyTorch at step {first}")
     say(f"greedy tokens identical for a prompt + {len(torch_ids)} steps")
     return diff

@@ -1,9 +1,9 @@
 """The one interface between generation backends (PyTorch, ONNX Runtime) and their users (TUI, batch).
 
-A backend owns a model and its tokenizer. ``stream(prompt, settings)`` returns a ``Generation``:
+A backend owns a model and its tokenizer. ``stream(prompt, settings)`` returns a ``TokenStream``:
 an iterator of ``TokenEvent`` that reads ``settings`` anew before every token (so a UI can change
 them mid-way), can be closed early, and tells why it stopped. Sampling, stop handling and the
-block-size window live once in ``model.engine``; a backend only supplies a ``Decoder``.
+block-size window live once in ``model.engine.Generation``; a backend only supplies a ``Decoder``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Literal, Protocol
 
 import torch
 
-from model.tokenizer import Unknown
+from model.gpt import GPT, Bigram
+from model.tokenizer import Tokenizer, Unknown
 
 StopReason = Literal["eot", "max_tokens", "stop_string", "stopped"]
 
@@ -30,7 +31,7 @@ class Settings:
     max_new_tokens: int = 500
     seed: int | None = None  # None: fresh randomness each generation
     stop: tuple[str, ...] = ()  # stop once the output contains any of these
-    unknown: Unknown = "strict"  # prompt characters outside the vocabulary: error or replace
+    unknown: Unknown = "reject"  # prompt characters outside the vocabulary: refuse, or replace them
 
     def __post_init__(self) -> None:
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)) \
@@ -44,8 +45,8 @@ class Settings:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if isinstance(self.stop, str) or not all(isinstance(x, str) and x for x in self.stop):
             raise ValueError(f"stop must be a tuple of non-empty strings like ('\\n\\n',), not {self.stop!r}")
-        if self.unknown not in ("strict", "replace"):
-            raise ValueError(f"unknown must be 'strict' or 'replace', not {self.unknown!r}")
+        if self.unknown not in ("reject", "replace"):
+            raise ValueError(f"unknown must be 'reject' or 'replace', not {self.unknown!r}")
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class TokenEvent:
 @dataclass(frozen=True)
 class BackendInfo:
     backend: Literal["torch", "onnx"]
-    name: str  # the checkpoint or .onnx file it came from
+    path: str  # the checkpoint or .onnx file it came from
     vocab_size: int
     block_size: int
     device: str  # "cpu", "cuda:0", "CPUExecutionProvider", ...
@@ -93,7 +94,9 @@ class Decoder(Protocol):
         ...
 
 
-class Generation(Protocol):
+class TokenStream(Protocol):
+    """What ``Backend.stream`` returns: the generated tokens of one prompt, as they come."""
+
     settings: Settings  # may be replaced between tokens
     prompt_ids: list[int]
     stop_reason: StopReason | None  # set once iteration has ended
@@ -104,6 +107,20 @@ class Generation(Protocol):
 
 
 class Backend(Protocol):
+    """A model and its tokenizer, as every view and the batch runner use them."""
+
+    tokenizer: Tokenizer  # encodes prompts, decodes candidates for the views
+
     def info(self) -> BackendInfo: ...
     def unknown_chars(self, prompt: str) -> list[str]: ...
-    def stream(self, prompt: str, settings: Settings) -> Generation: ...
+
+    def decoder(self) -> Decoder:
+        """A fresh decoder (its own cache) in this process: for step mode, which drives an
+        ``engine.Generation`` token by token."""
+        ...
+
+    def torch_model(self) -> GPT | Bigram | None:
+        """The PyTorch model in this process, for the attention view; None for ONNX Runtime."""
+        ...
+
+    def stream(self, prompt: str, settings: Settings) -> TokenStream: ...

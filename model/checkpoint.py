@@ -13,13 +13,12 @@ A slim checkpoint is the same without ``train``, optionally with half-precision 
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 
+from model.atomic import atomic_write
 from model.config import GPTConfig
 from model.gpt import GPT, Bigram, build_model
 from model.tokenizer import Tokenizer, tokenizer_from_dict
@@ -37,18 +36,8 @@ class CheckpointError(ValueError):
 def save(payload: dict, path: str | Path) -> None:
     """Write atomically: a temp file in the same folder, fsync, then rename over the target.
     A crash at any moment leaves either the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        torch.save({"format": FORMAT, **payload}, f)
 
 
 def resolve_ckpt(name: str | Path = DEFAULT_CKPT) -> Path:

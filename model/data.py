@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from model.atomic import atomic_write
+from model.paths import DATA_DIR_ENV, cache_dir
 from model.tokenizer import CharTokenizer, Tokenizer
 
 SHAKESPEARE_URL = (
@@ -17,17 +19,10 @@ SHAKESPEARE_URL = (
 )
 SHAKESPEARE_MD5 = "6fb458f1232090904fb40fe944165e91"
 SHAKESPEARE_FILE = "tinyshakespeare.txt"
-DATA_DIR_ENV = "GPT_DATA_DIR"  # a folder already holding tinyshakespeare.txt (CI, offline use)
 
 
 class DataError(ValueError):
     """The training text could not be found, fetched or read."""
-
-
-def cache_dir() -> Path:
-    """Per-user cache for downloads: $XDG_CACHE_HOME/gpt-from-scratch (~/.cache by default)."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "gpt-from-scratch"
 
 
 def md5(path: Path) -> str:
@@ -48,20 +43,21 @@ def shakespeare_path(data_dir: str | Path | None = None) -> Path:
     path = cache_dir() / SHAKESPEARE_FILE
     if path.is_file() and md5(path) == SHAKESPEARE_MD5:
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part")
+
+    def checksum(tmp: Path) -> None:
+        if md5(tmp) != SHAKESPEARE_MD5:
+            raise DataError(
+                f"downloaded Tiny Shakespeare has the wrong checksum; try again ({SHAKESPEARE_URL})")
+
     try:
         with urllib.request.urlopen(SHAKESPEARE_URL, timeout=60) as r:
-            tmp.write_bytes(r.read())
+            with atomic_write(path, check=checksum) as f:
+                f.write(r.read())
     except OSError as e:
         raise DataError(
             f"could not download Tiny Shakespeare ({e}); save it as {path} "
             f"or point {DATA_DIR_ENV} at a folder holding {SHAKESPEARE_FILE}"
         ) from None
-    if md5(tmp) != SHAKESPEARE_MD5:
-        tmp.unlink()
-        raise DataError(f"downloaded Tiny Shakespeare has the wrong checksum; try again ({SHAKESPEARE_URL})")
-    tmp.replace(path)
     return path
 
 

@@ -1,8 +1,13 @@
 """Generation: sampling, stopping and the block-size window, written once for every backend.
 
 A backend supplies a ``Decoder`` (one sequence's model state: ``feed(ids) -> next-token logits``);
-``Generation`` turns it into a stream of ``TokenEvent``. Here: the PyTorch decoders (with the KV
-cache, and nanoGPT-style recompute for tests and benchmarks) and the PyTorch ``Backend``.
+``Generation`` turns it into a stream of ``TokenEvent``. The PyTorch decoders are in
+model.torch_backend, the ONNX Runtime one in export.ort_backend.
+
+Two ways to drive it. As an iterator, each ``next()`` samples a token with the current settings.
+Step by step, a caller reads ``next_logits()`` and hands any token it likes to ``accept()`` (step
+mode lets the user pick a candidate). Both go through ``accept``, the one place a ``TokenEvent`` is
+built, so the text, held multi-byte pieces, stop strings and end-of-text are handled alike.
 
 The window. Positions are learned and absolute (``wpe`` has block_size rows), so once a sequence
 has filled block_size positions the cache cannot slide: every cached key was computed at a
@@ -14,25 +19,18 @@ tokens per block_size // 2 generated tokens, i.e. one prefilled token per genera
 prefill runs all its tokens through each weight matrix in one batched matmul, which is far cheaper
 per token than a decode step.
 
-Decoding is lazy: a sampled token is fed to the model only when the next one is asked for, so
+Decoding is lazy: a token is fed to the model only when the logits after it are asked for, so
 stopping (by the caller, max_new_tokens, a stop string) never pays for a forward pass it discards.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-
 import torch
 from torch.nn import functional as F
 
-from model.backend import Backend, BackendInfo, Candidate, Decoder, Settings, StopReason, TokenEvent
-from model.checkpoint import load_model
-from model.gpt import GPT, Bigram
-from model.kv_cache import KVCache
+from model.backend import Candidate, Decoder, Settings, StopReason, TokenEvent
 from model.sampling import sample, top_candidates
-from model.tokenizer import CharTokenizer, Tokenizer
-from model.train import Device, resolve_device
+from model.tokenizer import Tokenizer
 
 N_TOP = 5  # top candidates reported with every token (the TUI shows them)
 # A BPE token can end inside a multi-byte character; hold its text back until the character is
@@ -42,7 +40,7 @@ _MAX_HELD = 3
 
 
 class Generation:
-    """The tokens for one prompt, sampled one per ``next()``; see model.backend.Generation.
+    """The tokens for one prompt over one decoder: model.backend.TokenStream, and step by step.
 
     ``settings`` is read anew before every token, so a UI may replace it mid-way (the seed only
     counts at the start: it seeds this generation's random generator). The text of the prompt is
@@ -63,6 +61,7 @@ class Generation:
         self.text = ""  # their text, without the prompt
         self.stop_reason: StopReason | None = None
         self._held: list[int] = []  # ids whose text waits for the rest of a character
+        self._logits: torch.Tensor | None = None  # the next token's, until a token is accepted
         self.generator = torch.Generator()
         if settings.seed is None:
             self.generator.seed()  # fresh randomness from the OS
@@ -73,15 +72,48 @@ class Generation:
         return self
 
     def __next__(self) -> TokenEvent:
-        decoder = self.decoder  # a local reference: close() may run from another thread
-        if self.stop_reason is not None or decoder is None:
+        if self.stop_reason is not None:
             raise StopIteration
         s = self.settings  # once per token: a UI may have replaced it
         if len(self.ids) >= s.max_new_tokens:
             self._finish("max_tokens")
             raise StopIteration
-        logits = self._next_logits(decoder)  # (V,) float32
+        logits = self.next_logits()  # (V,) float32
         token = sample(logits, self.generator, s.temperature, s.top_k, s.top_p)
+        return self.accept(token)
+
+    def next_logits(self) -> torch.Tensor:
+        """The raw logits (V,) for the next token: one forward pass, then cached until ``accept``.
+
+        Feeds the decoder what it has not seen yet (the prompt, or the last accepted token, or the
+        last half of the window when it is full; see the module docstring). Raises StopIteration
+        once the stream has ended."""
+        if self._logits is not None:
+            return self._logits
+        decoder = self.decoder  # a local reference: close() may run from another thread
+        if decoder is None:  # finished, or closed meanwhile by another thread
+            raise StopIteration
+        if not self.ids:
+            decoder.reset()  # a decoder may be reused: start from an empty cache
+            logits = decoder.feed(self.prompt_ids)
+        elif decoder.pos < self.block_size:
+            logits = decoder.feed(self.ids[-1:])
+        else:  # the window is full: re-prefill with its last half
+            keep = max(1, self.block_size // 2)
+            context = (self.prompt_ids + self.ids)[-keep:]
+            decoder.reset()
+            logits = decoder.feed(context)
+        self._logits = logits
+        return logits
+
+    def accept(self, token: int) -> TokenEvent:
+        """Append ``token`` (sampled or chosen) to the output and return its event.
+
+        End-of-text ends the stream instead (stop_reason "eot") and raises StopIteration: it is
+        never yielded. A token that completes a stop string is returned and ends the stream."""
+        logits = self.next_logits()
+        if not 0 <= token < logits.numel():
+            raise ValueError(f"token id {token} is outside the vocabulary [0, {logits.numel()})")
         if token == self.tokenizer.eot_id:
             self._finish("eot")
             raise StopIteration
@@ -91,7 +123,9 @@ class Generation:
                            prob=float(probs[token]), top=top, logits=logits)
         self.ids.append(token)
         self.text += event.text
-        if event.text and any(stop in self.text[-(len(stop) + len(event.text)):] for stop in s.stop):
+        self._logits = None  # the next step's logits need this token fed
+        stops = self.settings.stop
+        if event.text and any(stop in self.text[-(len(stop) + len(event.text)):] for stop in stops):
             self._finish("stop_string")
         return event
 
@@ -99,19 +133,6 @@ class Generation:
         """Stop early and release the decoder (its cache); further ``next()`` calls end at once."""
         if self.stop_reason is None:
             self._finish("stopped")
-
-    def _next_logits(self, decoder: Decoder) -> torch.Tensor:
-        """Feed what the decoder has not seen yet; return the logits (V,) for the next token."""
-        if not self.ids:
-            decoder.reset()  # a decoder may be reused: start from an empty cache
-            return decoder.feed(self.prompt_ids)
-        if decoder.pos < self.block_size:
-            return decoder.feed(self.ids[-1:])
-        # the window is full: re-prefill with its last half (see the module docstring)
-        keep = max(1, self.block_size // 2)
-        context = (self.prompt_ids + self.ids)[-keep:]
-        decoder.reset()
-        return decoder.feed(context)
 
     def _piece(self, token: int) -> str:
         """The new text this token completes ("" while a multi-byte character is unfinished)."""
@@ -126,115 +147,4 @@ class Generation:
     def _finish(self, reason: StopReason) -> None:
         self.stop_reason = reason
         self.decoder = None
-
-
-def generate_batch(backend: Backend, prompts: Sequence[str], settings: Settings) -> list[str]:
-    """The generated text for each prompt, one sequence after another.
-
-    A per-sequence loop, not a padded batch. A padded batch is faster: bench/batch.py measures
-    2.6x the loop's tokens/s for 4 prompts and 4.7x for 8 on the shipped model (greedy, the same
-    tokens). The loop is kept for now because each result is then exactly what ``backend.stream``
-    gives for that prompt alone (its seed, its settings, its stop strings, its block-size window),
-    items can be written out in order as each finishes, and every backend supports it unchanged.
-    A batched path would need per-row samplers, stopping and re-prefill; it is the next step if
-    batch throughput matters.
-    """
-    return ["".join(event.text for event in backend.stream(prompt, settings)) for prompt in prompts]
-
-
-def _ready(model: GPT | Bigram, device: torch.device | str | None) -> GPT | Bigram:
-    """The model on device (default: where its weights are), in eval mode: dropout off."""
-    device = device if device is not None else next(model.parameters()).device
-    return model.to(device).eval()
-
-
-class TorchDecoder:
-    """A PyTorch GPT or bigram with a KV cache: the prompt in one pass, then one position a token."""
-
-    def __init__(self, model: GPT | Bigram, device: torch.device | str | None = None):
-        self.model = _ready(model, device)
-        weight = next(self.model.parameters())
-        self.device = weight.device
-        self.block_size = model.config.block_size
-        self.cache = KVCache(model.config, 1, self.device, weight.dtype)
-
-    @property
-    def pos(self) -> int:
-        return self.cache.pos
-
-    def reset(self) -> None:
-        self.cache.reset()
-
-    @torch.inference_mode()
-    def feed(self, ids: list[int]) -> torch.Tensor:
-        idx = torch.tensor([ids], device=self.device)  # (1, T)
-        logits, _ = self.model(idx, cache=self.cache)  # (1, T, V); the cache advances by T
-        return logits[0, -1].float().cpu()  # sampling runs on the CPU, the same on every device
-
-
-class RecomputeDecoder:
-    """No cache: every feed re-runs the model over the whole window, as nanoGPT's ``generate``.
-
-    The reference the cached decoder is tested against, and the benchmark's baseline."""
-
-    def __init__(self, model: GPT | Bigram, device: torch.device | str | None = None):
-        self.model = _ready(model, device)
-        self.device = next(self.model.parameters()).device
-        self.block_size = model.config.block_size
-        self.window: list[int] = []
-
-    @property
-    def pos(self) -> int:
-        return len(self.window)
-
-    def reset(self) -> None:
-        self.window = []
-
-    @torch.inference_mode()
-    def feed(self, ids: list[int]) -> torch.Tensor:
-        if self.pos + len(ids) > self.block_size:
-            raise ValueError(
-                f"{self.pos} + {len(ids)} positions exceed block_size {self.block_size}; "
-                "reset() and re-feed the last part of the context (model.engine does this)"
-            )
-        self.window += ids
-        logits, _ = self.model(torch.tensor([self.window], device=self.device))  # (1, pos, V)
-        return logits[0, -1].float().cpu()
-
-
-class TorchBackend:
-    """model.backend.Backend over a PyTorch model: each stream gets its own decoder and cache."""
-
-    def __init__(
-        self, model: GPT | Bigram, tokenizer: Tokenizer, name: str = "<model>", meta: dict | None = None
-    ):
-        self.model = _ready(model, None)
-        self.tokenizer = tokenizer
-        self.name = name
-        self.meta = dict(meta or {})
-
-    def info(self) -> BackendInfo:
-        config = self.model.config
-        return BackendInfo(
-            backend="torch",
-            name=self.name,
-            vocab_size=config.vocab_size,
-            block_size=config.block_size,
-            device=str(next(self.model.parameters()).device),
-            vocab=self.tokenizer.chars if isinstance(self.tokenizer, CharTokenizer) else None,
-            config=config.to_dict(),
-            meta=self.meta,
-        )
-
-    def unknown_chars(self, prompt: str) -> list[str]:
-        return self.tokenizer.unknown_chars(prompt)
-
-    def stream(self, prompt: str, settings: Settings) -> Generation:
-        # a fresh cache per stream (a few MB): streams never share state, and closing one frees it
-        return Generation(TorchDecoder(self.model), self.tokenizer, prompt, settings)
-
-
-def load_backend(path: str | Path, device: Device = "cpu") -> TorchBackend:
-    """A slim or full training checkpoint -> a PyTorch backend on cpu, cuda, mps (or auto)."""
-    model, tokenizer, meta = load_model(path, resolve_device(device))
-    return TorchBackend(model, tokenizer, name=str(path), meta=meta)
+        self._logits = None

@@ -32,12 +32,16 @@ class Cache(Protocol):
 
 
 class CausalSelfAttention(nn.Module):
+    """Every token asks a question (query), offers a label (key) and a message (value); each query
+    takes a softmax-weighted mix of the messages whose keys match it. H heads do this side by
+    side on D = C / H channels each, so each can attend to something different."""
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head = config.n_head
         self.explicit = config.attention == "explicit"
         self.dropout = config.dropout
-        # query, key and value for all heads in one matmul
+        # query, key and value for all heads in one matmul: one big GEMM beats three small ones
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.qkv_bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.attn_dropout = nn.Dropout(config.dropout)
@@ -52,46 +56,53 @@ class CausalSelfAttention(nn.Module):
         causal: bool = True,
         mask: torch.Tensor | None = None,
         cache: LayerCache | None = None,
+        weights: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """``causal``: query i sees keys <= i (needs T == S). ``mask``: bool (.., T, S), True
-        where attending is allowed. Neither: every query sees every key (one-token decode)."""
+        """x (B, T, C) -> (B, T, C).
+
+        ``causal``: query i sees keys <= i (needs T == S). ``mask``: bool (.., T, S), True where
+        attending is allowed. Neither: every query sees every key (a one-token decode step).
+        ``weights``: a list to append this layer's attention softmax (B, H, T, S) to (the attention
+        view); it takes the explicit path, the only one that forms the softmax."""
         B, T, C = x.shape
-        q, k, v = self.heads(x)
+        H, D = self.n_head, C // self.n_head
+        q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each
+        # split the channels into heads and make the heads a batch dimension
+        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        v = v.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         if cache is not None:
-            k, v = cache.update(k, v)  # (B, H, S, D) with the past in front
-        if self.explicit:
-            y = self._explicit(q, k, v, causal, mask)
+            k, v = cache.update(k, v)  # (B, H, S, D): the cached past in front of the T new keys
+        S = k.size(2)
+        if self.explicit or weights is not None:
+            # the lecture's attention, step by step
+            att = q @ k.transpose(-2, -1)  # (B, H, T, D) @ (B, H, D, S) -> (B, H, T, S) affinities
+            # scale by 1/sqrt(D): q.k sums D products, so its variance grows with D; unscaled, the
+            # softmax would saturate at init and pass almost no gradient
+            att = att * (1.0 / math.sqrt(D))  # (B, H, T, S)
+            if mask is not None:
+                att = att.masked_fill(~mask, float("-inf"))  # (B, H, T, S) the caller's mask
+            elif causal:
+                att = att.masked_fill(~self.tril[:T, :S], float("-inf"))  # no peeking at the future
+            att = F.softmax(att, dim=-1)  # (B, H, T, S): each query's weights sum to 1
+            if weights is not None:
+                weights.append(att)
+            att = self.attn_dropout(att)  # (B, H, T, S): training only, drops some communication
+            y = att @ v  # (B, H, T, S) @ (B, H, S, D) -> (B, H, T, D): weighted sum of the values
         else:
+            # the same maths in one fused kernel (flash or memory-efficient attention): the
+            # (T, S) matrix is never stored, which is what makes long contexts cheap
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=causal and mask is None,
                 dropout_p=self.dropout if self.training else 0.0,
-            )
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # concatenate the heads again
-        return self.resid_dropout(self.c_proj(y))
-
-    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (B, T, C) -> q, k, v, each (B, H, T, D): heads become a batch dimension."""
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        return tuple(t.view(B, T, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
-
-    def weights(self, q, k, causal=True, mask=None) -> torch.Tensor:
-        """The attention softmax (B, H, T, S): how much each query takes from each key."""
-        T, S = q.size(-2), k.size(-2)
-        # affinities between every query and key, scaled so the softmax stays soft at init
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, H, T, S)
-        if causal and mask is None:
-            att = att.masked_fill(~self.tril[:T, :S], float("-inf"))  # no peeking ahead
-        if mask is not None:
-            att = att.masked_fill(~mask, float("-inf"))
-        return F.softmax(att, dim=-1)
-
-    def _explicit(self, q, k, v, causal, mask):
-        att = self.attn_dropout(self.weights(q, k, causal, mask))
-        return att @ v  # (B, H, T, S) @ (B, H, S, D) -> (B, H, T, D)
+            )  # (B, H, T, D)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): the heads side by side again
+        return self.resid_dropout(self.c_proj(y))  # mix what the heads found, back into the stream
 
 
 class MLP(nn.Module):
+    """Per token, no communication: think about what attention gathered (4x wider, as GPT-2)."""
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
@@ -113,12 +124,15 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, causal=True, mask=None, cache=None):
-        x = x + self.attn(self.ln_1(x), causal, mask, cache)
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x, causal=True, mask=None, cache=None, weights=None):
+        # residual connections: gradients flow straight down the sum, so deep stacks still train
+        x = x + self.attn(self.ln_1(x), causal, mask, cache, weights)  # (B, T, C)
+        return x + self.mlp(self.ln_2(x))  # (B, T, C)
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean loss over (B, T) targets; in fp32 even under autocast, where a bf16 log-softmax loses
+    precision; -1 targets are ignored."""
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
 
 
@@ -165,25 +179,29 @@ class GPT(nn.Module):
         if start > 0 and T > 1:  # a chunk after a cached prefix: causal, shifted by start
             mask = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(diagonal=start)
         layers = None if cache is None else cache.layers
-        logits = self.logits(idx, positions, causal=start == 0, mask=mask, caches=layers)
+        logits = self.forward_at(idx, positions, causal=start == 0, mask=mask, caches=layers)
         if cache is not None:
             cache.advance(T)
         loss = None if targets is None else cross_entropy(logits, targets)
         return logits, loss
 
-    def logits(
+    def forward_at(
         self,
         idx: torch.Tensor,
         positions: torch.Tensor,
         causal: bool = True,
         mask: torch.Tensor | None = None,
         caches: list[LayerCache] | None = None,
+        weights: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """The network itself, for callers that manage positions and masks (ONNX export)."""
+        """The network on tokens idx (B, T) at the given positions (T,) or (B, T), under the given
+        mask -> logits (B, T, V). For callers that manage positions and masks themselves (the
+        cache in ``forward``, the ONNX graph, the attention view via ``weights``)."""
+        # what a token is plus where it is: positions are learned, one vector per slot
         x = self.drop(self.wte(idx) + self.wpe(positions))  # (B, T, C)
         for i, block in enumerate(self.blocks):
-            x = block(x, causal, mask, None if caches is None else caches[i])
-        return self.lm_head(self.ln_f(x))  # (B, T, V)
+            x = block(x, causal, mask, None if caches is None else caches[i], weights)  # (B, T, C)
+        return self.lm_head(self.ln_f(x))  # (B, T, V): a score for every possible next token
 
 
 class Bigram(nn.Module):

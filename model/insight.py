@@ -91,19 +91,14 @@ def perplexity(probs: Sequence[float]) -> float | None:
 def attention_weights(model: GPT, ids: Sequence[int]) -> torch.Tensor:
     """Each layer's attention softmax over ``ids`` (at most block_size): (L, H, T, T).
 
-    Opt-in and separate from the model's forward: it walks the blocks itself, as ``GPT.logits``
-    does, and at each one asks the attention layer for its weights (the explicit path's
-    softmax of q k^T / sqrt(D) under the causal mask). It reads the model and changes nothing
-    (no hooks), so it is safe while another thread generates with the same model."""
+    Opt-in and separate from generation: one pass of ``GPT.forward_at`` that collects each
+    layer's softmax (the explicit path's, under the causal mask). It reads the model and changes
+    nothing (no hooks), so it is safe while another thread generates with the same model."""
     T = len(ids)
     if not 0 < T <= model.config.block_size:
         raise ValueError(f"need 1..{model.config.block_size} tokens for attention, got {T}; crop the context")
     device = next(model.parameters()).device
     idx = torch.tensor([list(ids)], device=device)  # (1, T)
-    x = model.wte(idx) + model.wpe(torch.arange(T, device=device))  # (1, T, C)
-    weights = []
-    for block in model.blocks:
-        q, k, _ = block.attn.heads(block.ln_1(x))  # (1, H, T, D) each
-        weights.append(block.attn.weights(q.float(), k.float())[0])  # (H, T, T)
-        x = block(x)
-    return torch.stack(weights).cpu()  # (L, H, T, T)
+    weights: list[torch.Tensor] = []
+    model.forward_at(idx, torch.arange(T, device=device), weights=weights)
+    return torch.stack([w[0].float() for w in weights]).cpu()  # (L, H, T, T)

@@ -5,12 +5,16 @@ Both implement ``Tokenizer``; both serialise to a small plain dict stored in che
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal, Protocol
 
+import tiktoken
+from tiktoken.load import load_tiktoken_bpe
+
+from model.paths import RANKS_ENV, ranks_path
+
 EOT = "<|endoftext|>"
-Unknown = Literal["strict", "replace"]
+Unknown = Literal["reject", "replace"]  # prompt characters outside the vocabulary
 
 
 class UnknownCharactersError(ValueError):
@@ -32,7 +36,7 @@ class Tokenizer(Protocol):
     vocab_size: int
     eot_id: int
 
-    def encode(self, text: str, unknown: Unknown = "strict") -> list[int]: ...
+    def encode(self, text: str, unknown: Unknown = "reject") -> list[int]: ...
     def decode(self, ids: list[int]) -> str: ...
     def unknown_chars(self, text: str) -> list[str]: ...
     def to_dict(self) -> dict: ...
@@ -60,10 +64,10 @@ class CharTokenizer:
     def unknown_chars(self, text: str) -> list[str]:
         return sorted({c for c in text if c not in self.stoi})
 
-    def encode(self, text: str, unknown: Unknown = "strict") -> list[int]:
+    def encode(self, text: str, unknown: Unknown = "reject") -> list[int]:
         missing = self.unknown_chars(text)
         if missing:
-            if unknown == "strict":
+            if unknown == "reject":
                 raise UnknownCharactersError(missing)
             sub = self.stoi[self.replacement]
             return [self.stoi.get(c, sub) for c in text]
@@ -77,13 +81,6 @@ class CharTokenizer:
 
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
-RANKS_ENV = "GPT_BPE_RANKS"
-
-
-def default_ranks_path() -> Path:
-    from model.data import cache_dir
-
-    return Path(os.environ.get(RANKS_ENV) or cache_dir() / "gpt2.tiktoken")
 
 
 class BPETokenizer:
@@ -93,13 +90,8 @@ class BPETokenizer:
     one ``base64-token rank`` pair per line. Every byte sequence is encodable, so nothing is unknown.
     """
 
-    def __init__(self, ranks_path: str | Path | None = None):
-        try:
-            import tiktoken
-            from tiktoken.load import load_tiktoken_bpe
-        except ImportError:
-            raise RuntimeError("the BPE tokenizer needs tiktoken: pip install tiktoken") from None
-        path = Path(ranks_path) if ranks_path else default_ranks_path()
+    def __init__(self, ranks_file: str | Path | None = None):
+        path = Path(ranks_file) if ranks_file else ranks_path()
         if not path.is_file():
             raise FileNotFoundError(
                 f"GPT-2 BPE ranks file not found at {path}; download r50k_base.tiktoken "
@@ -117,7 +109,7 @@ class BPETokenizer:
     def unknown_chars(self, text: str) -> list[str]:
         return []
 
-    def encode(self, text: str, unknown: Unknown = "strict") -> list[int]:
+    def encode(self, text: str, unknown: Unknown = "reject") -> list[int]:
         return self._enc.encode(text, allowed_special={EOT})
 
     def decode(self, ids: list[int]) -> str:
@@ -127,10 +119,10 @@ class BPETokenizer:
         return {"kind": "bpe", "encoding": "gpt2"}
 
 
-def tokenizer_from_dict(d: dict, ranks_path: str | Path | None = None) -> Tokenizer:
+def tokenizer_from_dict(d: dict, ranks_file: str | Path | None = None) -> Tokenizer:
     kind = d.get("kind")
     if kind == "char":
         return CharTokenizer(d["chars"])
     if kind == "bpe":
-        return BPETokenizer(ranks_path)
+        return BPETokenizer(ranks_file)
     raise ValueError(f"unknown tokenizer kind {kind!r}")

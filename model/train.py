@@ -16,19 +16,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from model import checkpoint, distributed
 from model.config import GPTConfig
 from model.data import Splits, get_batch, load_corpus
+from model.device import Device, DType, autocast, resolve_device, resolve_dtype
 from model.distributed import Dist
 from model.gpt import build_model, count_params
 from model.tokenizer import tokenizer_from_dict
-
-Device = Literal["auto", "cpu", "cuda", "mps"]
-DType = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 @dataclass(frozen=True)
@@ -84,42 +81,6 @@ def get_lr(it: int, cfg: TrainConfig) -> float:
     ratio = (it - cfg.warmup_iters) / max(1, cfg.decay_iters - cfg.warmup_iters)
     coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
-
-
-def resolve_device(device: Device) -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps: MPS is not available here; use --device cpu")
-    return torch.device(device)
-
-
-def cpu_has_bf16() -> bool:
-    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    return bool(check and check())
-
-
-def resolve_dtype(dtype: DType, device: torch.device) -> torch.dtype:
-    """The autocast dtype: bf16 where the hardware does it natively, else fp32."""
-    if dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if device.type == "cpu" and cpu_has_bf16():
-            return torch.bfloat16  # matmuls ~2.4x faster than fp32 on an AVX-512 BF16 CPU
-        return torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-
-
-def autocast(device: torch.device, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
@@ -219,20 +180,6 @@ def evaluate(tr: Trainer, iters: int | None = None) -> dict[str, float]:
     return out
 
 
-@torch.no_grad()
-def full_val_loss(model, ids: torch.Tensor, block_size: int, batch_size: int = 64, device="cpu") -> float:
-    """Loss over the whole split: consecutive non-overlapping windows, every target counted once."""
-    model.eval()
-    n = (len(ids) - 1) // block_size
-    x = ids[: n * block_size].view(n, block_size)
-    y = ids[1 : n * block_size + 1].view(n, block_size)
-    total = 0.0
-    for i in range(0, n, batch_size):
-        _, loss = model(x[i : i + batch_size].to(device), y[i : i + batch_size].to(device))
-        total += loss.item() * len(x[i : i + batch_size])
-    return total / n
-
-
 def checkpoint_path(cfg: TrainConfig) -> Path:
     return Path(cfg.out_dir) / "ckpt.pt"
 
@@ -272,9 +219,9 @@ def save_training(tr: Trainer, tokenizer, meta: dict) -> None:
 
 def saved_rng(t: dict, world_size: int, path: Path) -> list[dict]:
     """The per-rank RNG states of a checkpoint's ``train`` dict, checked against this run's size."""
-    if "rng" not in t:  # written before distributed training: one process, all CUDA devices
-        cuda = t["cuda_rng"][0] if t["cuda_rng"] else None
-        t = {"world_size": 1, "rng": [{"batch": t["batch_rng"], "torch": t["torch_rng"], "cuda": cuda}]}
+    if "rng" not in t or "world_size" not in t:
+        raise checkpoint.CheckpointError(f"{path} holds no per-process random state, so it cannot be "
+                                         "resumed exactly; start a new run in another --out folder")
     if t["world_size"] != world_size:
         raise checkpoint.CheckpointError(
             f"{path} was written by {t['world_size']} process(es) and this run has {world_size}; "

@@ -14,6 +14,7 @@ import torch
 
 from model.backend import BackendInfo, Settings
 from model.engine import Generation
+from model.gpt import GPT, Bigram
 from model.tokenizer import CharTokenizer
 
 CHARS = "\n !',.:?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -75,19 +76,24 @@ class FakeBackend:
         self.gate.release(tokens)
 
     def info(self) -> BackendInfo:
-        return BackendInfo(backend=self.kind, name=self.name, vocab_size=self.tokenizer.vocab_size,  # type: ignore[arg-type]
+        return BackendInfo(backend=self.kind, path=self.name, vocab_size=self.tokenizer.vocab_size,  # type: ignore[arg-type]
                            block_size=self.block_size, device=self.device, vocab=CHARS)
 
     def unknown_chars(self, prompt: str) -> list[str]:
         return self.tokenizer.unknown_chars(prompt)
 
+    def decoder(self) -> ScriptDecoder:
+        return ScriptDecoder(self.tokenizer, self.script, self.margin, self.block_size, self.delay,
+                             self.gate, self.probs, self._feeds)
+
+    def torch_model(self) -> GPT | Bigram | None:
+        return None  # no model to look inside: the attention view stays empty
+
     def stream(self, prompt: str, settings: Settings) -> Generation:
         if self.fail_on is not None and self.fail_on in prompt:
             raise RuntimeError(f"backend failure on {self.fail_on!r}")
         self.prompts.append(prompt)
-        decoder = ScriptDecoder(self.tokenizer, self.script, self.margin, self.block_size, self.delay,
-                                self.gate, self.probs, self._feeds)
-        return Generation(decoder, self.tokenizer, prompt, settings)
+        return Generation(self.decoder(), self.tokenizer, prompt, settings)
 
 
 class FakeClock:

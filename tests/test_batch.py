@@ -58,7 +58,7 @@ def test_each_input_gives_one_line_in_order_with_every_field():
 def test_per_item_settings_and_errors_do_not_stop_the_rest():
     text = "\n".join([
         '{"id": 1, "prompt": "ok", "max_new_tokens": 3}',
-        '{"id": 2, "prompt": "caf\\u00e9"}',  # é is not in the vocabulary: strict mode refuses it
+        '{"id": 2, "prompt": "caf\\u00e9"}',  # é is not in the vocabulary: "reject" refuses it
         '{"id": 3, "prompt": "caf\\u00e9", "unknown": "replace", "stop": [","]}',
         '{"id": 4, "prompt": "x", "top_p": 2}',
         '{"id": 5, "prompt": "boom"}',
@@ -88,7 +88,7 @@ def test_ctrl_c_keeps_the_lines_written_and_exits_130():
 
 
 def test_same_seed_same_output_and_a_fresh_seed_is_recorded(tiny_ckpt):
-    from model.engine import load_backend
+    from model.torch_backend import load_backend
 
     backend = load_backend(tiny_ckpt)
     prompts = "ROMEO:\nJULIET:\n"

@@ -66,7 +66,7 @@ def test_commands_and_prompts_that_start_with_a_slash():
 
 def test_settings_from_json_values():
     s = settings_text.replace(S, {"temperature": 0, "top_k": 5, "stop": "\n", "unknown": "reject"})
-    assert (s.temperature, s.top_k, s.stop, s.unknown) == (0, 5, ("\n",), "strict")
+    assert (s.temperature, s.top_k, s.stop, s.unknown) == (0, 5, ("\n",), "reject")
     for bad in ({"top_k": 2.0}, {"max_new_tokens": True}, {"top_p": "0.9"}, {"temperature": None}):
         with pytest.raises(ValueError):
             settings_text.replace(S, bad)

@@ -124,10 +124,12 @@ def test_rank_comes_from_torchrun_environment(monkeypatch):
         from_env()
 
 
-def test_checkpoints_from_before_resume_as_one_process():
+def test_resume_needs_the_same_number_of_processes():
     state = torch.Generator().get_state()
-    legacy = {"batch_rng": state, "torch_rng": state, "cuda_rng": []}
-    (rng,) = saved_rng(legacy, 1, Path("ckpt.pt"))
+    saved = {"world_size": 1, "rng": [{"batch": state, "torch": state, "cuda": None}]}
+    (rng,) = saved_rng(saved, 1, Path("ckpt.pt"))
     assert rng["batch"] is state and rng["torch"] is state and rng["cuda"] is None
     with pytest.raises(CheckpointError, match="ckpt.pt was written by 1 process"):
-        saved_rng(legacy, 2, Path("ckpt.pt"))
+        saved_rng(saved, 2, Path("ckpt.pt"))
+    with pytest.raises(CheckpointError, match="ckpt.pt holds no per-process random state"):
+        saved_rng({"step": 3}, 1, Path("ckpt.pt"))

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from model.backend import Settings
-from model.engine import Generation, RecomputeDecoder, TorchBackend, TorchDecoder, load_backend
+from model.engine import Generation
 from model.kv_cache import KVCache
 from model.sampling import distribution, sample
 from model.tokenizer import UnknownCharactersError
+from model.torch_backend import RecomputeDecoder, TorchBackend, TorchDecoder, load_backend
 
 GREEDY = Settings(temperature=0.0, max_new_tokens=80)
 
@@ -49,18 +50,18 @@ def decode_logits(decoder, prompt: list[int], tokens: list[int]) -> list[torch.T
     gen.prompt_ids = prompt
     out = []
     for t in tokens:
-        out.append(gen._next_logits(decoder))
-        gen.ids.append(t)
+        out.append(gen.next_logits())
+        gen.accept(t)
     return out
 
 
 class _IdTok:
     """A tokenizer stand-in for tests that drive ids directly."""
 
-    eot_id = 0
+    eot_id = -1  # no token ends the text: every id is accepted
     vocab_size = 1
 
-    def encode(self, text, unknown="strict"):
+    def encode(self, text, unknown="reject"):
         return []
 
     def decode(self, ids):
@@ -213,7 +214,7 @@ def test_bad_settings_are_clear_errors(kwargs, message):
     assert str(e.value).startswith(message)
 
 
-def test_unknown_prompt_characters_strict_or_replaced(tiny_model, char_tok):
+def test_unknown_prompt_characters_rejected_or_replaced(tiny_model, char_tok):
     backend = TorchBackend(tiny_model, char_tok)
     assert backend.unknown_chars("naïve ☃") == ["ï", "☃"]
     with pytest.raises(UnknownCharactersError, match="'ï', '☃'"):

@@ -9,11 +9,12 @@ from click.testing import CliRunner
 from test_engine import decode_logits
 
 from export.cli import main as export_cli
-from export.onnx_export import export_onnx, input_names
+from export.graph import input_names
+from export.onnx_export import export_onnx
 from export.ort_backend import OnnxModelError, load_ort_backend
 from export.validate import LOGIT_TOLERANCE, empty_past, padded_batch, validate_export
 from model.backend import Settings
-from model.engine import TorchBackend, TorchDecoder
+from model.torch_backend import TorchBackend, TorchDecoder
 
 pytestmark = pytest.mark.slow  # one export of the tiny model: ~15 s
 

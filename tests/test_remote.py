@@ -68,7 +68,7 @@ def test_close_stops_the_child_and_the_next_stream_starts_clean(remote):
 
 
 def test_a_prompt_the_child_refuses_raises_the_same_error_here(remote):
-    settings = Settings(unknown="strict")
+    settings = Settings(unknown="reject")
     with pytest.raises(UnknownCharactersError) as here:
         remote.local.stream("caf\u00e9", settings)
     with pytest.raises(UnknownCharactersError) as there:

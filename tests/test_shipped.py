@@ -8,8 +8,8 @@ import torch
 from model.backend import Settings
 from model.checkpoint import DEFAULT_CKPT, SHIPPED_DIR, load_model, resolve_ckpt
 from model.data import load_corpus
-from model.engine import TorchBackend
-from model.train import full_val_loss
+from model.report import full_val_loss
+from model.torch_backend import TorchBackend
 
 SHIPPED = SHIPPED_DIR / DEFAULT_CKPT
 CARD = SHIPPED_DIR / "README.md"

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from model.config import GPTConfig
-from model.train import NonFiniteError, TrainConfig, evaluate, full_val_loss, get_lr, setup, train, train_step
+from model.report import full_val_loss
+from model.train import NonFiniteError, TrainConfig, evaluate, get_lr, setup, train, train_step
 from tests.conftest import TEXT
 
 

@@ -315,7 +315,7 @@ async def test_output_follows_the_end_until_the_user_scrolls_away():
 
 @run_async
 async def test_real_tiny_model(tiny_ckpt):
-    from model.engine import load_backend
+    from model.torch_backend import load_backend
 
     app = make_app(load_backend(tiny_ckpt), settings=Settings(max_new_tokens=12, seed=0))
     async with app.run_test(size=SIZE) as pilot:

@@ -148,7 +148,7 @@ class GPTApp(InsightMixin, App[None]):
 
     def _show_backend(self, loading: str = "") -> None:
         info = self.backend.info()
-        text = f"{Path(info.name).name}  ·  backend {info.backend}  ·  device {info.device}  ·  " \
+        text = f"{Path(info.path).name}  ·  backend {info.backend}  ·  device {info.device}  ·  " \
                f"block {info.block_size}  ·  vocab {info.vocab_size}"
         self.query_one("#topbar", Static).update(text + (f"  ·  {loading}" if loading else ""))
 
@@ -199,7 +199,7 @@ class GPTApp(InsightMixin, App[None]):
         elif name == "show":
             info = self.backend.info()
             self.output.add_note(f"{settings_text.describe(self.settings)}\n{'backend':>15}  {info.backend} "
-                                 f"on {info.device}\n{'checkpoint':>15}  {info.name}")
+                                 f"on {info.device}\n{'checkpoint':>15}  {info.path}")
         elif name == "help":
             self.output.add_note(commands.help_text() + "\n\nkeys: Enter send · Ctrl+J newline · Esc stop · "
                                  "Ctrl+R regenerate · Ctrl+N continue · Ctrl+O copy · Ctrl+S save · "
@@ -242,7 +242,7 @@ class GPTApp(InsightMixin, App[None]):
         run when ``replace``). Returns False, with a notice, when the prompt cannot be used."""
         context = prompt if document is None else document.text_before_last if replace else document.text
         unknown = self.backend.unknown_chars(context)
-        if unknown and self.settings.unknown == "strict":
+        if unknown and self.settings.unknown == "reject":
             shown = " ".join(repr(c) for c in unknown)
             self.notify_text(f"not in the model's vocabulary: {shown}; edit the prompt or "
                              "/set unknown replace", "error", timeout=8)

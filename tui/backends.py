@@ -12,14 +12,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from model.backend import Backend
-from model.data import cache_dir
+from model.paths import onnx_cache_dir
 
-BackendName = Literal["torch", "onnx"]
 Progress = Callable[[str], None]
 BackendFactory = Callable[[Progress], Backend]
 
@@ -35,7 +33,7 @@ def onnx_cache_path(ckpt: Path) -> Path:
     if _writable(ckpt.parent):
         return beside
     tag = hashlib.sha256(str(ckpt.resolve()).encode()).hexdigest()[:8]  # one cache file per checkpoint
-    return cache_dir() / "onnx" / f"{ckpt.stem}-{tag}.onnx"
+    return onnx_cache_dir() / f"{ckpt.stem}-{tag}.onnx"
 
 
 def _writable(folder: Path) -> bool:
@@ -52,7 +50,7 @@ class TorchFactory:
     threads: int | None = None  # CPU threads for PyTorch in this process (None: leave as is)
 
     def __call__(self, progress: Progress) -> Backend:
-        from model.engine import load_backend
+        from model.torch_backend import load_backend
 
         if self.threads is not None:
             torch.set_num_threads(self.threads)
@@ -77,21 +75,14 @@ class OnnxFactory:
         if onnx is not None and not onnx.is_file():
             raise BackendError(f"ONNX model {onnx} not found; pass an existing file to --onnx or "
                                "leave it out to export the checkpoint")
-        try:
-            from export.ort_backend import load_ort_backend
-        except ImportError as e:
-            raise BackendError(f"the ONNX Runtime backend is not installed with this copy ({e})") from None
+        from export.ort_backend import load_ort_backend  # here: ONNX loads only when someone asks
         path = onnx
         if path is None:
             if ckpt is None:
                 raise BackendError("the onnx backend needs --onnx PATH or a checkpoint to export")
             path = onnx_cache_path(ckpt)
             if not path.is_file() or path.stat().st_mtime < ckpt.stat().st_mtime:
-                try:
-                    from export.onnx_export import export_onnx
-                except ImportError as e:
-                    raise BackendError(f"cannot export {ckpt.name} to ONNX ({e}); pass --onnx PATH "
-                                       "or use --backend torch") from None
+                from export.onnx_export import export_onnx
                 progress(f"exporting {ckpt.name} to {path} (first use; this takes a while)")
                 try:
                     export_onnx(ckpt, path, progress=progress)

@@ -72,7 +72,7 @@ def main(ckpt: str, backend_name: str | None, onnx: Path | None, provider: str, 
     if batch is None and (output is not None or fmt != "auto"):
         raise click.UsageError("--output and --format only apply with --batch")
     settings = Settings(stop=tuple(unescape(s) for s in stop),
-                        unknown="strict" if unknown == "reject" else "replace", **knobs)
+                        unknown=unknown, **knobs)
     backend_name = backend_name or ("onnx" if onnx else "torch")
     try:
         ckpt_path = resolve_ckpt(ckpt)
@@ -106,7 +106,7 @@ def main(ckpt: str, backend_name: str | None, onnx: Path | None, provider: str, 
     info = backend.info()
     try:
         summary = run_batch(backend, read_items(batch, fmt), settings, output or sys.stdout, progress,
-                            checkpoint_sha256=file_sha256(info.name))  # type: ignore[arg-type]
+                            checkpoint_sha256=file_sha256(info.path))
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)

@@ -59,7 +59,7 @@ class Controls(VerticalScroll, can_focus=False):
             yield Input(_text(self._settings, field), placeholder=placeholder, id=f"set-{field}",
                         compact=True, select_on_focus=True)
         yield Label("unknown characters")
-        yield Select([("reject", "strict"), ("replace", "replace")], value=self._settings.unknown,
+        yield Select([("reject", "reject"), ("replace", "replace")], value=self._settings.unknown,
                      allow_blank=False, id="set-unknown", compact=True)
 
     def show(self, settings: Settings) -> None:

@@ -54,7 +54,7 @@ def describe_model(info: BackendInfo, model: torch.nn.Module | None = None) -> s
         ("parameters", params),
         ("vocabulary", vocab),
         ("training", training),
-        ("checkpoint", f"{info.name} ({info.backend} on {info.device})"),
+        ("checkpoint", f"{info.path} ({info.backend} on {info.device})"),
     ]
     return "\n".join(f"{k:>15}  {v}" for k, v in rows)
 

@@ -24,7 +24,7 @@ ALIASES = {
 }
 FIELDS = ("temperature", "top_k", "top_p", "max_new_tokens", "seed", "stop", "unknown")
 OFF = ("none", "off", "random", "")  # for top_k and seed: no limit / fresh randomness
-UNKNOWN = {"strict": "strict", "reject": "strict", "replace": "replace"}
+UNKNOWN = {"reject": "reject", "replace": "replace"}
 _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
 
 
@@ -60,7 +60,7 @@ def parse_value(field: str, raw: str) -> object:
         try:
             return UNKNOWN[text.lower()]
         except KeyError:
-            raise ValueError(f"unknown must be 'reject' (or 'strict') or 'replace', not {raw!r}") from None
+            raise ValueError(f"unknown must be 'reject' or 'replace', not {raw!r}") from None
     raise ValueError(f"unknown setting {field!r}")
 
 
@@ -110,7 +110,7 @@ def describe(settings: Settings) -> str:
         if field == "stop":
             return ", ".join(repr(s) for s in value) or "none"
         if field == "unknown":
-            return "reject" if value == "strict" else "replace"
+            return value
         return str(value)
 
     return "\n".join(f"{f.replace('_', '-'):>15}  {show(f)}" for f in FIELDS)

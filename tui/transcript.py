@@ -1,14 +1,14 @@
 """What the app keeps of what it generated: runs (one generation each) grouped into documents.
 
 A document is one prompt and everything generated after it: continuing adds a run, regenerating
-replaces the last. Side panels read these too (a run keeps its settings, timing and Generation).
+replaces the last. Side panels read these too (a run keeps its settings, timing and TokenStream).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from model.backend import BackendInfo, Generation, Settings, TokenEvent
+from model.backend import BackendInfo, Settings, TokenEvent, TokenStream
 from model.insight import perplexity
 from tui.stats import Timing
 from tui.widgets import DocumentView
@@ -22,7 +22,7 @@ class Run:
     settings: Settings  # at the start, with the seed actually used
     info: BackendInfo
     timing: Timing
-    generation: Generation
+    generation: TokenStream
     document: Document
     text: str = ""
     stop_reason: str | None = None

@@ -1,0 +1,29 @@
+"""Where the project keeps files it did not get as arguments: one per-user cache, named here once.
+
+Paths come from arguments first, then from an environment variable, then from this cache; never
+from the current working directory by accident.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DATA_DIR_ENV = "GPT_DATA_DIR"  # a folder already holding tinyshakespeare.txt (CI, offline use)
+RANKS_ENV = "GPT_BPE_RANKS"  # the GPT-2 BPE ranks file (r50k_base.tiktoken)
+
+
+def cache_dir() -> Path:
+    """Per-user cache for downloads and exports: $XDG_CACHE_HOME/gpt-from-scratch (~/.cache by default)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "gpt-from-scratch"
+
+
+def ranks_path() -> Path:
+    """The GPT-2 BPE ranks file: $GPT_BPE_RANKS, else gpt2.tiktoken in the cache."""
+    return Path(os.environ.get(RANKS_ENV) or cache_dir() / "gpt2.tiktoken")
+
+
+def onnx_cache_dir() -> Path:
+    """Where exports of checkpoints in read-only folders (an installed package) go."""
+    return cache_dir() / "onnx"
