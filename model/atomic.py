@@ -23,9 +23,10 @@ def atomic_write(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)  # reopened by name, so f.name is the temp path (some writers read it)
     tmp = Path(name)
     try:
-        with os.fdopen(fd, mode, encoding=encoding) as f:
+        with open(tmp, mode, encoding=encoding) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -20,6 +20,10 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 if "GPT_DATA_DIR" not in os.environ and (SHARED_DATA / "tinyshakespeare.txt").is_file():
     os.environ["GPT_DATA_DIR"] = str(SHARED_DATA)
 
+# The tests' models are 16 wide: a second thread gains nothing, and on a busy machine the threads
+# of one matmul wait on each other (the fast tier ran twice as long with two threads under load).
+torch.set_num_threads(1)
+
 # A small text with every printable ASCII character the tests type, so prompts encode.
 TEXT = "".join(chr(c) for c in range(32, 127)) + "\n" + (
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"

@@ -3,13 +3,20 @@ import hashlib
 import pytest
 import torch
 
-from model.data import SHAKESPEARE_MD5, DataError, Splits, get_batch, load_corpus, read_text, shakespeare_path
+from model.data import DataError, Splits, get_batch, load_corpus, read_text, shakespeare_path
 
 
-def test_shakespeare_from_local_dir_is_checksummed(shakespeare_available):
-    path = shakespeare_path()
-    assert hashlib.md5(path.read_bytes()).hexdigest() == SHAKESPEARE_MD5
-    assert len(path.read_text(encoding="utf-8")) == 1_115_394
+def test_shakespeare_comes_from_the_data_dir_without_download(tmp_path, monkeypatch):
+    local = tmp_path / "local"
+    local.mkdir()
+    text = b"First Citizen:\n"
+    (local / "tinyshakespeare.txt").write_bytes(text)
+    monkeypatch.setattr("model.data.SHAKESPEARE_MD5", hashlib.md5(text).hexdigest())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("GPT_DATA_DIR", str(local))
+    assert shakespeare_path() == local / "tinyshakespeare.txt"
+    assert shakespeare_path(tmp_path / "local") == local / "tinyshakespeare.txt"  # an argument wins too
+    assert not (tmp_path / "cache").exists()  # nothing fetched or cached
 
 
 def test_wrong_checksum_is_refused(tmp_path):

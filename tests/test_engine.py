@@ -242,3 +242,47 @@ def test_load_backend_from_slim_checkpoint(tiny_ckpt, tiny_model, char_tok):
     assert info.vocab == char_tok.chars
     s = Settings(temperature=0.0, max_new_tokens=30)
     assert text_of(backend, "All", s) == text_of(TorchBackend(tiny_model, char_tok), "All", s)
+
+
+def test_stepping_with_next_logits_and_accept_equals_iterating(tiny_model, char_tok):
+    """The step-by-step API is the loop itself: sampling what next_logits gives and accepting it
+    yields exactly the events next() yields, and the logits are computed once per step."""
+    s = Settings(temperature=1.0, top_k=10, max_new_tokens=40, seed=2)  # crosses the 32-token window
+    backend = TorchBackend(tiny_model, char_tok)
+    iterated = list(backend.stream("All:", s))
+    stepped = Generation(backend.decoder(), backend.tokenizer, "All:", s)
+    events = []
+    for _ in range(40):
+        logits = stepped.next_logits()
+        assert stepped.next_logits() is logits  # cached until a token is accepted
+        events.append(stepped.accept(sample(logits, stepped.generator, s.temperature, s.top_k, s.top_p)))
+    assert [(e.id, e.text, e.top) for e in events] == [(e.id, e.text, e.top) for e in iterated]
+
+
+def test_accept_takes_any_candidate_and_refuses_ids_outside_the_vocabulary(tiny_model, char_tok):
+    backend = TorchBackend(tiny_model, char_tok)
+    gen = Generation(backend.decoder(), char_tok, "All", Settings(temperature=0.0))
+    event = gen.accept(char_tok.stoi["z"])  # not the argmax: the user's pick
+    assert (event.index, event.text, gen.text) == (0, "z", "z")
+    assert event.prob == pytest.approx(torch.softmax(event.logits, -1)[event.id].item())
+    with pytest.raises(ValueError, match=rf"token id {char_tok.vocab_size} is outside the vocabulary"):
+        gen.accept(char_tok.vocab_size)
+    # the next step sees the picked token: the same logits as a prompt that ends with it
+    after = Generation(backend.decoder(), char_tok, "Allz", Settings(temperature=0.0)).next_logits()
+    torch.testing.assert_close(gen.next_logits(), after, rtol=0, atol=1e-5)
+
+
+def test_accepting_end_of_text_ends_the_stream_without_an_event(tiny_model, char_tok):
+    gen = TorchBackend(tiny_model, char_tok).stream("All", Settings(temperature=0.0))
+    with pytest.raises(StopIteration):
+        gen.accept(char_tok.eot_id)
+    assert gen.stop_reason == "eot" and gen.decoder is None and gen.text == ""
+    with pytest.raises(StopIteration):
+        gen.next_logits()
+
+
+def test_backend_offers_a_fresh_decoder_and_its_model(tiny_model, char_tok):
+    backend = TorchBackend(tiny_model, char_tok)
+    a, b = backend.decoder(), backend.decoder()
+    assert a.cache is not b.cache and backend.torch_model() is tiny_model
+    assert backend.tokenizer is char_tok

@@ -12,7 +12,7 @@ from export.cli import main as export_cli
 from export.graph import input_names
 from export.onnx_export import export_onnx
 from export.ort_backend import OnnxModelError, load_ort_backend
-from export.validate import LOGIT_TOLERANCE, empty_past, padded_batch, validate_export
+from export.validate import LOGIT_TOLERANCE, ValidationError, empty_past, padded_batch, validate_export
 from model.backend import Settings
 from model.torch_backend import TorchBackend, TorchDecoder
 
@@ -121,13 +121,28 @@ def test_corrupted_and_foreign_onnx_files_are_refused(tmp_path, onnx_path):
 
 
 def test_cuda_request_without_cuda_is_an_error_not_a_fallback(onnx_path):
-    import onnxruntime
-
     if torch.cuda.is_available():
         pytest.skip("a GPU is here")
-    assert onnxruntime.get_device() in ("CPU", "GPU")
     with pytest.raises(OnnxModelError, match="--provider cuda: ONNX Runtime cannot use CUDA here"):
         load_ort_backend(onnx_path, provider="cuda")
+
+
+def test_a_file_that_fails_validation_never_becomes_the_output(tiny_ckpt, tmp_path, monkeypatch):
+    import export.onnx_export
+
+    out = tmp_path / "tiny.onnx"
+    out.write_bytes(b"the previous export")
+    seen = []
+
+    def fails(path, model, say, shown):
+        seen.append((path.stat().st_size > 1000, path != out, shown))
+        raise ValidationError(f"{shown}: logits differ from PyTorch by 1.00e+00 (tolerance 1e-04)")
+
+    monkeypatch.setattr(export.onnx_export, "validate_export", fails)
+    with pytest.raises(ValidationError, match="tiny.onnx: logits differ"):
+        export_onnx(tiny_ckpt, out)
+    assert seen == [(True, True, out)]  # the whole graph, checked in a temp file, reported as out
+    assert out.read_bytes() == b"the previous export" and list(tmp_path.iterdir()) == [out]
 
 
 def test_cli_errors_are_one_line(tmp_path, tiny_ckpt):

@@ -208,6 +208,7 @@ def tiny_onnx(tiny_ckpt, tmp_path_factory):
     return export_onnx(tiny_ckpt, tmp_path_factory.mktemp("onnx") / "tiny.onnx", validate=False)
 
 
+@pytest.mark.slow  # exports the tiny model to ONNX
 @run_async
 async def test_ab_agrees_fully_for_greedy_decoding_on_the_tiny_model(tiny_ckpt, tiny_onnx):
     from export.ort_backend import load_ort_backend

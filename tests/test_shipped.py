@@ -47,6 +47,7 @@ def test_val_loss_on_fixed_windows_matches_the_model_card(shakespeare_available)
     assert loss == pytest.approx(card_val_loss(), abs=0.02)
 
 
+@pytest.mark.slow  # 200 tokens on the shipped model
 def test_greedy_text_is_in_the_vocabulary_and_not_degenerate():
     model, tokenizer, _ = load_model(SHIPPED)
     text = "".join(e.text for e in TorchBackend(model, tokenizer).stream(

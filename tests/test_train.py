@@ -38,6 +38,7 @@ def test_lr_schedule_warmup_then_cosine():
     assert get_lr(500, cfg) == pytest.approx(0.1)
 
 
+@pytest.mark.slow  # three short training runs
 def test_resume_continues_exactly(text_file, tmp_path):
     log = lambda m: None  # noqa: E731
     train(tiny_run(text_file, tmp_path / "straight"), log)
