@@ -137,6 +137,9 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 class GPT(nn.Module):
+    """Token and position embeddings, n_layer blocks, a final LayerNorm and a linear head onto the
+    vocabulary: GPT-2's layout (pre-LayerNorm blocks), sized by a GPTConfig."""
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
@@ -144,12 +147,16 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(config.block_size, config.n_embd)  # learned absolute positions
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        # pre-LN blocks add to the stream without normalising it: normalise once before the head
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:
-            self.lm_head.weight = self.wte.weight  # one matrix reads and writes tokens
+            # one matrix reads and writes tokens (as GPT-2): fewer parameters, and tokens that mean
+            # alike are embedded alike and scored alike
+            self.lm_head.weight = self.wte.weight
         self.apply(self._init_weights)
-        # GPT-2: scale the init of projections into the residual stream by 1/sqrt(2 * n_layer)
+        # GPT-2: every block adds two projections (attention, MLP) to the residual stream; scale
+        # their init by 1/sqrt(2 * n_layer) so the stream's variance does not grow with depth
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
@@ -175,8 +182,11 @@ class GPT(nn.Module):
                 f"{start + T} positions exceed block_size {self.config.block_size}; crop the context"
             )
         positions = torch.arange(start, start + T, device=idx.device)
+        # which keys each new token may see: with no past, the lecture's triangle (causal); one new
+        # token after a past sees every key, so no mask at all; a chunk after a past needs the
+        # triangle shifted right by the past: query i (slot start + i) sees slots 0..start + i
         mask = None
-        if start > 0 and T > 1:  # a chunk after a cached prefix: causal, shifted by start
+        if start > 0 and T > 1:
             mask = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(diagonal=start)
         layers = None if cache is None else cache.layers
         logits = self.forward_at(idx, positions, causal=start == 0, mask=mask, caches=layers)
