@@ -160,7 +160,7 @@ class RemoteBackend:
 
 
 class RemoteGeneration:
-    """model.backend.Generation over the pipe: settings and close() go to the child."""
+    """model.backend.TokenStream over the pipe: settings and close() go to the child."""
 
     def __init__(self, remote: RemoteBackend, gid: int, inbox: queue.SimpleQueue, prompt_ids: list[int],
                  settings: Settings, tokenizer):
