@@ -161,6 +161,9 @@ class OrtBackend:
     def decoder(self) -> OrtDecoder:
         return OrtDecoder(self.session, self.config)
 
+    def torch_model(self) -> None:
+        return None  # the attention view needs the PyTorch model; the ONNX graph does not output it
+
     def stream(self, prompt: str, settings: Settings) -> Generation:
         return Generation(self.decoder(), self.tokenizer, prompt, settings)
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 
-from model.tokenizer import Unknown
+from model.tokenizer import Tokenizer, Unknown
+
+if TYPE_CHECKING:
+    from model.gpt import GPT, Bigram
 
 StopReason = Literal["eot", "max_tokens", "stop_string", "stopped"]
 
@@ -104,6 +107,16 @@ class Generation(Protocol):
 
 
 class Backend(Protocol):
+    tokenizer: Tokenizer
+
     def info(self) -> BackendInfo: ...
     def unknown_chars(self, prompt: str) -> list[str]: ...
+    def decoder(self) -> Decoder:
+        """A fresh decoder (its own cache) in this process: step mode drives one itself."""
+        ...
+
+    def torch_model(self) -> GPT | Bigram | None:
+        """The PyTorch model in this process, for the attention view; None when there is none."""
+        ...
+
     def stream(self, prompt: str, settings: Settings) -> Generation: ...

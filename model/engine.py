@@ -63,6 +63,7 @@ class Generation:
         self.text = ""  # their text, without the prompt
         self.stop_reason: StopReason | None = None
         self._held: list[int] = []  # ids whose text waits for the rest of a character
+        self._logits: torch.Tensor | None = None  # the next token's, until one is accepted
         self.generator = torch.Generator()
         if settings.seed is None:
             self.generator.seed()  # fresh randomness from the OS
@@ -80,25 +81,47 @@ class Generation:
         if len(self.ids) >= s.max_new_tokens:
             self._finish("max_tokens")
             raise StopIteration
-        logits = self._next_logits(decoder)  # (V,) float32
-        token = sample(logits, self.generator, s.temperature, s.top_k, s.top_p)
+        token = sample(self._logits_from(decoder), self.generator, s.temperature, s.top_k, s.top_p)
         if token == self.tokenizer.eot_id:
             self._finish("eot")
             raise StopIteration
+        event = self.accept(token)
+        if event.text and any(stop in self.text[-(len(stop) + len(event.text)):] for stop in s.stop):
+            self._finish("stop_string")
+        return event
+
+    def next_logits(self) -> torch.Tensor:
+        """Raw logits (V,) for the next token: computed when first asked, kept until ``accept``."""
+        decoder = self.decoder
+        if decoder is None:
+            raise ValueError("this generation has ended; start a new one")
+        return self._logits_from(decoder)
+
+    def accept(self, token: int) -> TokenEvent:
+        """Append ``token`` (sampled, or chosen by someone) and describe it: the one place a
+        TokenEvent is built. Stopping rules are the iterator's, not applied here."""
+        # the cached logits first: close() from another thread must not fail a sampled token
+        logits = self._logits if self._logits is not None else self.next_logits()
+        if not 0 <= token < logits.numel():
+            raise ValueError(f"token id {token} is outside the vocabulary [0, {logits.numel()})")
         probs = F.softmax(logits, dim=-1)  # the model's own view, before temperature and filters
         top = tuple(Candidate(i, self.tokenizer.decode([i]), p) for i, p in top_candidates(probs, N_TOP))
         event = TokenEvent(index=len(self.ids), id=token, text=self._piece(token),
                            prob=float(probs[token]), top=top, logits=logits)
         self.ids.append(token)
         self.text += event.text
-        if event.text and any(stop in self.text[-(len(stop) + len(event.text)):] for stop in s.stop):
-            self._finish("stop_string")
+        self._logits = None
         return event
 
     def close(self) -> None:
         """Stop early and release the decoder (its cache); further ``next()`` calls end at once."""
         if self.stop_reason is None:
             self._finish("stopped")
+
+    def _logits_from(self, decoder: Decoder) -> torch.Tensor:
+        if self._logits is None:
+            self._logits = self._next_logits(decoder)
+        return self._logits
 
     def _next_logits(self, decoder: Decoder) -> torch.Tensor:
         """Feed what the decoder has not seen yet; return the logits (V,) for the next token."""
@@ -228,6 +251,12 @@ class TorchBackend:
 
     def unknown_chars(self, prompt: str) -> list[str]:
         return self.tokenizer.unknown_chars(prompt)
+
+    def decoder(self) -> TorchDecoder:
+        return TorchDecoder(self.model)
+
+    def torch_model(self) -> GPT | Bigram:
+        return self.model
 
     def stream(self, prompt: str, settings: Settings) -> Generation:
         # a fresh cache per stream (a few MB): streams never share state, and closing one frees it
