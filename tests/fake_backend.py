@@ -81,13 +81,18 @@ class FakeBackend:
     def unknown_chars(self, prompt: str) -> list[str]:
         return self.tokenizer.unknown_chars(prompt)
 
+    def decoder(self) -> ScriptDecoder:
+        return ScriptDecoder(self.tokenizer, self.script, self.margin, self.block_size, self.delay,
+                             self.gate, self.probs, self._feeds)
+
+    def torch_model(self) -> None:
+        return None
+
     def stream(self, prompt: str, settings: Settings) -> Generation:
         if self.fail_on is not None and self.fail_on in prompt:
             raise RuntimeError(f"backend failure on {self.fail_on!r}")
         self.prompts.append(prompt)
-        decoder = ScriptDecoder(self.tokenizer, self.script, self.margin, self.block_size, self.delay,
-                                self.gate, self.probs, self._feeds)
-        return Generation(decoder, self.tokenizer, prompt, settings)
+        return Generation(self.decoder(), self.tokenizer, prompt, settings)
 
 
 class FakeClock:

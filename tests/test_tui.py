@@ -13,8 +13,9 @@ from textual.widgets import Input, Select
 from model.backend import Settings
 from tui.app import GPTApp
 from tui.backends import BackendError, OnnxFactory
+from tui.output import OutputView
 from tui.session import load_jsonl
-from tui.widgets import START, OutputView
+from tui.widgets import START
 
 SIZE = (100, 30)
 
@@ -235,8 +236,8 @@ async def test_switching_backend_with_injected_factories():
         assert app.current.text == "onnx " and app.history[-1]["backend"] == "onnx"
         await send(pilot, "/backend torch")  # loaded before: switching back is instant
         assert app.backend_name == "torch" and app.query_one("#backend", Select).value == "torch"
-        app.factories["onnx"] = broken
-        del app._backends["onnx"]
+        app.backends.factories["onnx"] = broken
+        del app.backends.loaded["onnx"]
         await send(pilot, "/backend onnx")
         await until(pilot, lambda: "could not switch to onnx: fake.onnx is damaged" in app.notices[-1])
         assert app.backend_name == "torch" and app.query_one("#backend", Select).value == "torch"
