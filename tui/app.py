@@ -19,14 +19,12 @@ import gc
 import secrets
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.content import Content
 from textual.reactive import reactive
 from textual.widgets import Footer, Static
 from textual.worker import get_current_worker
@@ -35,16 +33,18 @@ from model.backend import Backend, Settings
 from tui import commands
 from tui import settings as settings_text
 from tui.backends import BackendFactory, Backends
+from tui.bars import StatsBar, TopBar
 from tui.controls import Controls
 from tui.output import OutputView
 from tui.panels import ABPanel, AttentionPanel, NextTokenPanel, SidePanel, legend
-from tui.session import default_session_dir, file_sha256, record, save_jsonl, save_markdown
+from tui.session import Session, record
 from tui.show import describe_model, describe_run_settings
-from tui.stats import Clock, Timing, status_line
+from tui.stats import Clock, Timing
 from tui.step import StepMode
 from tui.streaming import RunFinished, TokensArrived, stream_run
+from tui.switch import BackendSwitch
 from tui.transcript import Document, Run
-from tui.widgets import PromptArea, StatsBar
+from tui.widgets import PromptArea
 
 # seconds between stats bar updates while tokens stream: a repaint at the bottom of the screen
 # while the text grows at the top makes the compositor redraw everything between the two
@@ -96,21 +96,18 @@ class GPTApp(App[None]):
         new_seed: Callable[[], int] = lambda: secrets.randbelow(2**31),
     ):
         super().__init__()
-        self.backend, self.backend_name = backend, backend_name
         self.backends = Backends(backend_name, backend, factories)  # loaded ones are reused on a switch
         self.set_reactive(GPTApp.settings, settings or Settings())
         self.clock = clock
         self.new_seed = new_seed
-        started = datetime.now()
-        self.session_path = (session_dir or default_session_dir()) / f"session-{started:%Y%m%d-%H%M%S}.jsonl"
-        self.history: list[dict] = []  # a record per finished generation, for /save and /export
+        self.session = Session(session_dir)  # a record per finished generation, for /save and /export
         self.current: Run | None = None  # the latest generation (running or done, streamed or stepped)
         self._stats_shown = 0.0  # when the stats bar was last updated during a generation
 
     # ---- screen ----------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        yield Static(id="topbar")
+        yield TopBar(id="topbar")
         with Horizontal(id="body"):
             with Vertical(id="main"):
                 yield Static(legend(), id="legend")
@@ -133,34 +130,19 @@ class GPTApp(App[None]):
         self.stats = self.query_one(StatsBar)
         self.side_panels = list(self.query("#panels > *").results(SidePanel))
         self.step = StepMode(self.output, self.next_token, self.notify_text, self._show_stats)
+        self.switch = BackendSwitch(self.backends, self.query_one(TopBar), self.controls, self.notify_text,
+                                    self._end_current)
         legend_view = self.query_one("#legend")
         self.watch(self.output, "colours", lambda on: setattr(legend_view, "display", on), init=False)
-        self._show_backend()
+        self.switch.show()
         self.query_one(PromptArea).focus()
 
     @property
     def documents(self) -> list[Document]:
         return self.output.documents
 
-    def _show_backend(self, loading: str = "") -> None:
-        info = self.backend.info()
-        text = f"{Path(info.name).name}  ·  backend {info.backend}  ·  device {info.device}  ·  " \
-               f"block {info.block_size}  ·  vocab {info.vocab_size}"
-        self.query_one("#topbar", Static).update(text + (f"  ·  {loading}" if loading else ""))
-
     def _show_stats(self) -> None:
-        run = self.current
-        if run is None:
-            self.stats.update("ready")
-            return
-        self.stats.set_class(run.stop_reason == "stopped" or run.error is not None, "-stopped")
-        line = status_line(run.timing, run.stop_reason, run.context_used, run.info.block_size,
-                           run.settings.seed, not run.done)
-        ppl = run.perplexity
-        line += f"  ·  ppl {ppl:.2f}" if ppl is not None else ""
-        # one line of fixed height: repaint it, never re-lay-out the screen for it; plain Content,
-        # as a str would be parsed as markup on every update
-        self.stats.update(Content(line + (f"  ·  error: {run.error}" if run.error else "")), layout=False)
+        self.stats.show_run(self.current)
 
     def notify_text(self, message: str, severity: str = "information", timeout: float | None = None) -> None:
         """A notification whose text is shown as is (it may hold prompt characters or file paths)."""
@@ -303,7 +285,7 @@ class GPTApp(App[None]):
         self.output.show(run.document)
         if run is self.current:
             self._show_stats()
-        self.history.append(record(run.context, run.text, run.stop_reason, run.generation.settings,
+        self.session.history.append(record(run.context, run.text, run.stop_reason, run.generation.settings,
                                    run.info, run.timing))
         if error:
             self.notify_text(f"generation failed: {error}", "error", timeout=10)
@@ -352,21 +334,16 @@ class GPTApp(App[None]):
         self._show_stats()
 
     def action_save(self, path: str | None = None) -> None:
-        self._write(save_jsonl, Path(path).expanduser() if path else self.session_path, "saved", "save")
+        self._report(self.session.save, path)
 
     def action_export(self, path: str | None = None) -> None:
-        target = Path(path).expanduser() if path else self.session_path.with_suffix(".md")
-        self._write(save_markdown, target, "exported", "export")
+        self._report(self.session.export, path)
 
-    def _write(self, save: Callable[[list[dict], Path], object], target: Path, done: str, verb: str) -> None:
-        # each record with its checkpoint's hash (computed once per file, when saving)
-        records = [r | {"checkpoint_sha256": file_sha256(r["checkpoint"])} for r in self.history]
+    def _report(self, write: Callable[[str | None], str], path: str | None) -> None:
         try:
-            save(records, target)
+            self.notify_text(write(path))
         except OSError as e:
-            self.notify_text(f"could not {verb} to {target}: {e}", "error")
-            return
-        self.notify_text(f"{done} {len(self.history)} generation(s) to {target}")
+            self.notify_text(str(e), "error")
 
     def action_toggle_panel(self, panel_id: str) -> None:
         panel = self.query_one(f"#{panel_id}", SidePanel)
@@ -410,53 +387,17 @@ class GPTApp(App[None]):
 
     # ---- backends --------------------------------------------------------------------------
 
+    @property
+    def backend(self) -> Backend:
+        return self.backends.current
+
+    @property
+    def backend_name(self) -> str:
+        return self.backends.active
+
     @on(Controls.BackendPicked)
     def _backend_picked(self, event: Controls.BackendPicked) -> None:
-        self.action_backend(event.name)
+        self.switch.to(event.name)
 
     def action_backend(self, name: str) -> None:
-        if name == self.backend_name:
-            self.controls.show_backend(name)
-        elif name in self.backends.loaded:
-            self._use_backend(name, self.backends.loaded[name])
-        elif name not in self.backends.factories:
-            self.notify_text(f"no {name} backend here; available: {', '.join(self.backends.names)}", "error")
-            self.controls.show_backend(self.backend_name)
-        else:
-            self._show_backend(loading=f"loading {name}…")
-            self._load_backend(name)
-
-    @work(thread=True, exclusive=True, group="backend")
-    def _load_backend(self, name: str) -> None:
-        worker = get_current_worker()
-
-        def progress(message: str) -> None:
-            if worker.is_cancelled:  # the app is closing: abandon a long export at its next step
-                raise RuntimeError("cancelled")
-            self.call_from_thread(self._backend_progress, message)
-
-        try:
-            backend = self.backends.get(name, progress)
-        except Exception as e:  # an import, export or load failure: say so, keep the current backend
-            if not worker.is_cancelled:
-                self.call_from_thread(self._backend_failed, name, str(e) or type(e).__name__)
-            return
-        if not worker.is_cancelled:
-            self.call_from_thread(self._use_backend, name, backend)
-
-    def _backend_progress(self, message: str) -> None:
-        self._show_backend(loading=message)
-        self.notify_text(message, timeout=5)
-
-    def _backend_failed(self, name: str, message: str) -> None:
-        self._show_backend()
-        self.controls.show_backend(self.backend_name)
-        self.notify_text(f"could not switch to {name}: {message}", "error", timeout=15)
-
-    def _use_backend(self, name: str, backend: Backend) -> None:
-        self._end_current()  # a generation belongs to the backend that started it
-        self.backend, self.backend_name = backend, name
-        self._show_backend()
-        self.controls.show_backend(name)
-        info = backend.info()
-        self.notify_text(f"now generating with {info.backend} on {info.device}")
+        self.switch.to(name)

@@ -105,12 +105,17 @@ class OnnxFactory:
 
 
 class Backends:
-    """The app's backends by name: the ones loaded so far (reused on a switch, shared with the A/B
-    and attention views) and the factories for the rest."""
+    """The app's backends by name: the active one, the ones loaded so far (reused on a switch,
+    shared with the A/B and attention views) and the factories for the rest."""
 
     def __init__(self, name: str, backend: Backend, factories: dict[str, BackendFactory] | None = None):
+        self.active = name
         self.loaded: dict[str, Backend] = {name: backend}
         self.factories = dict(factories or {})
+
+    @property
+    def current(self) -> Backend:
+        return self.loaded[self.active]
 
     @property
     def names(self) -> tuple[str, ...]:

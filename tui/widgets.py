@@ -1,5 +1,5 @@
-"""The app's widgets: the prompt, one document of the transcript, the stats bar. Styles live in
-app.tcss; the transcript pane that holds the documents is tui.output.
+"""The app's widgets: the prompt and one document of the transcript. Styles live in app.tcss; the
+transcript pane that holds the documents is tui.output, the bars above and below are tui.bars.
 
 Model output is untrusted text: it is shown through ``Content`` (never parsed as markup) with
 control characters made visible, so a stray escape sequence cannot drive the terminal.
@@ -181,7 +181,3 @@ def split_lines(parts: list[Part], lines: int) -> list[list[Part]]:
 
 class Note(Static):
     """Command output shown in the transcript (/help, /show)."""
-
-
-class StatsBar(Static):
-    """tokens/s, time to first token, tokens, stop reason, context used: one line under the prompt."""
