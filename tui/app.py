@@ -29,7 +29,7 @@ from textual.reactive import reactive
 from textual.widgets import Footer, Static
 from textual.worker import get_current_worker
 
-from model.backend import Backend, Settings
+from model.backend import Backend, Settings, TokenEvent
 from tui import commands
 from tui import settings as settings_text
 from tui.backends import BackendFactory, Backends
@@ -258,7 +258,7 @@ class GPTApp(App[None]):
     def _tokens_arrived(self, message: TokensArrived) -> None:
         self._take(message.run, message.events)
 
-    def _take(self, run: Run, events: list) -> None:
+    def _take(self, run: Run, events: list[TokenEvent]) -> None:
         if run.done:  # finished early by a newer generation: these tokens came too late
             return
         run.add(events)
@@ -275,7 +275,7 @@ class GPTApp(App[None]):
     def _run_finished(self, message: RunFinished) -> None:
         self._finish(message.run, message.events, message.error)
 
-    def _finish(self, run: Run, events: list, error: str | None) -> None:
+    def _finish(self, run: Run, events: list[TokenEvent], error: str | None) -> None:
         if run.done:
             return
         self._take(run, events)

@@ -107,6 +107,11 @@ def key_name(key: str) -> str:
                     for part in key.split("+"))
 
 
+def _lower(label: str) -> str:
+    """A binding's label inside a sentence: "Next token" -> "next token", "A/B" stays."""
+    return label if label[:2].isupper() else label[:1].lower() + label[1:]
+
+
 def help_text(keys: Sequence[tuple[str, str, str]] = (), fixed: tuple[tuple[str, str], ...] = ()) -> str:
     """/help: every command (with the key for the same action), then every key. ``keys`` are the
     app's bindings as (key, action, description); ``fixed`` are (key, what) of keys no binding lists
@@ -118,7 +123,7 @@ def help_text(keys: Sequence[tuple[str, str, str]] = (), fixed: tuple[tuple[str,
              + (f" ({key_for[spec.action]})" if spec.action in key_for else "")
              for name, spec in COMMANDS.items()]
     lines.append("//text".ljust(22) + "send a prompt that starts with /")
-    listed = [*fixed, *((key_name(key), description.lower()) for key, _, description in keys)]
+    listed = [*fixed, *((key_name(key), _lower(description)) for key, _, description in keys)]
     if listed:
         lines += ["", "keys: " + " · ".join(f"{key} {what}" for key, what in listed)]
     return "\n".join(lines)
