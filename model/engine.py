@@ -80,7 +80,11 @@ class Generation:
             raise StopIteration
         logits = self.next_logits()  # (V,) float32
         token = sample(logits, self.generator, s.temperature, s.top_k, s.top_p)
-        return self.accept(token)
+        event = self.accept(token)
+        # stop strings are the stream's rule, not accept's: step mode takes tokens past them
+        if event.text and any(stop in self.text[-(len(stop) + len(event.text)):] for stop in s.stop):
+            self._finish("stop_string")
+        return event
 
     def next_logits(self) -> torch.Tensor:
         """The raw logits (V,) for the next token: one forward pass, then cached until ``accept``.
@@ -110,7 +114,7 @@ class Generation:
         """Append ``token`` (sampled or chosen) to the output and return its event.
 
         End-of-text ends the stream instead (stop_reason "eot") and raises StopIteration: it is
-        never yielded. A token that completes a stop string is returned and ends the stream."""
+        never yielded. Stop strings are applied by the iterator, not here."""
         logits = self.next_logits()
         if not 0 <= token < logits.numel():
             raise ValueError(f"token id {token} is outside the vocabulary [0, {logits.numel()})")
@@ -124,9 +128,6 @@ class Generation:
         self.ids.append(token)
         self.text += event.text
         self._logits = None  # the next step's logits need this token fed
-        stops = self.settings.stop
-        if event.text and any(stop in self.text[-(len(stop) + len(event.text)):] for stop in stops):
-            self._finish("stop_string")
         return event
 
     def close(self) -> None:

@@ -1,6 +1,7 @@
 """Typed commands, settings as text, session files and timing: the app's pure parts."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -101,3 +102,24 @@ def test_session_jsonl_and_markdown(tmp_path):
     (tmp_path / "f").write_bytes(b"abc")
     assert file_sha256(tmp_path / "f") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     assert file_sha256(tmp_path / "missing") is None
+
+
+def test_commands_keys_help_and_readme_come_from_one_table():
+    from tui.app import GPTApp
+    from tui.widgets import PromptArea
+
+    for name, spec in commands.COMMANDS.items():  # every command runs an action of the app
+        assert callable(getattr(GPTApp, f"action_{spec.action}", None)), name
+    keys = [(b.key, b.action, b.description) for b in GPTApp.BINDINGS]
+    text = commands.help_text(keys, PromptArea.KEYS)
+    assert "/clear                clear the output (Ctrl+L)" in text  # the key bound to the same action
+    assert "/step                 step mode on/off: one token at a time (F7)" in text
+    assert "keys: Enter send · Ctrl+J newline · Esc stop · Ctrl+R regenerate" in text
+    assert "F5 A/B · F6 confidence" in text and "Alt+← previous token · Alt+→ next token" in text
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("| key | does |"):]
+    table = table[:table.index("\n\n")]
+    for key, _, _ in keys:  # the README's key table names every binding
+        assert commands.key_name(key) in table, key
+    for name in commands.COMMANDS:  # and its command table every command
+        assert f"`/{name}" in readme, name

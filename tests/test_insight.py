@@ -102,7 +102,7 @@ async def test_confidence_colouring_perplexity_and_the_token_cursor():
         assert len([s for s in spans if getattr(s.style, "meta", {}).get("token") is not None]) == 6
         await pilot.press("alt+left")  # the last token, then the one before
         await pilot.press("alt+left")
-        assert app.cursor == 4
+        assert app.output.cursor == 4
         panel = app.query_one(NextTokenPanel)
         assert panel.display and panel.view.chosen.text == run.text[4]
 
@@ -114,12 +114,12 @@ async def test_step_mode_takes_the_picked_candidate_and_undoes():
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "/step")
         await send(pilot, "x")
-        assert app.stepper is not None and app.current.text == ""
+        assert app.step.stepper is not None and app.current.text == ""
         await pilot.press("f8")  # top-k 1: samples "a"
         await send(pilot, "/pick 3")  # the third most likely: "c", filtered or not
         await send(pilot, "")  # Enter on an empty line: the next sampled token
         assert app.current.text == "aca"
-        assert [t.sampled for t in app.stepper.taken] == [True, False, True]
+        assert [t.sampled for t in app.step.stepper.taken] == [True, False, True]
         feeds = backend.feeds
         await pilot.press("f9")
         assert app.current.text == "ac" and backend.feeds == feeds  # undo needs no forward pass
@@ -235,7 +235,8 @@ async def test_ab_agrees_fully_for_greedy_decoding_on_the_tiny_model(tiny_ckpt, 
         assert "ONNX graph does not output it" in attention.note and attention.weights is not None
         await send(pilot, "/show model")  # ONNX: parameters counted from the config
         note = str(list(app.query("Note"))[-1].content)
-        assert f"parameters  {count_params(app._backends['torch'].model):,}" in note and "onnx on" in note
+        params = count_params(app.backends.loaded["torch"].torch_model())
+        assert f"parameters  {params:,}" in note and "onnx on" in note
 
 
 @run_async
@@ -247,7 +248,7 @@ async def test_hovering_a_token_shows_its_alternatives():
         await pilot.press("f6")
         await pilot.hover(app.documents[-1].view, offset=(3, 0))  # "x", then tokens 0, 1, 2, ...
         await pilot.pause()
-        assert app.cursor == 2
+        assert app.output.cursor == 2
         assert app.query_one(NextTokenPanel).view.chosen.text == app.current.text[2]
 
 
@@ -316,11 +317,12 @@ def test_compare_backends_finds_the_first_divergence():
 
 
 def test_stepper_undo_rewinds_the_sampler():
-    stepper = Stepper(scripted(), "x", Settings(temperature=1.0, seed=5))
+    backend = scripted()
+    stepper = Stepper(backend, "x", Settings(temperature=1.0, seed=5))
     first = [stepper.step().id for _ in range(6)]
-    passes = stepper.forward_passes
+    passes = backend.feeds
     for _ in range(3):
         stepper.undo()
-    assert stepper.forward_passes == passes  # undo brings back the cached logits
+    assert backend.feeds == passes  # undo brings back the cached logits
     assert [stepper.step().id for _ in range(3)] == first[3:]  # the same draws again
     assert stepper.step(stepper.next_logits().argmin().item()).text not in "abcd"  # any token may be taken

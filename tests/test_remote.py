@@ -14,7 +14,7 @@ from model.engine import Generation
 from model.tokenizer import UnknownCharactersError
 from tui.app import GPTApp
 from tui.backends import TorchFactory
-from tui.remote import RemoteBackend, RemoteGeneration, in_process
+from tui.remote import RemoteBackend, RemoteGeneration
 
 pytestmark = pytest.mark.slow  # every test starts a Python child that imports torch
 
@@ -43,7 +43,9 @@ def test_the_child_streams_the_tokens_the_engine_streams_in_process(remote):
     here = list(remote.local.stream("ROMEO:\n", settings))
     generation = remote.stream("ROMEO:\n", settings)
     there = list(generation)
-    assert isinstance(generation, RemoteGeneration) and in_process(remote) is remote.local
+    assert isinstance(generation, RemoteGeneration)
+    # what the views use in this process comes from the local backend
+    assert remote.torch_model() is remote.local.torch_model() and remote.tokenizer is remote.local.tokenizer
     assert [e.id for e in there] == [e.id for e in here] and len(there) == 80
     assert "".join(e.text for e in there) == "".join(e.text for e in here)
     # the child computes on 1 thread, this process on all: sums may round differently in the last bit
@@ -115,7 +117,7 @@ def test_the_app_streams_through_the_child_and_stops_it(remote, tmp_path):
             await app.workers.wait_for_complete()
             await pilot.pause()
             text = app.current.text
-            app.apply_settings(ENDLESS)
+            app.settings = ENDLESS
             app.start("All:\n")
             await pilot.pause(0.3)
             await pilot.press("escape")

@@ -13,8 +13,9 @@ from textual.widgets import Input, Select
 from model.backend import Settings
 from tui.app import GPTApp
 from tui.backends import BackendError, OnnxFactory
+from tui.output import OutputView
 from tui.session import load_jsonl
-from tui.widgets import START, OutputView
+from tui.widgets import START
 
 SIZE = (100, 30)
 
@@ -93,7 +94,7 @@ async def test_esc_stops_at_once_and_keeps_the_text():
         assert run.stop_reason == "stopped" and len(run.text) == 11  # the one in flight, no more
         assert shown(app).endswith(run.text + " ⏹ stopped")
         assert str(app.query_one("#stats").content).startswith("stopped  ·  ")
-        assert app.history[-1]["stop_reason"] == "stopped"
+        assert app.session.history[-1]["stop_reason"] == "stopped"
 
 
 @run_async
@@ -170,14 +171,14 @@ async def test_commands_show_help_clear_regen_continue_copy_save_export(tmp_path
         await pilot.press("ctrl+o")
         assert app.clipboard == app.documents[-1].text
         await send(pilot, "/save")
-        records = load_jsonl(app.session_path)
+        records = load_jsonl(app.session.path)
         assert len(records) == 3 and records[1]["prompt"] == "To" + first
         assert set(records[0]) >= {"prompt", "completion", "settings", "seed", "backend", "checkpoint",
                                    "checkpoint_sha256", "timing", "stop_reason", "tokens"}
         await send(pilot, f"/export {tmp_path / 'out.md'}")
         assert (tmp_path / "out.md").read_text().startswith("# gpt-tui session")
         await send(pilot, "/clear")
-        assert not app.query(".document") and not app.query("Note") and len(app.history) == 3
+        assert not app.query(".document") and not app.query("Note") and len(app.session.history) == 3
         await send(pilot, "/regen")
         assert "nothing to regenerate" in app.notices[-1]
 
@@ -232,11 +233,11 @@ async def test_switching_backend_with_injected_factories():
         assert "backend onnx  ·  device CPUExecutionProvider" in str(app.query_one("#topbar").content)
         await send(pilot, "a")
         await until(pilot, done(app))
-        assert app.current.text == "onnx " and app.history[-1]["backend"] == "onnx"
+        assert app.current.text == "onnx " and app.session.history[-1]["backend"] == "onnx"
         await send(pilot, "/backend torch")  # loaded before: switching back is instant
         assert app.backend_name == "torch" and app.query_one("#backend", Select).value == "torch"
-        app.factories["onnx"] = broken
-        del app._backends["onnx"]
+        app.backends.factories["onnx"] = broken
+        del app.backends.loaded["onnx"]
         await send(pilot, "/backend onnx")
         await until(pilot, lambda: "could not switch to onnx: fake.onnx is damaged" in app.notices[-1])
         assert app.backend_name == "torch" and app.query_one("#backend", Select).value == "torch"

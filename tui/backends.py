@@ -95,6 +95,32 @@ class OnnxFactory:
             raise BackendError(f"cannot load {path} with ONNX Runtime: {e}") from None
 
 
+class Backends:
+    """The app's backends by name: the active one, the ones loaded so far (reused on a switch,
+    shared with the A/B and attention views) and the factories for the rest."""
+
+    def __init__(self, name: str, backend: Backend, factories: dict[str, BackendFactory] | None = None):
+        self.active = name
+        self.loaded: dict[str, Backend] = {name: backend}
+        self.factories = dict(factories or {})
+
+    @property
+    def current(self) -> Backend:
+        return self.loaded[self.active]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys([*self.loaded, *self.factories]))
+
+    def get(self, name: str, progress: Progress = lambda message: None) -> Backend:
+        """The backend called ``name``, made on first use (slow: call it from a worker thread)."""
+        if name in self.loaded:
+            return self.loaded[name]
+        if name not in self.factories:
+            raise BackendError(f"no {name} backend here; available: {', '.join(self.names)}")
+        return self.loaded.setdefault(name, self.factories[name](progress))
+
+
 def factories(
     ckpt: Path | None, device: str = "cpu", onnx: Path | None = None, provider: str = "auto"
 ) -> dict[str, BackendFactory]:

@@ -1,33 +1,48 @@
-"""Typed commands (`/set temperature 0.8`, `/show`, ...): parsing only, so it is pure and tested alone.
+"""Typed commands (`/set temperature 0.8`, `/show`, ...): the table of them, and parsing, so it is
+pure and tested alone.
 
-The app decides what each command does; here a line of text becomes a ``Command`` or a
-``CommandError`` whose message tells the user what to type instead.
+``COMMANDS`` is the one table: each command's arguments, help text and the app action it runs
+(``GPTApp.action_<action>``, the method a key bound to that action runs too). ``/help`` is built
+from it and from the app's key bindings, so commands, keys and help cannot drift apart. Here a
+line of text becomes a ``Command`` or a ``CommandError`` whose message says what to type instead.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from model.backend import Settings
 from tui import settings as settings_text
 
-# name -> (argument usage, what it does); the order is the order /help lists them in
-COMMANDS = {
-    "set": ("NAME VALUE", "temperature, top-k, top-p, max-new-tokens, seed, stop, unknown"),
-    "show": ("[model]", "show the settings, backend and checkpoint; model: layers, vocabulary, training"),
-    "clear": ("", "clear the output (Ctrl+L)"),
-    "regen": ("", "generate the last part again (Ctrl+R)"),
-    "continue": ("", "continue from where the text ends (Ctrl+N)"),
-    "copy": ("", "copy the last prompt and its output (Ctrl+O)"),
-    "backend": ("torch|onnx", "switch the backend"),
-    "save": ("[PATH]", "save the session as JSONL (Ctrl+S)"),
-    "export": ("[PATH]", "export the session as Markdown"),
-    "step": ("", "step mode on/off: one token at a time (F7)"),
-    "pick": ("N", "step mode: take candidate N (1 = most likely) instead of sampling"),
-    "undo": ("", "step mode: take back the last token (F9)"),
-    "ab": ("[PROMPT]", "the same prompt, seed and settings through torch and onnx, compared"),
-    "help": ("", "list the commands and keys"),
+
+@dataclass(frozen=True)
+class Spec:
+    usage: str  # its arguments, as /help shows them
+    help: str  # what it does
+    action: str  # the app runs action_<action>(*arguments); a key bound to the same action does the same
+
+
+# the order is the order /help lists them in
+COMMANDS: dict[str, Spec] = {
+    "set": Spec("NAME VALUE", "temperature, top-k, top-p, max-new-tokens, seed, stop, unknown", "set"),
+    "show": Spec("[model]", "show the settings, backend and checkpoint; model: layers, vocabulary, training",
+                 "show"),
+    "clear": Spec("", "clear the output", "clear"),
+    "regen": Spec("", "generate the last part again", "regen"),
+    "continue": Spec("", "continue from where the text ends", "continue"),
+    "copy": Spec("", "copy the last prompt and its output", "copy_output"),
+    "backend": Spec("torch|onnx", "switch the backend", "backend"),
+    "save": Spec("[PATH]", "save the session as JSONL", "save"),
+    "export": Spec("[PATH]", "export the session as Markdown", "export"),
+    "step": Spec("", "step mode on/off: one token at a time", "toggle_step"),
+    "pick": Spec("N", "step mode: take candidate N (1 = most likely) instead of sampling", "pick"),
+    "undo": Spec("", "step mode: take back the last token", "undo"),
+    "ab": Spec("[PROMPT]", "the same prompt, seed and settings through torch and onnx, compared", "ab"),
+    "help": Spec("", "list the commands and keys", "help"),
 }
+# how /help writes a key: "ctrl+r" -> "Ctrl+R", "alt+left" -> "Alt+←"
+KEY_NAMES = {"escape": "Esc", "left": "←", "right": "→", "up": "↑", "down": "↓", "enter": "Enter"}
 
 
 class CommandError(ValueError):
@@ -87,7 +102,28 @@ def parse(line: str, current: Settings, backends: tuple[str, ...] = ("torch", "o
     return Command(name)
 
 
-def help_text() -> str:
-    lines = [f"/{name} {usage}".rstrip().ljust(22) + what for name, (usage, what) in COMMANDS.items()]
+def key_name(key: str) -> str:
+    return "+".join(KEY_NAMES.get(part, part.upper() if len(part) == 1 else part.capitalize())
+                    for part in key.split("+"))
+
+
+def _lower(label: str) -> str:
+    """A binding's label inside a sentence: "Next token" -> "next token", "A/B" stays."""
+    return label if label[:2].isupper() else label[:1].lower() + label[1:]
+
+
+def help_text(keys: Sequence[tuple[str, str, str]] = (), fixed: tuple[tuple[str, str], ...] = ()) -> str:
+    """/help: every command (with the key for the same action), then every key. ``keys`` are the
+    app's bindings as (key, action, description); ``fixed`` are (key, what) of keys no binding lists
+    (the prompt box's own)."""
+    key_for: dict[str, str] = {}
+    for key, action, _ in keys:
+        key_for.setdefault(action, key_name(key))
+    lines = [f"/{name} {spec.usage}".rstrip().ljust(22) + spec.help
+             + (f" ({key_for[spec.action]})" if spec.action in key_for else "")
+             for name, spec in COMMANDS.items()]
     lines.append("//text".ljust(22) + "send a prompt that starts with /")
+    listed = [*fixed, *((key_name(key), _lower(description)) for key, _, description in keys)]
+    if listed:
+        lines += ["", "keys: " + " · ".join(f"{key} {what}" for key, what in listed)]
     return "\n".join(lines)

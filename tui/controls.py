@@ -1,8 +1,8 @@
 """The controls panel: sampling settings and the backend switch.
 
 It only reports what the user typed or picked (``SettingEdited``, ``BackendPicked``); the app
-validates, applies (to the running generation too) and calls ``show`` with the result, so `/set`
-and the panel always agree.
+validates and applies it. The fields show the app's settings (one reactive, which `/set` changes
+too), so the panel and the commands always agree.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 from textual import on
 from textual.app import ComposeResult
-from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.widgets import Input, Label, Select
 
 from model.backend import Settings
+from tui.panels import SidePanel
 
 # (field, label, placeholder when empty)
 FIELDS = (
@@ -32,8 +32,8 @@ def _text(settings: Settings, field: str) -> str:
     return "" if value is None else str(value)
 
 
-class Controls(VerticalScroll, can_focus=False):
-    """Tab reaches its fields, not the panel itself."""
+class Controls(SidePanel):
+    """The sampling settings and the backend switch."""
 
     @dataclass
     class SettingEdited(Message):
@@ -44,13 +44,13 @@ class Controls(VerticalScroll, can_focus=False):
     class BackendPicked(Message):
         name: str
 
-    def __init__(self, settings: Settings, backends: tuple[str, ...], backend: str, **kwargs):
+    def __init__(self, backends: tuple[str, ...], backend: str, **kwargs):
         super().__init__(**kwargs)
-        self._settings = settings
         self._backends = backends
         self._backend = backend
 
     def compose(self) -> ComposeResult:
+        self._settings: Settings = self.app.settings
         yield Label("backend")
         yield Select([(b, b) for b in self._backends], value=self._backend, allow_blank=False,
                      id="backend", compact=True)
@@ -62,8 +62,11 @@ class Controls(VerticalScroll, can_focus=False):
         yield Select([("reject", "reject"), ("replace", "replace")], value=self._settings.unknown,
                      allow_blank=False, id="set-unknown", compact=True)
 
+    def on_mount(self) -> None:
+        self.watch(self.app, "settings", self.show, init=False)
+
     def show(self, settings: Settings) -> None:
-        """Display ``settings`` (after /set, or to undo an invalid edit)."""
+        """Display ``settings`` (the app's, whenever they change)."""
         self._settings = settings
         for field, _, _ in FIELDS:
             box = self.query_one(f"#set-{field}", Input)

@@ -1,26 +1,33 @@
 """Side panels that look inside the model: the next-token distribution, attention, backend A/B.
 
-Each lives in the app's ``#panels``, hidden until its key is pressed. A hidden panel gets no
-tokens (the app skips it) and does no work; when shown, the app hands it the latest state. All
-model text goes through ``Content`` (never markup) with control characters made visible.
+Each lives in the app's ``#panels``, hidden until its key is pressed. A ``SidePanel`` gets every
+batch of streamed tokens while it is shown (``show_tokens``); a hidden one gets nothing and does
+no work, and is handed the latest run when shown again (``catch_up``). All model text goes through
+``Content`` (never markup) with control characters made visible.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.content import Content
 from textual.widgets import Select, Static
+from textual.worker import get_current_worker
 
 from model.backend import Settings, TokenEvent
-from model.compare import ABResult
+from model.compare import ABResult, compare_backends
 from model.insight import StepView, attention_weights, explain
+from tui.backends import Backends
 from tui.widgets import visible
+
+if TYPE_CHECKING:
+    from tui.transcript import Run
 
 N_ROWS = 10  # candidates listed in the next-token panel
 BAR = 10  # cells of the widest probability bar
@@ -60,13 +67,24 @@ def describe_knobs(s: Settings) -> str:
     return f"temperature {s.temperature:g} · top-k {s.top_k or 'off'} · top-p {s.top_p:g}"
 
 
-class NextTokenPanel(VerticalScroll, can_focus=False):
-    """The top candidates of one step: probability under the knobs (bar), the model's own
-    probability, logit and rank; filtered ones struck out; entropy and surprisal above."""
+class SidePanel(VerticalScroll, can_focus=False):
+    """A panel beside the transcript; Tab reaches its fields, not the panel itself."""
 
-    def __init__(self, settings: Settings, **kwargs):
+    def show_tokens(self, run: Run, events: list[TokenEvent]) -> None:
+        """New tokens of ``run`` while the panel is shown."""
+
+    def catch_up(self, run: Run | None) -> None:
+        """The panel has just been shown: draw what it skipped while hidden."""
+
+
+class NextTokenPanel(SidePanel):
+    """The top candidates of one step: probability under the knobs (bar), the model's own
+    probability, logit and rank; filtered ones struck out; entropy and surprisal above.
+    It follows the app's settings (a reactive): new knobs redraw the step from its logits."""
+
+    def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.settings = settings
+        self.settings = Settings()
         self.decode: Callable[[int], str] = str
         self.logits: torch.Tensor | None = None  # the step shown: its cached raw logits (V,)
         self.chosen: int | None = None
@@ -77,10 +95,18 @@ class NextTokenPanel(VerticalScroll, can_focus=False):
     def compose(self) -> ComposeResult:
         yield Static("next token: generate something", id="next-token-body")
 
-    def show_tokens(self, events: list[TokenEvent]) -> None:
+    def on_mount(self) -> None:
+        self.watch(self.app, "settings", self.preview)
+
+    def show_tokens(self, run: Run, events: list[TokenEvent]) -> None:
         last = events[-1] if events else None
         if last is not None:
             self.show_event(last, f"token {last.index + 1}")
+
+    def catch_up(self, run: Run | None) -> None:
+        # a stepped run keeps this panel on its next step, shown or not
+        if run is not None and run.generation is not None and run.events:
+            self.show_event(run.events[-1], f"token {run.events[-1].index + 1}")
 
     def show_event(self, event: TokenEvent, title: str) -> None:
         self.event, self.logits, self.chosen, self.title = event, event.logits, event.id, title
@@ -136,14 +162,35 @@ class AttentionSource:
     note: str = ""  # e.g. why the ONNX backend is not the one asked
 
 
-class AttentionPanel(VerticalScroll, can_focus=False):
+def attention_source(run: Run | None, backends: Backends) -> AttentionSource | None:
+    """What the attention view needs for ``run``: the PyTorch model (loaded already; the ONNX graph
+    does not output attention) and the context its last token was predicted from."""
+    if run is None:
+        return None
+    torch_backend = backends.loaded.get("torch")
+    model = torch_backend.torch_model() if torch_backend is not None else None
+    note = ""
+    if run.info.backend != "torch":
+        note = ("attention comes from the PyTorch model (the ONNX graph does not output it)"
+                + ("" if model is not None else "; /backend torch to load it"))
+    reader = torch_backend or backends.loaded.get(run.info.backend)
+    if reader is None:
+        return AttentionSource(None, [], [], note)
+    tokenizer = reader.tokenizer
+    text = run.document.text
+    ids = tokenizer.encode(text, "replace")[-run.info.block_size:] if text else [tokenizer.eot_id]
+    return AttentionSource(model, ids, [tokenizer.decode([i]) for i in ids], note)
+
+
+class AttentionPanel(SidePanel):
     """Where the last token looks: one cell per context token, shaded by its attention weight."""
 
     REFRESH = 0.25  # s: at most this often while tokens stream (a forward pass each)
 
-    def __init__(self, source: Callable[[], AttentionSource | None], **kwargs):
+    def __init__(self, backends: Backends, **kwargs):
         super().__init__(**kwargs)
-        self.source = source
+        self.backends = backends
+        self.run: Run | None = None
         self.weights: torch.Tensor | None = None  # (L, H, T, T), for tests
         self.pieces: list[str] = []
         self.note = ""
@@ -155,14 +202,19 @@ class AttentionPanel(VerticalScroll, can_focus=False):
         yield Select([("head 0", 0)], value=0, allow_blank=False, id="attn-head", compact=True)
         yield Static("attention: generate something", id="attention-body")
 
-    def show_tokens(self, events: list[TokenEvent]) -> None:
+    def show_tokens(self, run: Run, events: list[TokenEvent]) -> None:
+        self.run = run
         if not self._scheduled:
             self._scheduled = True
             self.set_timer(self.REFRESH, self.update_now)
 
+    def catch_up(self, run: Run | None) -> None:
+        self.run = run
+        self.update_now()
+
     def update_now(self) -> None:
         self._scheduled = False
-        src = self.source()
+        src = attention_source(self.run, self.backends)
         body = self.query_one("#attention-body", Static)
         if src is None or not src.ids:
             body.update("attention: generate something")
@@ -216,15 +268,39 @@ class AttentionPanel(VerticalScroll, can_focus=False):
         self.query_one("#attention-body", Static).update(Content("\n").join(lines))
 
 
-class ABPanel(VerticalScroll, can_focus=False):
-    """The last /ab: both backends' text side by side, agreement, logit difference, speed."""
+class ABPanel(SidePanel):
+    """The last /ab: both backends' text side by side, agreement, logit difference, speed.
+    It runs the comparison itself, in its own worker."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, backends: Backends, **kwargs):
         super().__init__(**kwargs)
+        self.backends = backends
         self.result: ABResult | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("A/B: /ab [PROMPT] runs it through torch and onnx", id="ab-body")
+
+    def run(self, prompt: str, settings: Settings) -> None:
+        """Generate from ``prompt`` with both backends (loading them if need be) and compare."""
+        self.display = True
+        self.show_status("A/B: loading the backends and running both…")
+        self._compare(prompt, settings)
+
+    @work(thread=True, exclusive=True, group="ab")
+    def _compare(self, prompt: str, settings: Settings) -> None:
+        worker = get_current_worker()
+        try:
+            for name in ("torch", "onnx"):
+                if name not in self.backends.names:
+                    raise ValueError(f"no {name} backend here: A/B needs a checkpoint (for both)")
+            torch_backend, onnx_backend = self.backends.get("torch"), self.backends.get("onnx")
+            result = compare_backends(torch_backend, onnx_backend, prompt, settings)
+        except Exception as e:  # a failed export or load: say so in the panel
+            if not worker.is_cancelled:
+                self.app.call_from_thread(self.show_status, f"A/B failed: {e}")
+            return
+        if not worker.is_cancelled:
+            self.app.call_from_thread(self.show_result, result)
 
     def show_status(self, text: str) -> None:
         self.query_one("#ab-body", Static).update(Content(text))

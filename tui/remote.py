@@ -8,12 +8,12 @@ this child, 7% below it. In its own process the decode loop never waits for the 
 all but one core, the UI the last one.
 
 How. ``RemoteBackend(local, factory)`` keeps ``local``, the backend the app already loaded, for
-everything but streaming: info, the vocabulary check, and what the views into the model read in
-process (the PyTorch model for attention, step mode's decoder); ``in_process(backend)`` gives it
-back. The child builds its own copy with the same ``factory`` (a dataclass from tui.backends: it
-pickles, and its ``threads`` field takes the child's thread budget) and serves streams over one
-pipe. Until the child is ready (a second or two after start) and after
-it has died, streams run in process as before, so the app never waits for it.
+everything but streaming: info, the vocabulary check, the tokenizer, and what the views into the
+model use in process (``torch_model()`` for attention, ``decoder()`` for step mode). The child
+builds its own copy with the same ``factory`` (a dataclass from tui.backends: it pickles, and its
+``threads`` field takes the child's thread budget) and serves streams over one pipe. Until the
+child is ready (a second or two after start) and after it has died, streams run in process as
+before, so the app never waits for it.
 
 The pipe, in order. Parent -> child: ``("stream", gid, prompt, settings)``, ``("settings", gid,
 settings)`` and ``("close", gid)``, read by the child between tokens; ``None`` to exit. Child ->
@@ -39,16 +39,12 @@ from multiprocessing.connection import Connection
 
 import torch
 
-from model.backend import Backend, BackendInfo, Settings, StopReason, TokenEvent
+from model.backend import Backend, BackendInfo, Decoder, Settings, StopReason, TokenEvent
+from model.gpt import GPT, Bigram
 
 FLUSH = 0.015  # s: the child sends the tokens of this long at once (the first at once): half the
 # app's POST_EVERY, so the UI still gets tokens every ~30 ms, with few wake-ups of its reader thread
 START_TIMEOUT = 30.0  # s: the longest a stream waits for the child to take it (a long prefill)
-
-
-def in_process(backend: Backend | None) -> Backend | None:
-    """The backend object in this process (for the views that read the model itself)."""
-    return backend.local if isinstance(backend, RemoteBackend) else backend
 
 
 def child_threads() -> int:
@@ -66,6 +62,7 @@ class RemoteBackend:
 
     def __init__(self, local: Backend, factory: Factory, threads: int | None = None):
         self.local = local
+        self.tokenizer = local.tokenizer
         context = multiprocessing.get_context("spawn")  # fork would copy the UI's threads and locks
         self._conn, child_end = context.Pipe()
         self.process = context.Process(target=serve, args=(factory, child_end, threads or child_threads()),
@@ -87,6 +84,12 @@ class RemoteBackend:
     def unknown_chars(self, prompt: str) -> list[str]:
         return self.local.unknown_chars(prompt)
 
+    def decoder(self) -> Decoder:
+        return self.local.decoder()
+
+    def torch_model(self) -> GPT | Bigram | None:
+        return self.local.torch_model()
+
     def stream(self, prompt: str, settings: Settings):
         if not self.ready:
             return self.local.stream(prompt, settings)
@@ -104,8 +107,7 @@ class RemoteBackend:
         if kind != "started":  # "error": the child's exception (a prompt it refuses) or its exit
             self._inboxes.pop(gid, None)
             raise payload[0]
-        return RemoteGeneration(self, gid, inbox, payload[0], settings,
-                                getattr(self.local, "tokenizer", None))
+        return RemoteGeneration(self, gid, inbox, payload[0], settings)
 
     # ---- the child -------------------------------------------------------------------------
 
@@ -163,11 +165,10 @@ class RemoteGeneration:
     """model.backend.TokenStream over the pipe: settings and close() go to the child."""
 
     def __init__(self, remote: RemoteBackend, gid: int, inbox: queue.SimpleQueue, prompt_ids: list[int],
-                 settings: Settings, tokenizer):
+                 settings: Settings):
         self._remote, self._gid, self._inbox = remote, gid, inbox
         self.prompt_ids = prompt_ids
         self._settings = settings
-        self.tokenizer = tokenizer  # the in-process one: the app decodes candidates with it
         self.stop_reason: StopReason | None = None
         self._events: deque[TokenEvent] = deque()
         self._closed = False

@@ -11,10 +11,11 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Callable, Iterable
+from datetime import datetime
 from pathlib import Path
 
-from model.atomic import atomic_write
 from model.backend import BackendInfo, Settings
 from tui import settings as settings_text
 from tui.stats import STOP_NAMES, Timing
@@ -66,10 +67,44 @@ def record(prompt: str, completion: str, stop_reason: str | None, settings: Sett
 def save_jsonl(records: Iterable[dict], path: str | Path) -> Path:
     """Write records one per line, atomically (a crash leaves the old file or the new one)."""
     path = Path(path).expanduser()
-    with atomic_write(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
+
+
+class Session:
+    """The app's generations so far, one record each, and where /save and /export write them."""
+
+    def __init__(self, folder: Path | None = None):
+        started = datetime.now()
+        self.path = (folder or default_session_dir()) / f"session-{started:%Y%m%d-%H%M%S}.jsonl"
+        self.history: list[dict] = []
+
+    def save(self, path: str | None = None) -> str:
+        """Write the session as JSONL (to ``path``, else its own file); a line saying where."""
+        return self._write(save_jsonl, Path(path).expanduser() if path else self.path, "saved", "save")
+
+    def export(self, path: str | None = None) -> str:
+        """Write the session as Markdown (beside its own file by default); a line saying where."""
+        target = Path(path).expanduser() if path else self.path.with_suffix(".md")
+        return self._write(save_markdown, target, "exported", "export")
+
+    def _write(self, save: Callable[[list[dict], Path], object], target: Path, done: str, verb: str) -> str:
+        # each record with its checkpoint's hash (computed once per file, when saving)
+        records = [r | {"checkpoint_sha256": file_sha256(r["checkpoint"])} for r in self.history]
+        try:
+            save(records, target)
+        except OSError as e:
+            raise OSError(f"could not {verb} to {target}: {e}") from None
+        return f"{done} {len(self.history)} generation(s) to {target}"
 
 
 def load_jsonl(path: str | Path) -> list[dict]:

@@ -6,12 +6,15 @@ replaces the last. Side panels read these too (a run keeps its settings, timing 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from model.backend import BackendInfo, Settings, TokenEvent, TokenStream
 from model.insight import perplexity
 from tui.stats import Timing
 from tui.widgets import DocumentView
+
+KEEP_LOGITS_MAX_VOCAB = 4096  # past tokens keep their logits (for knob previews) up to this vocab
 
 
 @dataclass(eq=False)
@@ -22,8 +25,9 @@ class Run:
     settings: Settings  # at the start, with the seed actually used
     info: BackendInfo
     timing: Timing
-    generation: TokenStream
+    generation: TokenStream | None  # None: a stepped text (tui.step), which has no stream to stop
     document: Document
+    prompt_tokens: int = 0  # how many tokens of the context the model was fed
     text: str = ""
     stop_reason: str | None = None
     error: str | None = None
@@ -36,7 +40,15 @@ class Run:
 
     @property
     def context_used(self) -> int:
-        return len(self.generation.prompt_ids) + self.timing.tokens
+        return self.prompt_tokens + self.timing.tokens
+
+    def add(self, events: list[TokenEvent]) -> None:
+        """Streamed tokens: their text, and the events for colouring and the token cursor."""
+        self.text += "".join(e.text for e in events)
+        if self.info.vocab_size <= KEEP_LOGITS_MAX_VOCAB:
+            self.events.extend(events)
+        else:  # 200 kB a token for GPT-2's vocabulary: keep the top candidates only
+            self.events.extend(dataclasses.replace(e, logits=None) for e in events)
 
 
 @dataclass(eq=False)

@@ -1,4 +1,5 @@
-"""The app's widgets: the prompt, the transcript, the stats bar. Styles live in app.tcss.
+"""The app's widgets: the prompt and one document of the transcript. Styles live in app.tcss; the
+transcript pane that holds the documents is tui.output, the bars above and below are tui.bars.
 
 Model output is untrusted text: it is shown through ``Content`` (never parsed as markup) with
 control characters made visible, so a stray escape sequence cannot drive the terminal.
@@ -9,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from textual import events
-from textual.containers import VerticalScroll
 from textual.content import Content
 from textual.message import Message
 from textual.style import Style
@@ -27,6 +27,8 @@ def visible(text: str) -> str:
 
 class PromptArea(TextArea):
     """The multiline prompt: Enter sends; Shift+Enter or Ctrl+J adds a newline."""
+
+    KEYS = (("Enter", "send"), ("Ctrl+J", "newline"))  # its own keys, for /help
 
     @dataclass
     class Submitted(Message):
@@ -179,26 +181,3 @@ def split_lines(parts: list[Part], lines: int) -> list[list[Part]]:
 
 class Note(Static):
     """Command output shown in the transcript (/help, /show)."""
-
-
-class OutputView(VerticalScroll):
-    """The transcript. Anchored: it follows the end while text streams in, until the user scrolls
-    away; scrolling back to the bottom follows again."""
-
-    def on_mount(self) -> None:
-        self.anchor()
-
-    def add_document(self) -> DocumentView:
-        view = DocumentView(classes="document")
-        self.mount(view)
-        return view
-
-    def add_note(self, text: str) -> None:
-        self.mount(Note(Content(text)))
-
-    def clear(self) -> None:
-        self.remove_children()
-
-
-class StatsBar(Static):
-    """tokens/s, time to first token, tokens, stop reason, context used: one line under the prompt."""

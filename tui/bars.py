@@ -1,0 +1,38 @@
+"""The two one-line bars: the checkpoint and backend at the top, the latest run's stats at the bottom."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.content import Content
+from textual.widgets import Static
+
+from model.backend import BackendInfo
+from tui.stats import status_line
+from tui.transcript import Run
+
+
+class StatsBar(Static):
+    """tokens/s, time to first token, tokens, stop reason, context used: one line under the prompt."""
+
+    def show_run(self, run: Run | None) -> None:
+        if run is None:
+            self.update("ready")
+            return
+        self.set_class(run.stop_reason == "stopped" or run.error is not None, "-stopped")
+        line = status_line(run.timing, run.stop_reason, run.context_used, run.info.block_size,
+                           run.settings.seed, not run.done)
+        ppl = run.perplexity
+        line += f"  ·  ppl {ppl:.2f}" if ppl is not None else ""
+        # one line of fixed height: repaint it, never re-lay-out the screen for it; plain Content,
+        # as a str would be parsed as markup on every update
+        self.update(Content(line + (f"  ·  error: {run.error}" if run.error else "")), layout=False)
+
+
+class TopBar(Static):
+    """The checkpoint, backend and device: one line at the top, with a backend's loading progress."""
+
+    def show_backend(self, info: BackendInfo, loading: str = "") -> None:
+        text = f"{Path(info.path).name}  ·  backend {info.backend}  ·  device {info.device}  ·  " \
+               f"block {info.block_size}  ·  vocab {info.vocab_size}"
+        self.update(text + (f"  ·  {loading}" if loading else ""))

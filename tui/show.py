@@ -1,0 +1,45 @@
+"""What `/show` writes into the transcript: the settings, backend and checkpoint; with `model`, the
+architecture, vocabulary and training facts of the loaded checkpoint."""
+
+from __future__ import annotations
+
+import torch
+
+from model.backend import Backend, BackendInfo, Settings
+from model.config import GPTConfig
+from model.gpt import build_model, count_params
+from tui import settings as settings_text
+from tui.widgets import visible
+
+
+def describe_run_settings(settings: Settings, info: BackendInfo) -> str:
+    """/show: the settings, then where they run."""
+    return (f"{settings_text.describe(settings)}\n{'backend':>15}  {info.backend} on {info.device}\n"
+            f"{'checkpoint':>15}  {info.path}")
+
+
+def describe_model(backend: Backend) -> str:
+    """/show model: the architecture, vocabulary and training facts of the loaded checkpoint."""
+    info, model = backend.info(), backend.torch_model()
+    c = info.config
+    if model is None and c:  # ONNX: count from the config, on the meta device (no memory, no maths)
+        with torch.device("meta"):
+            model = build_model(GPTConfig.from_dict(c))
+    params = f"{count_params(model):,}" if model is not None else "-"
+    meta = info.meta
+    training = " · ".join(f"{k.replace('_', ' ')} {meta[k]:.4g}" if isinstance(meta[k], float) else
+                          f"{k.replace('_', ' ')} {meta[k]}" for k in ("steps", "val_loss", "train_loss")
+                          if k in meta) or "not recorded in the checkpoint"
+    vocab = f"{info.vocab_size} tokens"
+    if info.vocab is not None:
+        vocab += ": " + visible(info.vocab.replace("\n", "⏎").replace(" ", "␣")) + " + end of text"
+    rows = [
+        ("model", f"{c.get('kind', '?')} · {c.get('n_layer', '?')} layers · {c.get('n_head', '?')} heads"
+                  f" · width {c.get('n_embd', '?')} · {c.get('attention', '?')} attention"),
+        ("block size", str(info.block_size)),
+        ("parameters", params),
+        ("vocabulary", vocab),
+        ("training", training),
+        ("checkpoint", f"{info.path} ({info.backend} on {info.device})"),
+    ]
+    return "\n".join(f"{k:>15}  {v}" for k, v in rows)

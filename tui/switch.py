@@ -1,0 +1,75 @@
+"""Switching the app's backend: a loaded one at once; another is made in a worker thread (an ONNX
+export can take a while), with its progress on the top bar. A failure keeps the current one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from textual.worker import get_current_worker
+
+from tui.backends import Backends
+from tui.bars import TopBar
+from tui.controls import Controls
+
+
+class BackendSwitch:
+    """Makes ``backends.active`` the backend the user picked (/backend or the controls panel).
+    ``leaving()`` is called on the UI thread just before: a generation belongs to the backend that
+    started it."""
+
+    def __init__(self, backends: Backends, topbar: TopBar, controls: Controls, notify: Callable[..., None],
+                 leaving: Callable[[], None]):
+        self.backends, self.topbar, self.controls = backends, topbar, controls
+        self.notify, self.leaving = notify, leaving
+
+    def show(self, loading: str = "") -> None:
+        self.topbar.show_backend(self.backends.current.info(), loading)
+
+    def to(self, name: str) -> None:
+        backends = self.backends
+        if name == backends.active:
+            self.controls.show_backend(name)
+        elif name in backends.loaded:
+            self._use(name)
+        elif name not in backends.factories:
+            self.notify(f"no {name} backend here; available: {', '.join(backends.names)}", "error")
+            self.controls.show_backend(backends.active)
+        else:
+            self.show(loading=f"loading {name}…")
+            self.topbar.run_worker(lambda: self._load(name), thread=True, exclusive=True, group="backend")
+
+    def _load(self, name: str) -> None:
+        """In the worker thread: make the backend, then hand it to the UI thread."""
+        worker = get_current_worker()
+        app = self.topbar.app
+
+        def progress(message: str) -> None:
+            if worker.is_cancelled:  # the app is closing: abandon a long export at its next step
+                raise RuntimeError("cancelled")
+            app.call_from_thread(self._progress, message)
+
+        try:
+            self.backends.get(name, progress)
+        except Exception as e:  # an import, export or load failure: say so, keep the current backend
+            if not worker.is_cancelled:
+                app.call_from_thread(self._failed, name, str(e) or type(e).__name__)
+            return
+        if not worker.is_cancelled:
+            app.call_from_thread(self._use, name)
+
+    def _progress(self, message: str) -> None:
+        self.show(loading=message)
+        self.notify(message, timeout=5)
+
+    def _failed(self, name: str, message: str) -> None:
+        self.show()
+        self.controls.show_backend(self.backends.active)
+        self.notify(f"could not switch to {name}: {message}", "error", timeout=15)
+
+    def _use(self, name: str) -> None:
+        self.leaving()
+        self.backends.active = name
+        self.show()
+        self.controls.show_backend(name)
+        info = self.backends.current.info()
+        self.notify(f"now generating with {info.backend} on {info.device}")
