@@ -202,7 +202,6 @@ def test_snapshot_next_token_panel(snap_compare):
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tiny_ckpt, tmp_path_factory):
-    pytest.importorskip("onnxruntime")
     from export.onnx_export import export_onnx
 
     return export_onnx(tiny_ckpt, tmp_path_factory.mktemp("onnx") / "tiny.onnx", validate=False)

@@ -2,10 +2,9 @@
 
 Why. In one process the app's rendering and the model's decode loop take turns on one GIL: every
 few milliseconds of Textual work on the UI thread stall the decode thread at its next PyTorch call,
-and on a small CPU the two also fight over cores. Measured on the shipped model (2-core CPU), the
-app with every panel hidden generated at half the engine's speed (bench/tui.py); with the model in
-this child, 7% below it. In its own process the decode loop never waits for the UI: the child gets
-all but one core, the UI the last one.
+and on a small CPU the two also fight over cores (README's "Performance" section has the measured
+cost). In its own process the decode loop never waits for the UI: the child gets all but one core,
+the UI the last one.
 
 How. ``RemoteBackend(local, factory)`` keeps ``local``, the backend the app already loaded, for
 everything but streaming: info, the vocabulary check, the tokenizer, and what the views into the
