@@ -45,5 +45,22 @@ def onnx(ckpt: str, out: str | None, opset: int | None, no_validate: bool) -> No
     click.echo(f"wrote {path} ({size:.1f} MiB) in {time.perf_counter() - start:.0f} s")
 
 
+@main.command("hf")
+@click.option("--ckpt", default=DEFAULT_CKPT, show_default=True,
+              help="Checkpoint to export (a relative name is also looked up in checkpoints/).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder to write (created if missing).")
+def hf(ckpt: str, out: str) -> None:
+    """Write a Hugging Face GPT-2 folder: config.json, model.safetensors and the tokenizer files, which
+    transformers.AutoModelForCausalLM.from_pretrained(OUT) loads with our logits."""
+    from export.hf_export import export_hf
+
+    try:
+        path = export_hf(resolve_ckpt(ckpt), out)
+    except CheckpointError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {path}/: {', '.join(sorted(p.name for p in path.iterdir()))}")
+
+
 if __name__ == "__main__":
     main()

@@ -15,7 +15,7 @@ from model.train import NonFiniteError, TrainConfig, train
 
 # model fields a flag may override; None means "keep the preset's value"
 MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "qkv_bias",
-               "tie_weights", "attention")
+               "tie_weights", "attention", "activation")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -31,6 +31,8 @@ MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "
 @click.option("--tie-weights/--no-tie-weights", default=None, help="Share token embedding and lm_head.")
 @click.option("--attention", type=click.Choice(["explicit", "fused"]),
               help="Step-by-step attention maths, or F.scaled_dot_product_attention.")
+@click.option("--activation", type=click.Choice(["gelu", "gelu_tanh"]),
+              help="The MLP's GELU: exact, or GPT-2's tanh approximation.")
 @click.option("--data", default="shakespeare",
               help=f"'shakespeare' (downloaded once, checksum verified; ${DATA_DIR_ENV} points at a "
                    "local copy) or the path of a UTF-8 text file.")

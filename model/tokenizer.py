@@ -1,4 +1,5 @@
-"""Tokenizers: characters (the lecture's) and GPT-2 byte-level BPE (through tiktoken, offline).
+"""Tokenizers: characters (the lecture's) and GPT-2 byte-level BPE (through tiktoken, offline;
+or carried in the checkpoint as data, model.bpe).
 
 Both implement ``Tokenizer``; both serialise to a small plain dict stored in checkpoints.
 """
@@ -131,6 +132,10 @@ def tokenizer_from_dict(d: dict, ranks_path: str | Path | None = None) -> Tokeni
     kind = d.get("kind")
     if kind == "char":
         return CharTokenizer(d["chars"])
+    if kind == "bpe" and "merges" in d:  # carried as data (model.bpe), e.g. imported from Hugging Face
+        from model.bpe import ByteBPETokenizer
+
+        return ByteBPETokenizer.from_dict(d)
     if kind == "bpe":
         return BPETokenizer(ranks_path)
     raise ValueError(f"unknown tokenizer kind {kind!r}")
