@@ -23,7 +23,8 @@ GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s
 @lru_cache(maxsize=1)
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map from the 256 bytes to printable characters (space -> 'Ġ')."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
     chars = list(printable)
     n = 0
     for b in range(256):
@@ -44,7 +45,8 @@ class ByteBPETokenizer:
                  eot: str = EOT, pattern: str = GPT2_SPLIT):
         import regex  # tiktoken's dependency: \p{L} classes, which re lacks
 
-        self.vocab, self.merges, self.special, self.pattern = list(vocab), list(merges), dict(special), pattern
+        self.vocab, self.merges, self.special = list(vocab), list(merges), dict(special)
+        self.pattern = pattern
         self.stoi = {t: i for i, t in enumerate(self.vocab)}
         if len(self.stoi) != len(self.vocab):
             raise ValueError("BPE vocabulary has duplicate tokens")

@@ -108,7 +108,9 @@ def hf_name(name: str) -> str:
     return "transformer." + re.sub(r"^blocks\.(\d+)\.", r"h.\1.", name)
 
 
-def state_from_hf(hf_state: dict[str, torch.Tensor], config: GPTConfig, where: str) -> dict[str, torch.Tensor]:
+def state_from_hf(
+    hf_state: dict[str, torch.Tensor], config: GPTConfig, where: str
+) -> dict[str, torch.Tensor]:
     """GPT-2's weights -> our state dict (Conv1D transposed, fp32), checked against the config."""
     from model.gpt import GPT
 
@@ -120,7 +122,8 @@ def state_from_hf(hf_state: dict[str, torch.Tensor], config: GPTConfig, where: s
         if ours is None:
             continue
         if ours not in want:
-            raise HFImportError(f"{where}: weight {name!r} has no place in a GPT-2; is it a GPT-2 checkpoint?")
+            raise HFImportError(f"{where}: weight {name!r} has no place in a GPT-2; "
+                                "is it a GPT-2 checkpoint?")
         tensor = tensor.float()
         state[ours] = tensor.t().contiguous() if ours.endswith(CONV1D) else tensor
         if state[ours].shape != want[ours].shape:
@@ -167,8 +170,9 @@ def tokenizer_from_hf(folder: Path, eot_id: int | None) -> ByteBPETokenizer:
         model = tj.get("model") or {}
         if model.get("type") != "BPE":
             raise HFImportError(f"{path}: model type {model.get('type')!r} is not a byte-level BPE")
-        for field, default in (("dropout", None), ("continuing_subword_prefix", None),
-                               ("end_of_word_suffix", None), ("byte_fallback", False), ("ignore_merges", False)):
+        defaults = {"dropout": None, "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                    "byte_fallback": False, "ignore_merges": False}  # GPT-2's
+        for field, default in defaults.items():
             if model.get(field, default) not in (default, ""):
                 raise HFImportError(f"{path}: model.{field}={model[field]!r} is not supported (GPT-2 has "
                                    f"{default!r})")

@@ -32,9 +32,9 @@ def hf(src: str, out: str, progress: bool) -> None:
         ckpt = import_hf(src, out, progress, say=lambda m: click.echo(m, err=True))
     except (HFImportError, CheckpointError) as e:
         raise click.ClickException(str(e)) from None
-    c = ckpt["config"]
-    click.echo(f"wrote {out} ({Path(out).stat().st_size / 2**20:.1f} MiB): {c['n_layer']} layers x "
-               f"{c['n_embd']}, vocab {c['vocab_size']}, block {c['block_size']}, from {ckpt['meta']['source']}")
+    c, size = ckpt["config"], Path(out).stat().st_size / 2**20
+    click.echo(f"wrote {out} ({size:.1f} MiB): {c['n_layer']} layers x {c['n_embd']}, vocab "
+               f"{c['vocab_size']}, block {c['block_size']}, from {ckpt['meta']['source']}")
 
 
 if __name__ == "__main__":
