@@ -31,6 +31,11 @@ HUB_FILES = ["config.json", "generation_config.json", "*.safetensors", "model.sa
              "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json"]
 # Conv1D modules: their weights are (in, out) in GPT-2's files
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+DOWNLOAD_ERRORS = {  # huggingface_hub's exception names -> what they mean for a user
+    "LocalEntryNotFoundError": "no network, or HF_HUB_OFFLINE set, and no cached copy",
+    "RepositoryNotFoundError": "no such model, or a private one",
+    "GatedRepoError": "a gated model: accept its terms and log in first",
+}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -226,10 +231,9 @@ def fetch(src: str, progress: bool = True) -> tuple[Path, str]:
     try:
         folder = snapshot_download(src, allow_patterns=HUB_FILES)
     except Exception as e:  # offline, unknown repo, refused: all end the same way for a user
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise HFImportError(f"could not download {src} from the Hugging Face hub ({type(e).__name__}: "
-                           f"{first}); download the model where you are online and pass its folder: "
-                           f"gpt-import hf PATH --out CKPT") from None
+        why = DOWNLOAD_ERRORS.get(type(e).__name__, type(e).__name__)
+        raise HFImportError(f"could not download {src} from the Hugging Face hub ({why}); download it where "
+                            "you are online and pass its folder: gpt-import hf FOLDER --out CKPT") from None
     return Path(folder), f"hf:{src}"
 
 
