@@ -134,6 +134,21 @@ def test_non_gpt2_configs_are_refused_naming_the_field(hf_dir, tmp_path, field, 
     assert not (tmp_path / "x.pt").exists()
 
 
+def test_hub_layout_without_prefix_and_with_mask_buffers_imports_the_same(hf_dir, imported, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "hub"
+    shutil.copytree(hf_dir, folder)
+    # openai-community/gpt2 stores GPT2Model's names and the causal-mask buffers
+    state = {k.removeprefix("transformer."): v for k, v in load_file(hf_dir / "model.safetensors").items()}
+    state["h.0.attn.bias"] = torch.ones(1, 1, 96, 96).tril()
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    import_hf(str(folder), tmp_path / "hub.pt", progress=False)
+    for a, b in zip(load_model(imported)[0].state_dict().values(),
+                    load_model(tmp_path / "hub.pt")[0].state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
 class Payload:  # a pickle that would run code if it were loaded without weights_only
     def __reduce__(self):
         return (print, ("code ran",))
