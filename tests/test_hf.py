@@ -262,6 +262,25 @@ def test_init_from_an_imported_gpt2_lowers_its_loss_and_records_where_it_started
     assert meta["train_config"]["init_from"] == str(imported)
 
 
+def test_gpt_train_init_from_flag(imported, tmp_path):
+    from model.cli import main as train_cli
+
+    text = tmp_path / "text.txt"
+    text.write_text(PROMPT * 40)
+    common = ["--init-from", str(imported), "--data", str(text), "--out", str(tmp_path / "o"),
+              "--no-progress", "--device", "cpu", "--dtype", "fp32"]
+    result = CliRunner().invoke(train_cli, [*common, "--n-layer", "4"])
+    assert result.exit_code == 1
+    assert result.output == (f"Error: --n-layer cannot change with --init-from {imported}: its weights "
+                             "fix them; drop the flag\n")
+    result = CliRunner().invoke(train_cli, [*common, "--block-size", "16", "--max-iters", "2",
+                                            "--batch-size", "2", "--eval-iters", "1"])
+    assert result.exit_code == 0, result.output
+    model, tok, meta = load_model(tmp_path / "o" / "ckpt.pt")
+    assert model.config.block_size == 16 and model.config.activation == "gelu_tanh"
+    assert tok.to_dict() == load_model(imported)[1].to_dict() and meta["init_from"]["path"] == str(imported)
+
+
 def test_init_from_refuses_shape_flags_and_a_longer_block(imported):
     from model.train import init_config
 
@@ -298,6 +317,11 @@ def test_onnx_folder_runs_in_optimum_and_genai_with_our_greedy_ids(onnx_dir, imp
     # GenAI stops at the end-of-text token, as our app does
     until_eot = ours[: ours.index(tok.eot_id)] if tok.eot_id in ours else ours
     assert len(until_eot) > 5 and genai_greedy(onnx_dir, prompt, 30) == until_eot
+    import onnxruntime_genai as og
+
+    genai_tok = og.Tokenizer(og.Model(str(onnx_dir)))
+    for text in VARIED_TEXT:
+        assert list(genai_tok.encode(text)) == tok.encode(text), text
 
 
 def greedy_ort(backend, prompt: list[int], steps: int) -> list[int]:
