@@ -63,7 +63,7 @@ def _bpe_model(vocab: dict[str, int], merges: list[str], unk: str | None) -> dic
 def byte_bpe_from_ranks(tok: BPETokenizer) -> ByteBPETokenizer:
     """A tiktoken ranks file -> vocab + merges: each merged token's parts are where BPE over its own
     bytes, with only the lower ranks, stops (GPT-2's ranks are its merge order)."""
-    ranks: dict[bytes, int] = tok._enc._mergeable_ranks
+    ranks = tok.ranks
     byte_char = bytes_to_unicode()
     as_str = lambda b: "".join(byte_char[x] for x in b)  # noqa: E731
     merges = []

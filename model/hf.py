@@ -142,19 +142,33 @@ def state_from_hf(
     return state
 
 
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise HFImportError(f"cannot read {path} ({type(e).__name__}: {e}); download it again") from None
+
+
 def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
     """The weights of a Hugging Face folder -> (name -> tensor, file name): safetensors, its shards,
     or pytorch_model.bin loaded with weights_only=True (a pickle that could run code is refused)."""
     from safetensors.torch import load_file
 
+    def read(path: Path) -> dict[str, torch.Tensor]:
+        try:
+            return load_file(path)
+        except Exception as e:  # safetensors' own error type for damaged or missing files
+            raise HFImportError(f"cannot read {path} ({type(e).__name__}: {str(e)[:80]}); "
+                                "download it again") from None
+
     single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
     if single.is_file():
-        return load_file(single), single.name
+        return read(single), single.name
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        shards = sorted(set(read_json(index).get("weight_map", {}).values()))
         state = {}
         for shard in shards:
-            state |= load_file(folder / shard)
+            state |= read(folder / shard)
         return state, index.name
     binary = folder / "pytorch_model.bin"
     if binary.is_file():
@@ -171,7 +185,7 @@ def tokenizer_from_hf(folder: Path, eot_id: int | None) -> ByteBPETokenizer:
     """tokenizer.json (or vocab.json + merges.txt) -> our byte-level BPE as data."""
     path = folder / "tokenizer.json"
     if path.is_file():
-        tj = json.loads(path.read_text(encoding="utf-8"))
+        tj = read_json(path)
         model = tj.get("model") or {}
         if model.get("type") != "BPE":
             raise HFImportError(f"{path}: model type {model.get('type')!r} is not a byte-level BPE")
@@ -187,14 +201,14 @@ def tokenizer_from_hf(folder: Path, eot_id: int | None) -> ByteBPETokenizer:
                                "(ByteLevel, add_prefix_space false)")
         if tj.get("normalizer"):
             raise HFImportError(f"{path}: normalizer {tj['normalizer'].get('type')!r} is not supported")
-        vocab_map, merges = model["vocab"], model["merges"]
+        vocab_map, merges = model.get("vocab", {}), model.get("merges", [])
         special = {t["content"]: t["id"] for t in tj.get("added_tokens", [])}
     else:
         vocab_path, merges_path = folder / "vocab.json", folder / "merges.txt"
         if not (vocab_path.is_file() and merges_path.is_file()):
             raise HFImportError(f"{folder} has no tokenizer.json nor vocab.json + merges.txt; "
                                "pass a folder with GPT-2's tokenizer")
-        vocab_map = json.loads(vocab_path.read_text(encoding="utf-8"))
+        vocab_map = read_json(vocab_path)
         lines = merges_path.read_text(encoding="utf-8").splitlines()
         merges = [line for line in lines if line and not line.startswith("#version")]
         special = {t: i for t, i in vocab_map.items() if t == EOT}
@@ -244,7 +258,7 @@ def import_hf(src: str, out: str | Path, progress: bool = True,
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise HFImportError(f"{folder} has no config.json; pass a Hugging Face GPT-2 folder")
-    hf = json.loads(config_path.read_text(encoding="utf-8"))
+    hf = read_json(config_path)
     config = config_from_hf(hf, str(config_path))
     tokenizer = tokenizer_from_hf(folder, hf.get("eos_token_id"))
     if tokenizer.vocab_size > config.vocab_size:

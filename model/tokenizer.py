@@ -108,6 +108,7 @@ class BPETokenizer:
             )
         ranks = load_tiktoken_bpe(str(path))
         self.ranks_path = str(path)
+        self.ranks = ranks  # token bytes -> rank, which is also its id
         self.eot_id = len(ranks)  # 50256 for the real file
         self.vocab_size = len(ranks) + 1
         self._enc = tiktoken.Encoding(

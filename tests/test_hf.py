@@ -149,6 +149,20 @@ def test_hub_layout_without_prefix_and_with_mask_buffers_imports_the_same(hf_dir
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("name, message", [
+    ("model.safetensors", "cannot read {folder}/model.safetensors (SafetensorError"),
+    ("config.json", "cannot read {folder}/config.json (JSONDecodeError"),
+])
+def test_damaged_files_are_one_line_errors(hf_dir, tmp_path, name, message):
+    folder = tmp_path / "damaged"
+    shutil.copytree(hf_dir, folder)
+    (folder / name).write_bytes((folder / name).read_bytes()[:50])
+    result = CliRunner().invoke(import_cli, ["hf", str(folder), "--out", str(tmp_path / "x.pt")])
+    last = result.output.strip().splitlines()[-1]  # after the progress note on stderr
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert last.startswith("Error: " + message.format(folder=folder)) and last.endswith("download it again")
+
+
 class Payload:  # a pickle that would run code if it were loaded without weights_only
     def __reduce__(self):
         return (print, ("code ran",))
