@@ -114,6 +114,7 @@ def tokenizer_files(tok: Tokenizer, block_size: int) -> dict[str, dict | str]:
         raise CheckpointError(f"no Hugging Face form for a {type(tok).__name__}")
     config = {"tokenizer_class": tokenizer_class, "model_max_length": block_size, "eos_token": eot,
               "bos_token": eot, "unk_token": eot, "add_prefix_space": False,
+              "model_input_names": ["input_ids", "attention_mask"],  # no token_type_ids: GPT-2 has none
               # decoding must give back the text as it was ("a ." stays "a .")
               "clean_up_tokenization_spaces": False}
     special = {"eos_token": eot, "bos_token": eot, "unk_token": eot}

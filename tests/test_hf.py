@@ -244,6 +244,9 @@ def test_char_model_exports_with_equal_logits_and_a_round_tripping_tokenizer(tmp
     assert ids == tok.encode(text) and hf_tok.decode(ids) == text
     # outside the vocabulary: the same replacement as our unknown="replace"
     assert hf_tok.encode("hé").ids == tok.encode("hé", unknown="replace")
+    auto = transformers.AutoTokenizer.from_pretrained(out)  # what generate(**inputs) is given
+    assert set(auto("ROMEO:\n")) == {"input_ids", "attention_mask"}  # no token_type_ids: GPT-2 has none
+    assert auto.decode(auto("ROMEO: a .")["input_ids"]) == "ROMEO: a ."
 
 
 def test_bigram_does_not_export(tmp_path):
