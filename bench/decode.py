@@ -1,6 +1,6 @@
 """Decode speed at batch 1: the KV cache against nanoGPT-style recompute, and ONNX Runtime.
 
-    python bench/decode.py [--tokens 500] [--runs 3] [--quick]
+    python bench/decode.py [--tokens 500] [--runs 3] [--quick] [--hf [--hf-shape tiny]]
 
 For the shipped model (when checkpoints/shakespeare.pt exists) and the shakespeare-char preset with
 random weights: tokens/s for `--tokens` new tokens from a short prompt, greedy, through the same
@@ -16,8 +16,13 @@ reaches; the gap is per-token overhead (Python, dispatch, attention over the cac
 On this CPU the chain is bound by memory bandwidth, not by the matmul rate: the recompute path
 is compute bound, the cached one bandwidth bound, and their ratio is capped accordingly. ONNX
 Runtime's own mat-vec kernels stream the same weights faster, so it can beat this limit.
-The last line, for shakespeare-char:
+With ``--hf``, Hugging Face transformers' ``generate()`` (greedy, its KV cache) runs the same weights
+side by side with our cached path and ONNX Runtime, at the shakespeare-char shape and at GPT-2
+124M's (random weights: speed does not depend on them), each for as many tokens as both fit in the
+block (transformers cannot slide its window). ``--hf-shape tiny`` swaps 124M for a 2-layer model
+of the same vocabulary, to check the script runs. The last line, for shakespeare-char:
 cached_tok_s=<f> recompute_tok_s=<f> speedup=<f> limit_tok_s=<f> [onnx_tok_s=<f> onnx_vs_torch=<f>]
+  [hf_tok_s=<f> torch_vs_hf=<f> onnx_vs_hf=<f>]   (with --hf: GPT-2 124M's)
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import SHIPPED, random_shakespeare_char
+from common import SHIPPED, random_gpt2, random_shakespeare_char
 from torch.nn import functional as F
 
 from model import checkpoint
@@ -114,11 +119,53 @@ def onnx_tok_s(ckpt_path: Path, tokenizer, args) -> float | None:
         return tok_s(backend.decoder, tokenizer, args.tokens, args.runs)
 
 
+def hf_tok_s(model: GPT, prompt: list[int], tokens: int, runs: int) -> float:
+    """Median tokens/s of transformers' greedy generate() on our weights, as GPT2LMHeadModel."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from export.hf_export import hf_state
+    from model.hf import hf_config
+
+    hf = GPT2LMHeadModel(GPT2Config(**hf_config(model.config, eot_id=0))).eval()
+    hf.load_state_dict(hf_state(model), strict=False)  # strict=False: the tied lm_head is not listed
+    ids = torch.tensor([prompt])
+    rates = []
+    with torch.inference_mode():
+        for _ in range(runs):
+            t = time.perf_counter()
+            out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
+                              min_new_tokens=tokens, do_sample=False, pad_token_id=0)
+            rates.append((out.size(1) - ids.size(1)) / (time.perf_counter() - t))
+    return statistics.median(rates)
+
+
+def bench_hf(name: str, model: GPT, tokenizer, ckpt_path: Path, args) -> dict:
+    """Our cached path, ONNX Runtime and transformers on the same weights and the same prompt."""
+    prompt = tokenizer.encode(PROMPT)
+    tokens = min(args.tokens, model.config.block_size - len(prompt))
+    print(f"\n{name} beside transformers: {model.config.n_layer} layers x {model.config.n_embd}, vocab "
+          f"{model.config.vocab_size}, {tokens} new tokens, median of {args.runs}", flush=True)
+    sub = argparse.Namespace(**{**vars(args), "tokens": tokens})
+    cached = tok_s(lambda: TorchDecoder(model), tokenizer, tokens, args.runs)
+    hf = hf_tok_s(model, prompt, tokens, args.runs)
+    print(f"  cached       {cached:8.1f} tok/s   {cached / hf:.2f}x transformers", flush=True)
+    print(f"  transformers {hf:8.1f} tok/s", flush=True)
+    result = dict(hf_tok_s=hf, torch_vs_hf=cached / hf)
+    onnx = onnx_tok_s(ckpt_path, tokenizer, sub)
+    if onnx is not None:
+        print(f"  onnx (CPU)   {onnx:8.1f} tok/s   {onnx / hf:.2f}x transformers", flush=True)
+        result["onnx_vs_hf"] = onnx / hf
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=500, help="new tokens per run")
     parser.add_argument("--runs", type=int, default=3, help="runs per path (median)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 20 tokens, 1 run")
+    parser.add_argument("--hf", action="store_true", help="also transformers' generate() on the same weights")
+    parser.add_argument("--hf-shape", choices=["124m", "tiny"], default="124m",
+                        help="the GPT-2 shape for --hf (tiny: check the script runs)")
     args = parser.parse_args()
     if args.quick:
         args.tokens, args.runs = 20, 1
@@ -134,6 +181,12 @@ def main() -> None:
         models.append(("shakespeare-char (random weights)", model, tokenizer, path))
         for name, model, tokenizer, path in models:
             result = bench_model(name, model, tokenizer, path, args)
+        if args.hf:
+            bench_hf(*models[-1], args)  # shakespeare-char, printed only
+            model, tokenizer = random_gpt2(args.hf_shape)
+            path = Path(tmp) / "gpt2.pt"
+            checkpoint.save(checkpoint.payload(model, tokenizer), path)
+            result |= bench_hf(f"GPT-2 {args.hf_shape} (random weights)", model, tokenizer, path, args)
     print(" ".join(f"{k}={v:.2f}" for k, v in result.items()))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import click
@@ -18,18 +19,24 @@ def main() -> None:
 @main.command("onnx")
 @click.option("--ckpt", default=DEFAULT_CKPT, show_default=True,
               help="Checkpoint to export (a relative name is also looked up in checkpoints/).")
-@click.option("--out", type=click.Path(dir_okay=False),
-              help="Where to write the .onnx [default: the checkpoint's path with .onnx].")
+@click.option("--out", type=click.Path(),
+              help="Where to write the .onnx [default: the checkpoint's path with .onnx]; a folder "
+                   "(ending in / or existing) gets model.onnx plus what Optimum and ONNX Runtime GenAI read.")
 @click.option("--opset", type=click.IntRange(min=18), help="ONNX opset [default: 18].")
 @click.option("--no-validate", is_flag=True, help="Skip the checker, parity and greedy checks.")
 def onnx(ckpt: str, out: str | None, opset: int | None, no_validate: bool) -> None:
     """Write one self-contained .onnx with a KV cache (prefill and decode in one graph), then
     validate it: onnx.checker with shape inference, logit parity with PyTorch at several batch,
-    prompt and past lengths, and identical greedy tokens for a prompt plus 20 steps."""
+    prompt and past lengths, and identical greedy tokens for a prompt plus 20 steps.
+
+    With --out DIR/ the folder also holds config.json, genai_config.json and the tokenizer files, so
+    optimum's ORTModelForCausalLM and onnxruntime_genai.Model load it as it is."""
+    from export.folder import MODEL_FILE, export_folder
     from export.onnx_export import export_onnx
     from export.ort_backend import OnnxModelError
     from export.validate import ValidationError
 
+    folder = bool(out) and (out.endswith(("/", os.sep)) or os.path.isdir(out))
     console = Console(stderr=True, log_path=False)
     start = time.perf_counter()
     try:
@@ -38,11 +45,32 @@ def onnx(ckpt: str, out: str | None, opset: int | None, no_validate: bool) -> No
                 console.log(message, markup=False, highlight=False)
                 status.update(message)
 
-            path = export_onnx(resolve_ckpt(ckpt), out, opset, say, validate=not no_validate)
+            if folder:
+                path = export_folder(resolve_ckpt(ckpt), out, opset, say, not no_validate) / MODEL_FILE
+            else:
+                path = export_onnx(resolve_ckpt(ckpt), out, opset, say, validate=not no_validate)
     except (CheckpointError, OnnxModelError, ValidationError) as e:
         raise click.ClickException(str(e)) from None
     size = path.stat().st_size / 2**20
-    click.echo(f"wrote {path} ({size:.1f} MiB) in {time.perf_counter() - start:.0f} s")
+    beside = " and the files Optimum and GenAI read beside it" if folder else ""
+    click.echo(f"wrote {path} ({size:.1f} MiB){beside} in {time.perf_counter() - start:.0f} s")
+
+
+@main.command("hf")
+@click.option("--ckpt", default=DEFAULT_CKPT, show_default=True,
+              help="Checkpoint to export (a relative name is also looked up in checkpoints/).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder to write (created if missing).")
+def hf(ckpt: str, out: str) -> None:
+    """Write a Hugging Face GPT-2 folder: config.json, model.safetensors and the tokenizer files, which
+    transformers.AutoModelForCausalLM.from_pretrained(OUT) loads with our logits."""
+    from export.hf_export import export_hf
+
+    try:
+        path = export_hf(resolve_ckpt(ckpt), out)
+    except CheckpointError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {path}/: {', '.join(sorted(p.name for p in path.iterdir()))}")
 
 
 if __name__ == "__main__":

@@ -11,11 +11,11 @@ from model import distributed
 from model.checkpoint import CheckpointError
 from model.config import PRESETS, preset
 from model.data import DATA_DIR_ENV, DataError
-from model.train import NonFiniteError, TrainConfig, train
+from model.train import NonFiniteError, TrainConfig, init_config, train
 
 # model fields a flag may override; None means "keep the preset's value"
 MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "qkv_bias",
-               "tie_weights", "attention")
+               "tie_weights", "attention", "activation")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -31,12 +31,18 @@ MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "
 @click.option("--tie-weights/--no-tie-weights", default=None, help="Share token embedding and lm_head.")
 @click.option("--attention", type=click.Choice(["explicit", "fused"]),
               help="Step-by-step attention maths, or F.scaled_dot_product_attention.")
+@click.option("--activation", type=click.Choice(["gelu", "gelu_tanh"]),
+              help="The MLP's GELU: exact, or GPT-2's tanh approximation.")
 @click.option("--data", default="shakespeare",
               help=f"'shakespeare' (downloaded once, checksum verified; ${DATA_DIR_ENV} points at a "
                    "local copy) or the path of a UTF-8 text file.")
 @click.option("--out", "out_dir", default="out", type=click.Path(file_okay=False),
               help="Folder for ckpt.pt and metrics.jsonl.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/ckpt.pt exactly where it stopped.")
+@click.option("--init-from", type=click.Path(dir_okay=False),
+              help="Start from this checkpoint's weights, config and tokenizer (an imported GPT-2 or one "
+                   "of ours) with a fresh optimizer; --block-size may crop; --dropout, --attention may "
+                   "change.")
 @click.option("--batch-size", default=64, type=click.IntRange(min=1), help="Sequences per micro-batch.")
 @click.option("--gradient-accumulation-steps", "grad_accum", default=1, type=click.IntRange(min=1),
               help="Micro-batches per optimizer step.")
@@ -60,7 +66,8 @@ MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "
               help="Autocast dtype; auto = bf16 on GPUs and CPUs that support it, else fp32.")
 @click.option("--compile", is_flag=True, help="torch.compile the model (helps on GPUs).")
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
-def main(preset_name: str, data: str, out_dir: str, resume: bool, grad_accum: int, **flags) -> None:
+def main(preset_name: str, data: str, out_dir: str, resume: bool, grad_accum: int, init_from: str | None,
+         **flags) -> None:
     """Train a GPT (or the bigram baseline) on Tiny Shakespeare or any text file.
 
     Writes OUT/ckpt.pt (full state, for --resume and for gpt-tui) at every evaluation and
@@ -77,8 +84,12 @@ def main(preset_name: str, data: str, out_dir: str, resume: bool, grad_accum: in
     for k in MODEL_FLAGS:
         flags.pop(k, None)
     try:
-        cfg = TrainConfig(model=preset(preset_name).replace(**model_changes), data=data,
-                          out_dir=out_dir, resume=resume, grad_accum=grad_accum, **flags)
+        if init_from:
+            model = init_config(init_from, model_changes)
+        else:
+            model = preset(preset_name).replace(**model_changes)
+        cfg = TrainConfig(model=model, data=data, out_dir=out_dir, resume=resume, grad_accum=grad_accum,
+                          init_from=init_from, **flags)
         train(cfg, log=lambda m: click.echo(m, err=True))
     except (ValueError, DataError, CheckpointError, NonFiniteError) as e:
         raise click.ClickException(_on_rank(str(e))) from None

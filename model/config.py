@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Attention = Literal["explicit", "fused"]
+Activation = Literal["gelu", "gelu_tanh"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class GPTConfig:
     qkv_bias: bool = True  # bias on the query/key/value projection (off for our gpt2-124m)
     tie_weights: bool = True  # lm_head shares the token embedding matrix
     attention: Attention = "fused"  # "explicit" is the lecture's step-by-step maths
+    # the MLP's GELU: exact (erf), or the tanh approximation GPT-2 was trained with ("gelu_new")
+    activation: Activation = "gelu"
 
     def __post_init__(self) -> None:
         if self.kind not in ("gpt", "bigram"):
@@ -44,6 +47,8 @@ class GPTConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.attention not in ("explicit", "fused"):
             raise ValueError(f"attention must be 'explicit' or 'fused', not {self.attention!r}")
+        if self.activation not in ("gelu", "gelu_tanh"):
+            raise ValueError(f"activation must be 'gelu' or 'gelu_tanh', not {self.activation!r}")
 
     @property
     def head_size(self) -> int:

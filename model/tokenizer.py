@@ -1,4 +1,5 @@
-"""Tokenizers: characters (the lecture's) and GPT-2 byte-level BPE (through tiktoken, offline).
+"""Tokenizers: characters (the lecture's) and GPT-2 byte-level BPE (through tiktoken, offline;
+or carried in the checkpoint as data, model.bpe).
 
 Both implement ``Tokenizer``; both serialise to a small plain dict stored in checkpoints.
 """
@@ -6,15 +7,13 @@ Both implement ``Tokenizer``; both serialise to a small plain dict stored in che
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 
 from model.paths import RANKS_ENV, ranks_path
-
-EOT = "<|endoftext|>"
-Unknown = Literal["reject", "replace"]  # prompt characters outside the vocabulary
+from model.special import EOT, Unknown
 
 
 class UnknownCharactersError(ValueError):
@@ -99,6 +98,7 @@ class BPETokenizer:
             )
         ranks = load_tiktoken_bpe(str(path))
         self.ranks_path = str(path)
+        self.ranks = ranks  # token bytes -> rank, which is also its id
         self.eot_id = len(ranks)  # 50256 for the real file
         self.vocab_size = len(ranks) + 1
         self._enc = tiktoken.Encoding(
@@ -123,6 +123,10 @@ def tokenizer_from_dict(d: dict, ranks_file: str | Path | None = None) -> Tokeni
     kind = d.get("kind")
     if kind == "char":
         return CharTokenizer(d["chars"])
+    if kind == "bpe" and "merges" in d:  # carried as data (model.bpe), e.g. imported from Hugging Face
+        from model.bpe import ByteBPETokenizer
+
+        return ByteBPETokenizer.from_dict(d)
     if kind == "bpe":
         return BPETokenizer(ranks_file)
     raise ValueError(f"unknown tokenizer kind {kind!r}")

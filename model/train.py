@@ -53,6 +53,9 @@ class TrainConfig:
     compile: bool = False
     resume: bool = False
     progress: bool = True
+    # start from this checkpoint's weights and tokenizer (fresh optimizer); model comes from
+    # init_config, so only block_size (cropped), dropout and attention may differ from its config
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval"):
@@ -111,6 +114,7 @@ class Trainer:
     step: int = 0
     best_val: float = float("inf")
     dist: Dist = distributed.SINGLE
+    origin: dict = field(default_factory=dict)  # the checkpoint --init-from started from, if any
 
     def batch(self, split: str = "train", gen: torch.Generator | None = None):
         x, y = get_batch(
@@ -235,6 +239,40 @@ def _plain(d: dict) -> dict:
     return json.loads(json.dumps(d))
 
 
+# what --init-from may change: the rest is fixed by the weights
+INIT_CHANGES = ("block_size", "dropout", "attention")
+
+
+def init_config(path: str | Path, changes: dict) -> GPTConfig:
+    """The model config for ``--init-from path``: the checkpoint's, with ``changes`` from the flags
+    (only INIT_CHANGES; block_size may only shrink, cropping the learned positions)."""
+    config = GPTConfig.from_dict(checkpoint.load(path)["config"])
+    fixed = sorted(set(changes) - set(INIT_CHANGES))
+    if fixed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
+        raise ValueError(f"{flags} cannot change with --init-from {path}: its weights fix them; "
+                         "drop the flag")
+    if changes.get("block_size", 0) > config.block_size:
+        raise ValueError(f"--block-size {changes['block_size']} exceeds the {config.block_size} positions "
+                         f"{path} learned; --init-from can only crop")
+    return config.replace(**changes)
+
+
+def start_from(src: dict, cfg: TrainConfig) -> torch.nn.Module:
+    """The model of checkpoint ``src`` under ``cfg.model``: same weights, positions cropped."""
+    model, _ = checkpoint.restore_model(src, cfg.init_from)
+    same = cfg.model.replace(**{k: getattr(model.config, k) for k in INIT_CHANGES})
+    if same != model.config:
+        raise ValueError(f"--init-from {cfg.init_from}: the model config differs from the checkpoint's "
+                         "beyond block size, dropout and attention; build it with model.train.init_config")
+    state = model.state_dict()
+    if "wpe.weight" in state:
+        state["wpe.weight"] = state["wpe.weight"][: cfg.model.block_size]  # (block, C): the first rows
+    cropped = build_model(cfg.model)
+    cropped.load_state_dict(state)
+    return cropped
+
+
 def setup(
     cfg: TrainConfig, log: Callable[[str], None] = print, dist: Dist = distributed.SINGLE
 ) -> tuple[Trainer, object]:
@@ -245,7 +283,8 @@ def setup(
     amp_dtype = resolve_dtype(cfg.dtype, device)
     ckpt = checkpoint.load(checkpoint_path(cfg)) if cfg.resume else None
     rngs = saved_rng(ckpt["train"], dist.world_size, checkpoint_path(cfg)) if ckpt else None
-    tokenizer = tokenizer_from_dict(ckpt["tokenizer"]) if ckpt else None
+    src = checkpoint.load(cfg.init_from) if cfg.init_from and not ckpt else None
+    tokenizer = tokenizer_from_dict((ckpt or src)["tokenizer"]) if (ckpt or src) else None
     with distributed.local_main_first(dist):  # one download per node, not one per rank
         tokenizer, splits = load_corpus(cfg.data, tokenizer)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
@@ -253,6 +292,8 @@ def setup(
         model, _ = checkpoint.restore_model(ckpt, checkpoint_path(cfg))
         if model.config != cfg.model.replace(vocab_size=model.config.vocab_size):
             log("resuming: the model shape comes from the checkpoint, not the flags")
+    elif src:
+        model = start_from(src, cfg)
     else:
         model = build_model(cfg.model.replace(vocab_size=tokenizer.vocab_size))
     model.to(device)
@@ -264,6 +305,12 @@ def setup(
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     batch_gen = distributed.batch_generator(cfg.seed, dist.rank)
     tr = Trainer(cfg, model, model, optimizer, splits, device, amp_dtype, batch_gen, scaler, dist=dist)
+    if src:
+        was = src.get("meta", {})
+        tr.origin = {"path": str(cfg.init_from), "source": was.get("source"), "steps": was.get("steps")}
+        log(f"starting from the weights of {cfg.init_from} with a fresh optimizer")
+    elif ckpt:
+        tr.origin = ckpt.get("meta", {}).get("init_from", {})
     if ckpt:
         t = ckpt["train"]
         optimizer.load_state_dict(t["optimizer"])
@@ -313,6 +360,8 @@ def _run(cfg: TrainConfig, log: Callable[[str], None], dist: Dist) -> Trainer:
         bar.note(f"step {tr.step}: train {losses['train']:.4f}, val {losses['val']:.4f}")
         meta = {"steps": tr.step, "val_loss": losses["val"], "train_loss": losses["train"],
                 "tokens_seen": tr.step * tokens_per_step, "train_config": settings}
+        if tr.origin:
+            meta["init_from"] = tr.origin
         save_training(tr, tokenizer, meta)
 
     t0 = time.perf_counter()

@@ -11,11 +11,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 
+from model.atomic import atomic_write
 from model.backend import BackendInfo, Settings
 from tui import settings as settings_text
 from tui.stats import STOP_NAMES, Timing
@@ -67,16 +67,9 @@ def record(prompt: str, completion: str, stop_reason: str | None, settings: Sett
 def save_jsonl(records: Iterable[dict], path: str | Path) -> Path:
     """Write records one per line, atomically (a crash leaves the old file or the new one)."""
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
     return path
 
 

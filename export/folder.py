@@ -1,0 +1,74 @@
+"""An ONNX folder other runtimes load: our ``model.onnx`` plus the files their loaders look for.
+
+- Hugging Face Optimum (``optimum.onnxruntime.ORTModelForCausalLM.from_pretrained(DIR)``) reads
+  ``config.json`` as a GPT-2's to learn the heads and layers, and finds the cache inputs by the
+  ``past_key_values.{i}.key`` names our graph already uses (export.onnx_export).
+- ONNX Runtime GenAI (``onnxruntime_genai.Model(DIR)``) reads ``genai_config.json``: model type
+  ``decoder`` (a generic decoder, nothing model-specific assumed), our input and output names, and
+  ``past_present_share_buffer: false``, because our graph returns the present as past + new (a new
+  buffer every step) rather than writing into a preallocated one.
+- Both take the tokenizer from ``tokenizer.json`` and friends (export.hf_export).
+
+The ``model.onnx`` is the same file as the single-file export, metadata included, so our own
+ONNX Runtime backend opens it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from export.hf_export import hf_files, write_files
+from export.onnx_export import export_onnx
+from model.checkpoint import load, restore_model
+from model.config import GPTConfig
+
+MODEL_FILE = "model.onnx"
+
+
+def genai_config(config: GPTConfig, eot_id: int) -> dict:
+    """genai_config.json for our graph (see the module docstring)."""
+    return {
+        "model": {
+            "type": "decoder",
+            "bos_token_id": eot_id, "eos_token_id": eot_id, "pad_token_id": eot_id,
+            "context_length": config.block_size, "vocab_size": config.vocab_size,
+            "decoder": {
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "filename": MODEL_FILE,
+                "head_size": config.head_size, "hidden_size": config.n_embd,
+                "num_attention_heads": config.n_head, "num_key_value_heads": config.n_head,
+                "num_hidden_layers": config.n_layer,
+                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                           "position_ids": "position_ids", "past_key_names": "past_key_values.%d.key",
+                           "past_value_names": "past_key_values.%d.value"},
+                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                            "present_value_names": "present.%d.value"},
+            },
+        },
+        "search": {
+            "do_sample": False, "num_beams": 1, "num_return_sequences": 1, "max_length": config.block_size,
+            "min_length": 0, "past_present_share_buffer": False, "repetition_penalty": 1.0,
+            "temperature": 1.0, "top_k": 1, "top_p": 1.0, "early_stopping": True, "length_penalty": 1.0,
+            "no_repeat_ngram_size": 0, "diversity_penalty": 0.0,
+        },
+    }
+
+
+def export_folder(
+    ckpt_path: str | Path,
+    out: str | Path,
+    opset: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    validate: bool = True,
+) -> Path:
+    """Write ``out/model.onnx`` (validated as the single file is) and the files Optimum and GenAI read."""
+    say = progress or (lambda message: None)
+    out = Path(out)
+    model, tokenizer = restore_model(load(ckpt_path), ckpt_path)
+    export_onnx(ckpt_path, out / MODEL_FILE, opset, say, validate)
+    say(f"writing config.json, genai_config.json and the tokenizer into {out}")
+    files = hf_files(model.config, tokenizer)
+    files["genai_config.json"] = genai_config(model.config, tokenizer.eot_id)
+    write_files(out, files)
+    return out
