@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -208,7 +209,9 @@ def char_cut(text: str) -> int:
 
 
 def pieces(docs: Iterable[Document], cut: Callable[[str], int | None],
-           piece_chars: int = PIECE_CHARS) -> Iterator[Piece]:
+           piece_chars: int | None = None) -> Iterator[Piece]:
+    """Each document's text in pieces of about ``piece_chars``, cut only where ``cut`` allows."""
+    piece_chars = piece_chars or PIECE_CHARS
     for doc in docs:
         buf, nbytes, first = "", 0, True
         for text, n in doc:
@@ -405,9 +408,8 @@ def prepare(cfg: PrepareConfig, log: Callable[[str], None] = print,
     workers = cfg.workers or os.cpu_count() or 1
     sized = [s for s in train_src + val_src if isinstance(s, Path)]
     total = None if len(sized) < len(train_src) + len(val_src) else sum(p.stat().st_size for p in sized)
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))  # unique per run
     try:
         with PrepareProgress(total, cfg.progress) as bar:
             if tok is None:
@@ -457,8 +459,8 @@ def _install(staging: Path, out: Path, wanted: dict) -> None:
     if is_fresh(out, wanted):  # a concurrent run of the same input finished first: keep its folder
         return
     if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.rename(out, old)
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        os.rename(out, old / "folder")
         os.rename(staging, out)
         shutil.rmtree(old, ignore_errors=True)
     else:
