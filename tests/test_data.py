@@ -1,4 +1,5 @@
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,3 +143,12 @@ def test_a_folder_prepared_with_another_tokenizer_is_refused(prepared):
     with pytest.raises(DataError, match="was prepared with another tokenizer .char, vocab 97. than the "
                                         "checkpoint's .char, vocab 4.; prepare the data with gpt-prepare"):
         open_corpus(str(prepared), tokenizer=other)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")
+def test_no_shard_stays_mapped_between_batches(prepared):
+    """Pages read through a map that stays open count as resident memory: the maps are per batch."""
+    data = open_prepared(prepared)
+    x, _ = get_batch(data.train, 8, 16, torch.Generator().manual_seed(0))
+    assert x.shape == (8, 16)
+    assert str(prepared) not in Path("/proc/self/maps").read_text()
