@@ -156,16 +156,24 @@ def hf_documents(src: HFSource, text_field: str, limit: int | None) -> Iterator[
     if text_field not in first:
         raise DataError(f"{src.dataset} rows have no {text_field!r} field (they have {sorted(first)}); "
                         "pass --text-field")
-    for i, row in enumerate(_chain(first, rows)):
+    for i, row in enumerate(_chain(first, rows, src)):
         if limit is not None and i >= limit:
             return
         text = row[text_field]
         yield iter([(text, len(text.encode("utf-8", "surrogatepass")))])
 
 
-def _chain(first, rest):
+def _chain(first: dict, rest: Iterator[dict], src: HFSource) -> Iterator[dict]:
     yield first
-    yield from rest
+    n = 1
+    try:
+        for row in rest:
+            yield row
+            n += 1
+    except Exception as e:  # the connection dropped mid-stream, most likely
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"the stream of {src.dataset} failed after {n:,} documents ({reason}); run the "
+                        "command again (the output folder is as it was)") from None
 
 
 def documents(sources: list[Path | HFSource], cfg: PrepareConfig) -> Iterator[Document]:

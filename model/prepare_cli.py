@@ -33,8 +33,8 @@ def main(sources: tuple[str, ...], out: str | None, val_sources: tuple[str, ...]
     Hugging Face dataset) into token shards and a manifest in OUT. Running it again on unchanged
     input does nothing.
 
+    \b
         gpt-prepare books/ --tokenizer gpt2 --out data/books
-
         gpt-prepare hf:HuggingFaceFW/fineweb-edu:sample-10BT --tokenizer gpt2 --out data/fineweb
     """
     try:

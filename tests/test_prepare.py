@@ -145,6 +145,17 @@ def test_hugging_face_errors_are_one_line(tmp_path, monkeypatch):
                             "on the Hub (LocalEntryNotFoundError)); check the name and that this machine "
                             "is online, or prepare local text files")
 
+    def dropped(*args, **kwargs):
+        yield {"text": "one"}
+        yield {"text": "two"}
+        raise ConnectionError("Read timed out.")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=dropped))
+    with pytest.raises(DataError, match=r"^the stream of openwebtext failed after 2 documents \(Read timed "
+                                        r"out.\); run the command again \(the output folder is as it was\)$"):
+        run(tmp_path, "hf:openwebtext")
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
+
 
 def test_cli_prepares_verifies_and_explains(tmp_path):
     (tmp_path / "t.txt").write_text(TEXT * 400)  # about 150 KB: shards longer than the edge checks
