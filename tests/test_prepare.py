@@ -1,6 +1,7 @@
 """gpt-prepare: documents joined by end-of-text, tokens identical to encoding the whole text, the
 manifest's counts and checksums, re-runs that do nothing, and one-line errors."""
 
+import dataclasses
 import random
 import sys
 import types
@@ -183,3 +184,22 @@ def test_cli_prepares_verifies_and_explains(tmp_path):
     result = runner.invoke(main, [str(tmp_path / "t.txt"), "--out", str(tmp_path / "mine")])
     assert result.exit_code == 1 and "holds files gpt-prepare did not write" in result.output
     assert (tmp_path / "mine" / MANIFEST).exists() is False
+
+
+@pytest.mark.slow  # two short training runs
+def test_training_reads_a_prepared_folder_and_resumes_from_it(tmp_path, monkeypatch):
+    from model.config import GPTConfig
+    from model.train import TrainConfig, train
+
+    ranks = tmp_path / "tiny.tiktoken"
+    write_ranks(ranks, [bytes([b]) for b in range(256)] + [b"he", b" t"])
+    monkeypatch.setenv("GPT_BPE_RANKS", str(ranks))
+    (tmp_path / "t.txt").write_text(TEXT * 3)
+    run(tmp_path, tmp_path / "t.txt", tokenizer="gpt2", shard_tokens=300)
+    cfg = TrainConfig(model=GPTConfig(block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0),
+                      data=str(tmp_path / "out"), out_dir=str(tmp_path / "run"), batch_size=4, max_iters=2,
+                      eval_interval=2, eval_iters=1, device="cpu", dtype="fp32", progress=False)
+    tr = train(cfg, log=lambda m: None)
+    assert tr.model.config.vocab_size == 259 and tr.splits.folder == tmp_path / "out"
+    tr = train(dataclasses.replace(cfg, max_iters=3, resume=True), log=lambda m: None)
+    assert tr.step == 3
