@@ -173,8 +173,9 @@ def run(args, work: Path) -> None:
     tok = BPETokenizer()
 
     def ours(tokenizer: str, name: str) -> None:
-        prepare(PrepareConfig(sources=(str(corpus),), out=str(work / name), tokenizer=tokenizer,
-                              progress=False), log=lambda m: None)
+        # BPE gets the loaded tokenizer, as nanoGPT's way does: both time encoding, not loading ranks
+        cfg = PrepareConfig(sources=(str(corpus),), out=str(work / name), tokenizer=tokenizer, progress=False)
+        prepare(cfg, log=lambda m: None, tokenizer=tok if tokenizer == "gpt2" else None)
 
     t_bpe = timed(lambda: ours("gpt2", "bpe"))
     t_nano = timed(lambda: nanogpt_bpe(corpus, work / "nanogpt_bpe.bin", tok))
