@@ -35,7 +35,8 @@ MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "
               help="The MLP's GELU: exact, or GPT-2's tanh approximation.")
 @click.option("--data", default="shakespeare",
               help=f"'shakespeare' (downloaded once, checksum verified; ${DATA_DIR_ENV} points at a "
-                   "local copy) or the path of a UTF-8 text file.")
+                   "local copy), a UTF-8 text file (both tokenized once into the user cache) or a "
+                   "folder written by gpt-prepare.")
 @click.option("--out", "out_dir", default="out", type=click.Path(file_okay=False),
               help="Folder for ckpt.pt and metrics.jsonl.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/ckpt.pt exactly where it stopped.")
@@ -65,6 +66,9 @@ MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "
 @click.option("--dtype", default="auto", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
               help="Autocast dtype; auto = bf16 on GPUs and CPUs that support it, else fp32.")
 @click.option("--compile", is_flag=True, help="torch.compile the model (helps on GPUs).")
+@click.option("--fsdp", is_flag=True,
+              help="Under torchrun: shard parameters, gradients and optimizer state over the ranks (FSDP2) "
+                   "instead of replicating the model (DDP), computing in --dtype; checkpoints are whole.")
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 def main(preset_name: str, data: str, out_dir: str, resume: bool, grad_accum: int, init_from: str | None,
          **flags) -> None:

@@ -1,5 +1,7 @@
-"""Data-parallel training under ``torchrun``: which rank this process is, its process group, and
-the few collectives the training loop needs.
+"""Data-parallel training under ``torchrun``: which rank this process is, its process group, the
+few collectives the training loop needs, and the two ways of spreading a model over ranks: DDP
+(every rank holds the whole model) or FSDP2 (``--fsdp``: each rank holds 1/N of the parameters,
+gradients and optimizer state, gathering a block's weights just before it runs).
 
 ``torchrun`` starts one process per device and tells each its place through environment variables
 (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT). Without them, or with a world of one, nothing
@@ -16,7 +18,17 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as tdist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
+
+from model.gpt import GPT
 
 # How long a collective may wait for a slow rank before failing. Ranks meet at every optimizer
 # step; the longest gap is rank 0 writing a checkpoint, seconds even for GPT-2 small. A rank that
@@ -127,11 +139,63 @@ def wrap(model: torch.nn.Module, dist: Dist, device: torch.device) -> torch.nn.M
     return ddp
 
 
+def shard(model: torch.nn.Module, dist: Dist, amp_dtype: torch.dtype) -> torch.nn.Module:
+    """FSDP2: each block is its own unit (its weights are gathered just before it runs and freed
+    after), the embeddings, final LayerNorm and head one more. Parameters stay fp32 shards (the
+    optimizer's master copy); with a lower ``amp_dtype`` they are gathered and computed in it, and
+    gradients are reduced in fp32. Shards in place and returns the same module; call it before the
+    optimizer is made, since it replaces the parameters. A single process gets the model back."""
+    if not dist.enabled:
+        return model
+    policy = MixedPrecisionPolicy(param_dtype=None if amp_dtype == torch.float32 else amp_dtype,
+                                  reduce_dtype=torch.float32)
+    for block in model.blocks if isinstance(model, GPT) else []:  # the bigram is one unit
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    return model
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    return isinstance(model, FSDPModule)
+
+
 def grad_sync(module: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
-    """Micro-steps that only accumulate skip DDP's all-reduce; the last one averages the sum."""
+    """Micro-steps that only accumulate skip the gradient all-reduce (DDP) or reduce-scatter
+    (FSDP); the last one averages the sum."""
+    if isinstance(module, FSDPModule):
+        module.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
     if sync or not isinstance(module, DistributedDataParallel):
         return contextlib.nullcontext()
     return module.no_sync()
+
+
+# gather every shard to rank 0's CPU; the other ranks get empty dicts (and no copy in memory)
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """(model state, optimizer state) as one process holds them, so that a checkpoint of a sharded
+    run loads in a single process. Under FSDP a collective (every rank calls it): the full tensors
+    arrive on rank 0 only, and the optimizer state is keyed by parameter name."""
+    if not is_sharded(model):
+        return model.state_dict(), optimizer.state_dict()
+    return get_model_state_dict(model, options=FULL), get_optimizer_state_dict(model, optimizer, options=FULL)
+
+
+def load_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Restore optimizer state saved by full_state: a plain state dict, or a sharded run's (keyed by
+    parameter name), which each rank cuts to its own shards."""
+    by_name = any(isinstance(p, str) for g in state.get("param_groups", []) for p in g["params"])
+    if is_sharded(model) or by_name:
+        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(state)
+
+
+def item(value: torch.Tensor) -> float:
+    """A scalar as a float; under FSDP the gradient norm is a replicated DTensor."""
+    return (value.full_tensor() if isinstance(value, DTensor) else value).item()
 
 
 def mean(value: torch.Tensor, dist: Dist) -> torch.Tensor:

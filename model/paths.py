@@ -27,3 +27,8 @@ def ranks_path() -> Path:
 def onnx_cache_dir() -> Path:
     """Where exports of checkpoints in read-only folders (an installed package) go."""
     return cache_dir() / "onnx"
+
+
+def tokens_cache_dir() -> Path:
+    """Where ``gpt-train --data FILE`` (and ``shakespeare``) keeps the text prepared as token shards."""
+    return cache_dir() / "tokens"

@@ -106,6 +106,11 @@ class BPETokenizer:
             special_tokens={EOT: self.eot_id},
         )
 
+    @property
+    def encoding(self) -> tiktoken.Encoding:
+        """The tiktoken encoding itself, for batch and NumPy encoding (model.prepare)."""
+        return self._enc
+
     def unknown_chars(self, text: str) -> list[str]:
         return []
 

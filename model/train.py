@@ -21,7 +21,7 @@ import torch
 
 from model import checkpoint, distributed
 from model.config import GPTConfig
-from model.data import Splits, get_batch, load_corpus
+from model.data import Splits, TokenData, get_batch, open_corpus
 from model.device import Device, DType, autocast, resolve_device, resolve_dtype
 from model.distributed import Dist
 from model.gpt import build_model, count_params
@@ -31,7 +31,7 @@ from model.tokenizer import tokenizer_from_dict
 @dataclass(frozen=True)
 class TrainConfig:
     model: GPTConfig = field(default_factory=GPTConfig)
-    data: str = "shakespeare"  # or the path of a UTF-8 text file
+    data: str = "shakespeare"  # or the path of a UTF-8 text file or of a gpt-prepare folder
     out_dir: str = "out"
     batch_size: int = 64
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -51,6 +51,7 @@ class TrainConfig:
     device: Device = "auto"
     dtype: DType = "auto"
     compile: bool = False
+    fsdp: bool = False  # shard parameters, gradients and optimizer state over ranks (FSDP2), not DDP
     resume: bool = False
     progress: bool = True
     # start from this checkpoint's weights and tokenizer (fresh optimizer); model comes from
@@ -65,6 +66,8 @@ class TrainConfig:
             raise ValueError("learning-rate must be positive and min-lr non-negative")
         if self.warmup_iters < 0:
             raise ValueError(f"warmup-iters must be >= 0, got {self.warmup_iters}")
+        if self.fsdp and self.compile:
+            raise ValueError("--fsdp with --compile is not supported yet; drop one of them")
 
     @property
     def decay_iters(self) -> int:
@@ -106,7 +109,7 @@ class Trainer:
     model: torch.nn.Module  # the raw module (checkpoints, eval)
     forward: Callable  # model, compiled and/or wrapped in DDP: what training calls
     optimizer: torch.optim.Optimizer
-    splits: Splits
+    splits: Splits | TokenData  # TokenData: memory-mapped shards (model.shards)
     device: torch.device
     amp_dtype: torch.dtype
     batch_gen: torch.Generator  # data sampling; saved in checkpoints so resume is exact
@@ -144,7 +147,7 @@ def train_step(tr: Trainer) -> tuple[float, float]:
         tr.scaler.unscale_(tr.optimizer)
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
     norm = torch.nn.utils.clip_grad_norm_(tr.model.parameters(), max_norm)
-    loss_value, norm_value = distributed.mean(total, tr.dist).item(), norm.item()
+    loss_value, norm_value = distributed.mean(total, tr.dist).item(), distributed.item(norm)
     if not (math.isfinite(loss_value) and math.isfinite(norm_value)) and tr.scaler is None:
         tr.optimizer.zero_grad(set_to_none=True)
         raise NonFiniteError(
@@ -179,6 +182,9 @@ def evaluate(tr: Trainer, iters: int | None = None) -> dict[str, float]:
             with autocast(tr.device, tr.amp_dtype):
                 _, loss = tr.model(x, y)
             losses[i] = loss.float()
+        if distributed.is_sharded(tr.model) and tr.dist.rank >= len(losses) % tr.dist.world_size > 0:
+            with autocast(tr.device, tr.amp_dtype):  # FSDP: every rank runs as many forwards (collectives)
+                tr.model(x, y)
         out[split] = (distributed.mean(losses.sum(), tr.dist) * tr.dist.world_size / len(losses)).item()
     tr.model.train()
     return out
@@ -205,15 +211,17 @@ def set_rng_state(tr: Trainer, state: dict) -> None:
 
 
 def save_training(tr: Trainer, tokenizer, meta: dict) -> None:
-    """Rank 0 writes the full state, with every rank's RNG state; all ranks must call it."""
+    """Rank 0 writes the full state, with every rank's RNG state; all ranks must call it. A sharded
+    (FSDP) run's weights and optimizer state are gathered first, so the file loads in one process."""
+    weights, optimizer_state = distributed.full_state(tr.model, tr.optimizer)
     rngs = distributed.gather(rng_state(tr), tr.dist)
     if not tr.dist.is_main:
         return
-    state = checkpoint.payload(tr.model, tokenizer, meta)
+    state = checkpoint.payload(tr.model, tokenizer, meta) | {"model": weights}
     state["train"] = {
         "step": tr.step,
         "best_val": tr.best_val,
-        "optimizer": tr.optimizer.state_dict(),
+        "optimizer": optimizer_state,
         "world_size": tr.dist.world_size,
         "rng": rngs,  # one dict per rank, in rank order
         "config": _plain(dataclasses.asdict(tr.cfg)),
@@ -286,7 +294,7 @@ def setup(
     src = checkpoint.load(cfg.init_from) if cfg.init_from and not ckpt else None
     tokenizer = tokenizer_from_dict((ckpt or src)["tokenizer"]) if (ckpt or src) else None
     with distributed.local_main_first(dist):  # one download per node, not one per rank
-        tokenizer, splits = load_corpus(cfg.data, tokenizer)
+        tokenizer, splits = open_corpus(cfg.data, tokenizer, log=log, progress=cfg.progress and dist.is_main)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     if ckpt:
         model, _ = checkpoint.restore_model(ckpt, checkpoint_path(cfg))
@@ -301,6 +309,11 @@ def setup(
         torch.manual_seed(distributed.rank_seed(cfg.seed, dist.rank))
     log(f"{model.config.kind} model: {count_params(model) / 1e6:.2f}M parameters, "
         f"vocab {model.config.vocab_size}, block {model.config.block_size}")
+    if cfg.fsdp:
+        if amp_dtype == torch.float16:
+            raise ValueError("--fsdp runs in bf16 or fp32 (fp16 would need a sharded gradient scaler); "
+                             "pass --dtype bf16 or --dtype fp32")
+        model = distributed.shard(model, dist, amp_dtype)  # before the optimizer: it holds the shards
     optimizer = make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     batch_gen = distributed.batch_generator(cfg.seed, dist.rank)
@@ -313,12 +326,13 @@ def setup(
         tr.origin = ckpt.get("meta", {}).get("init_from", {})
     if ckpt:
         t = ckpt["train"]
-        optimizer.load_state_dict(t["optimizer"])
+        distributed.load_optimizer(model, optimizer, t["optimizer"])
         tr.step, tr.best_val = t["step"], t["best_val"]
         set_rng_state(tr, rngs[dist.rank])
         log(f"resumed from {checkpoint_path(cfg)} at step {tr.step}")
     # compile the inner module, then wrap it: torch.compile does not trace DDP's hooks well
-    tr.forward = distributed.wrap(torch.compile(model) if cfg.compile else model, dist, device)
+    tr.forward = model if cfg.fsdp else distributed.wrap(torch.compile(model) if cfg.compile else model,
+                                                         dist, device)
     return tr, tokenizer
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,11 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # CI and this machine have no network: read Tiny Shakespeare from ../shared/data when it is there.
 if "GPT_DATA_DIR" not in os.environ and (SHARED_DATA / "tinyshakespeare.txt").is_file():
     os.environ["GPT_DATA_DIR"] = str(SHARED_DATA)
+
+# Tests never write into the user's cache: texts that training prepares into token shards on first
+# use (model.data.open_corpus) go to a temp folder of this session.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="gpt-tests-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
 
 # The tests' models are 16 wide: a second thread gains nothing, and on a busy machine the threads
 # of one matmul wait on each other (the fast tier ran twice as long with two threads under load).

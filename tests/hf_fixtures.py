@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from model.data import read_text
+from model.data import text_source
 
 EOT = "<|endoftext|>"
 BPE_VOCAB = 400  # 256 bytes + 144 merges: small, and still merges common words
@@ -43,7 +43,7 @@ def gpt2_folder(folder: Path, block_size: int = 96) -> Path:
     """A Hugging Face GPT-2 folder as save_pretrained writes it (model and fast tokenizer)."""
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    tok = train_bpe(read_text("shakespeare"))
+    tok = train_bpe(text_source("shakespeare").read_text(encoding="utf-8"))
     eot_id = tok.token_to_id(EOT)
     config = GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=block_size, n_embd=16, n_layer=2,
                         n_head=2, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,

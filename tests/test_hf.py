@@ -223,9 +223,9 @@ def test_char_model_exports_with_equal_logits_and_a_round_tripping_tokenizer(tmp
                                                                              shakespeare_available):
     from tokenizers import Tokenizer
 
-    from model.data import read_text
+    from model.data import text_source
 
-    text = read_text("shakespeare")
+    text = text_source("shakespeare").read_text(encoding="utf-8")
     tok = CharTokenizer.from_text(text)
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=16,
