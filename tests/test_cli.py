@@ -20,7 +20,7 @@ def test_bad_flag_value_names_the_flag():
 
 def test_invalid_combination_is_one_clear_line(tmp_path):
     result = CliRunner().invoke(main, ["--n-embd", "100", "--n-head", "6", "--out", str(tmp_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a usage error, as click's own
     assert result.output.strip() == (
         "Error: n_embd must be divisible by n_head: 100 % 6 != 0; pick n_embd as a multiple of 6"
     )
@@ -28,5 +28,5 @@ def test_invalid_combination_is_one_clear_line(tmp_path):
 
 def test_missing_data_file(tmp_path):
     result = CliRunner().invoke(main, ["--data", str(tmp_path / "none.txt"), "--out", str(tmp_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "none.txt does not exist; pass --data shakespeare or a text file" in result.output
