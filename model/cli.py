@@ -171,10 +171,10 @@ def checkpoint_file(ctx: click.Context, param: click.Parameter, value: str) -> s
     """A checkpoint argument: an existing file, else a usage error naming what it is instead."""
     path = Path(value)
     if path.is_dir():
-        raise click.BadParameter(f"{value} is a directory; pass a checkpoint file (such as "
-                                 f"{path / 'ckpt.pt'})")
+        raise Refused(f"{param.human_readable_name} {value} is a directory; pass a checkpoint file (such "
+                      f"as {path / 'ckpt.pt'})")
     if not path.is_file():
-        raise click.BadParameter(f"checkpoint {value} not found; train one with gpt-train")
+        raise Refused(f"checkpoint {value} not found; train one with gpt-train")
     return value
 
 
@@ -184,7 +184,7 @@ def data_source(ctx: click.Context, param: click.Parameter, value: str) -> str:
     try:
         check_data(value)
     except SettingsError as e:
-        raise click.BadParameter(str(e).removeprefix("--data ")) from None
+        raise Refused(str(e)) from None
     return value
 
 

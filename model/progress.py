@@ -50,7 +50,8 @@ def peak_flops(device_type: str, device_name: str, dtype: torch.dtype) -> tuple[
                   f"{rate / 1e9:.1f} GFLOP/s")
 
 
-def matmul_flops(device: torch.device, dtype: torch.dtype, n: int = 1024, reps: int = 3) -> float:
+def matmul_flops(device: torch.device, dtype: torch.dtype, n: int = 512, reps: int = 4) -> float:
+    """FLOP/s of an n x n matmul here: big enough for the BLAS's fast path, a fraction of a second."""
     gen = torch.Generator().manual_seed(0)  # its own: the run's random streams stay untouched
     a, b = (torch.randn(n, n, generator=gen).to(device, dtype) for _ in range(2))
     a @ b  # warm-up: kernels, allocator
