@@ -145,7 +145,8 @@ def resumed(stored: dict, model: GPTConfig, given: dict[str, object], out_dir: s
     if unknown:
         raise SettingsError(f"{where} has unknown training settings {sorted(unknown)}; "
                             "it was written by a newer gpt-from-scratch")
-    base = TrainConfig(model=model, **{k: v for k, v in stored.items() if k != "model"})
+    # how the stored run was started (--overwrite, say) is no part of it
+    base = TrainConfig(model=model, **{k: v for k, v in stored.items() if k not in ("model", *RUN_ACTIONS)})
     changes: dict[str, object] = {}
     notes: list[str] = []
     for name, value in given.items():

@@ -182,6 +182,7 @@ def test_resumed_config_rules():
     with pytest.raises(SettingsError, match="--lr-decay-iters 20: this run's lr-decay-iters is 10"):
         resumed(saved, model, {"lr_decay_iters": 20}, "out", 6, "x")
     assert resumed(saved, model, {"lr_decay_iters": 10}, "out", 6, "x")[1] == []  # the same schedule
+    assert resumed(saved | {"overwrite": True}, model, {}, "out", 6, "x")[0].resume  # started afresh: fine
     with pytest.raises(SettingsError, match="newer gpt-from-scratch"):
         resumed(saved | {"flash": True}, model, {}, "out", 6, "x")
 
@@ -386,3 +387,13 @@ def test_the_commands_import_no_torch_until_work_starts():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=os.environ | {"PYTHONPATH": str(REPO)},
                           capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "[]", proc.stderr
+
+
+@pytest.mark.slow  # starts several gpt-train processes, seconds each
+def test_kill_9_then_plain_resume_equals_an_uninterrupted_run(tmp_path):
+    """bench/kill_resume.py with fewer kills: SIGKILL at random moments, then `--resume` alone."""
+    from bench.kill_resume import measure
+
+    result = measure(kills=3, steps=60, seed=3, work=tmp_path, say=lambda m: None)
+    assert result["kills"] >= 1  # a process that ends before its kill moment is simply not killed
+    assert result["weights_equal"] and result["each_step_once"] and result["losses_equal"], result
