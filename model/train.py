@@ -324,16 +324,17 @@ def _interrupted(cfg: TrainConfig, tr: Trainer | None, ckpt: dict | None) -> str
     """What is true after Ctrl+C: the step reached, and what is saved."""
     path = checkpoint_path(cfg)
     at = f"at step {tr.step}" if tr else "before training started"
-    saved = tr.saved if tr else (ckpt["train"]["step"], ckpt["meta"].get("val_loss")) if ckpt else None
+    saved = tr.saved if tr else (
+        (ckpt["train"]["step"], ckpt.get("meta", {}).get("val_loss", float("nan"))) if ckpt else None)
     if saved is not None:
         return (f"interrupted {at}; {path} holds step {saved[0]} (val loss {saved[1]:.4f}): continue "
                 f"with gpt-train --resume --out {cfg.out_dir}")
     if cfg.resume:
         return f"interrupted {at}; {path} is unchanged: continue with gpt-train --resume --out {cfg.out_dir}"
-    again = " --overwrite" if (Path(cfg.out_dir) / run_folder.METRICS).exists() else ""
+    again = (Path(cfg.out_dir) / run_folder.METRICS).exists()
     first = min(cfg.eval_interval, cfg.max_iters)
     return (f"interrupted {at}; nothing saved yet (the first checkpoint comes at step {first}): "
-            f"start again with the same flags{again}")
+            f"start again with the same flags{' and --overwrite' if again else ''}")
 
 
 def _run(cfg: TrainConfig, log: Callable[[str], None], dist: Dist, ckpt: dict | None) -> Trainer:

@@ -326,8 +326,9 @@ def test_ctrl_c_says_what_is_saved_and_exits_130(text, tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "train_step", interrupt_at(1))
     early = gpt_train("--data", str(text), "--out", str(tmp_path / "a"), *TINY)
     assert early.exit_code == 130
-    assert early.output.splitlines()[-1] == ("interrupted at step 1; nothing saved yet (the first checkpoint "
-                                             "comes at step 2): start again with the same flags --overwrite")
+    assert early.output.splitlines()[-1] == (
+        "interrupted at step 1; nothing saved yet (the first checkpoint comes at step 2): start again with "
+        "the same flags and --overwrite")
     monkeypatch.setattr(train_module, "train_step", interrupt_at(3))
     late = gpt_train("--data", str(text), "--out", str(tmp_path / "b"), *TINY)
     assert late.exit_code == 130
