@@ -1,19 +1,33 @@
-"""`gpt-export`: turn a checkpoint into a file other runtimes load."""
+"""`gpt-export`: turn a checkpoint into a file other runtimes load.
+
+Nothing heavy is imported at module level (torch, onnx, rich), so ``--help`` and ``--version``
+answer at once.
+"""
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import click
-from rich.console import Console
 
-from model.checkpoint import DEFAULT_CKPT, CheckpointError, resolve_ckpt
+DEFAULT_CKPT = "shakespeare.pt"  # model.checkpoint.DEFAULT_CKPT, named here without importing torch
+
+
+class UsageError(click.ClickException):
+    """A usage error (a missing checkpoint) told in one line, with click's usage exit code."""
+
+    exit_code = 2
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="gpt-from-scratch", prog_name="gpt-export")
 def main() -> None:
-    """Export a trained GPT for other runtimes."""
+    """Export a trained GPT for other runtimes.
+
+    Exit codes: 0 done; 1 failed (the message says why; an older output is left as it was); 2 a
+    usage error (a bad value, a missing checkpoint)."""
 
 
 @main.command("onnx")
@@ -31,11 +45,22 @@ def onnx(ckpt: str, out: str | None, opset: int | None, no_validate: bool) -> No
 
     With --out DIR/ the folder also holds config.json, genai_config.json and the tokenizer files, so
     optimum's ORTModelForCausalLM and onnxruntime_genai.Model load it as it is."""
+    from rich.console import Console
+
     from export.folder import MODEL_FILE, export_folder
     from export.onnx_export import export_onnx
     from export.ort_backend import OnnxModelError
     from export.validate import ValidationError
+    from model.atomic import WriteError
+    from model.checkpoint import CheckpointError, resolve_ckpt
 
+    if Path(ckpt).is_dir():
+        raise UsageError(f"--ckpt {ckpt} is a directory; pass a checkpoint file (such as "
+                         f"{Path(ckpt) / 'ckpt.pt'})")
+    try:
+        path = resolve_ckpt(ckpt)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
     folder = bool(out) and (out.endswith(("/", os.sep)) or os.path.isdir(out))
     console = Console(stderr=True, log_path=False)
     start = time.perf_counter()
@@ -46,14 +71,14 @@ def onnx(ckpt: str, out: str | None, opset: int | None, no_validate: bool) -> No
                 status.update(message)
 
             if folder:
-                path = export_folder(resolve_ckpt(ckpt), out, opset, say, not no_validate) / MODEL_FILE
+                written = export_folder(path, out, opset, say, not no_validate) / MODEL_FILE
             else:
-                path = export_onnx(resolve_ckpt(ckpt), out, opset, say, validate=not no_validate)
-    except (CheckpointError, OnnxModelError, ValidationError) as e:
+                written = export_onnx(path, out, opset, say, validate=not no_validate)
+    except (CheckpointError, OnnxModelError, ValidationError, WriteError) as e:
         raise click.ClickException(str(e)) from None
-    size = path.stat().st_size / 2**20
+    size = written.stat().st_size / 2**20
     beside = " and the files Optimum and GenAI read beside it" if folder else ""
-    click.echo(f"wrote {path} ({size:.1f} MiB){beside} in {time.perf_counter() - start:.0f} s")
+    click.echo(f"wrote {written} ({size:.1f} MiB){beside} in {time.perf_counter() - start:.0f} s")
 
 
 @main.command("hf")
@@ -65,12 +90,20 @@ def hf(ckpt: str, out: str) -> None:
     """Write a Hugging Face GPT-2 folder: config.json, model.safetensors and the tokenizer files, which
     transformers.AutoModelForCausalLM.from_pretrained(OUT) loads with our logits."""
     from export.hf_export import export_hf
+    from model.atomic import WriteError
+    from model.checkpoint import CheckpointError, resolve_ckpt
 
+    if Path(ckpt).is_dir():
+        raise UsageError(f"--ckpt {ckpt} is a directory; pass a checkpoint file")
     try:
-        path = export_hf(resolve_ckpt(ckpt), out)
+        path = resolve_ckpt(ckpt)
     except CheckpointError as e:
+        raise UsageError(str(e)) from None
+    try:
+        written = export_hf(path, out)
+    except (CheckpointError, WriteError) as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"wrote {path}/: {', '.join(sorted(p.name for p in path.iterdir()))}")
+    click.echo(f"wrote {written}/: {', '.join(sorted(p.name for p in written.iterdir()))}")
 
 
 if __name__ == "__main__":

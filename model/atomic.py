@@ -10,6 +10,14 @@ from pathlib import Path
 from typing import IO
 
 
+class WriteError(OSError):
+    """A file could not be written (a full disk, a read-only folder); the message names the file and
+    says that the old one, if any, is unchanged. The errno is the original one."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 @contextmanager
 def atomic_write(
     path: str | Path, mode: str = "wb", encoding: str | None = None,
@@ -17,15 +25,17 @@ def atomic_write(
 ) -> Iterator[IO]:
     """Open a temp file beside ``path`` for the block to write; then flush, fsync and rename it over
     ``path``. ``check(temp_path)`` runs on the complete file before the rename: if it raises, the
-    temp file is deleted and ``path`` is left as it was. Any exception does the same.
+    temp file is deleted and ``path`` is left as it was. Any exception does the same; an OSError
+    (a full disk) comes out as a one-line WriteError.
 
     The temp file is in the same folder because a rename is only atomic within one file system."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)  # reopened by name, so f.name is the temp path (some writers read it)
-    tmp = Path(name)
+    tmp: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)  # reopened by name, so f.name is the temp path (some writers read it)
+        tmp = Path(name)
         with open(tmp, mode, encoding=encoding) as f:
             yield f
             f.flush()
@@ -33,6 +43,28 @@ def atomic_write(
         if check is not None:
             check(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        _remove(tmp)
+        if isinstance(e, WriteError):
+            raise
+        raise write_error(path, e) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
+
+
+def write_error(path: Path, error: OSError) -> WriteError:
+    """``error`` (from writing ``path``) as one line saying what is left on disk."""
+    left = "the old file is unchanged" if path.exists() else "nothing was written"
+    return WriteError(error.errno, f"could not write {path}: {error.strerror or error}; {left}")
+
+
+def temp_files(path: str | Path) -> list[Path]:
+    """Temp files atomic_write left beside ``path`` when its process was killed mid-write."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+def _remove(tmp: Path | None) -> None:
+    if tmp is not None:
+        tmp.unlink(missing_ok=True)

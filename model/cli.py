@@ -1,4 +1,9 @@
-"""`gpt-train`: nanoGPT's flags in kebab-case, parsed into a TrainConfig for model.train.train."""
+"""`gpt-train` and `gpt-report`: nanoGPT's flags in kebab-case, parsed into a TrainConfig for
+model.train.train, and the model-card reports of model.report.
+
+Nothing here imports torch at module level: ``--help`` and ``--version`` answer at once, and the
+work imports what it needs when it starts.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +11,36 @@ import os
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
-from model import distributed
-from model.checkpoint import CheckpointError
-from model.config import PRESETS, preset
-from model.data import DATA_DIR_ENV, DataError
-from model.train import NonFiniteError, TrainConfig, init_config, train
+from model.config import PRESETS
+from model.paths import DATA_DIR_ENV
+from model.train_config import (
+    MAX_LEARNING_RATE,
+    MAX_SEED,
+    MODEL_FIELDS,
+    SettingsError,
+    TrainConfig,
+    flag,
+    fresh,
+    preset_values,
+)
 
-# model fields a flag may override; None means "keep the preset's value"
-MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "qkv_bias",
-               "tie_weights", "attention", "activation")
+D = TrainConfig()  # the defaults shown in --help: nanoGPT's train_shakespeare_char
+EXIT_INTERRUPTED = 130  # as a shell reports a process ended by SIGINT, and as gpt-tui --batch
+VERSION = {"package_name": "gpt-from-scratch"}
+
+
+class Refused(click.ClickException):
+    """A usage error told in one line: the command line cannot run as given (exit code 2)."""
+
+    exit_code = 2
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(**VERSION, prog_name="gpt-train")
 @click.option("--preset", "preset_name", type=click.Choice(list(PRESETS)), default="shakespeare-char",
-              help="Model shape to start from; the flags below override its fields.")
+              help="Model shape and training settings to start from; the flags below override them.")
 @click.option("--n-layer", type=click.IntRange(min=1), help="Transformer blocks.")
 @click.option("--n-head", type=click.IntRange(min=1), help="Attention heads per block.")
 @click.option("--n-embd", type=click.IntRange(min=1), help="Embedding width (divisible by n-head).")
@@ -33,79 +53,128 @@ MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "
               help="Step-by-step attention maths, or F.scaled_dot_product_attention.")
 @click.option("--activation", type=click.Choice(["gelu", "gelu_tanh"]),
               help="The MLP's GELU: exact, or GPT-2's tanh approximation.")
-@click.option("--data", default="shakespeare",
+@click.option("--data", default=D.data,
               help=f"'shakespeare' (downloaded once, checksum verified; ${DATA_DIR_ENV} points at a "
                    "local copy), a UTF-8 text file (both tokenized once into the user cache) or a "
                    "folder written by gpt-prepare.")
-@click.option("--out", "out_dir", default="out", type=click.Path(file_okay=False),
-              help="Folder for ckpt.pt and metrics.jsonl.")
-@click.option("--resume", is_flag=True, help="Continue from OUT/ckpt.pt exactly where it stopped.")
+@click.option("--out", "out_dir", default=D.out_dir, type=click.Path(file_okay=False),
+              help="Folder for ckpt.pt and metrics.jsonl; one run at a time.")
+@click.option("--resume", is_flag=True,
+              help="Continue OUT/ckpt.pt exactly, with its settings; only --max-iters, --eval-interval, "
+                   "--log-interval and --progress may change.")
+@click.option("--overwrite", is_flag=True, help="Start afresh in an OUT that holds a run, replacing it.")
 @click.option("--init-from", type=click.Path(dir_okay=False),
               help="Start from this checkpoint's weights, config and tokenizer (an imported GPT-2 or one "
                    "of ours) with a fresh optimizer; --block-size may crop; --dropout, --attention may "
                    "change.")
-@click.option("--batch-size", default=64, type=click.IntRange(min=1), help="Sequences per micro-batch.")
-@click.option("--gradient-accumulation-steps", "grad_accum", default=1, type=click.IntRange(min=1),
+@click.option("--batch-size", default=D.batch_size, type=click.IntRange(min=1),
+              help="Sequences per micro-batch (per process).")
+@click.option("--gradient-accumulation-steps", "grad_accum", default=D.grad_accum, type=click.IntRange(min=1),
               help="Micro-batches per optimizer step.")
-@click.option("--max-iters", default=5000, type=click.IntRange(min=1), help="Optimizer steps in all.")
-@click.option("--learning-rate", default=1e-3, type=click.FloatRange(min=0, min_open=True),
-              help="Peak learning rate.")
-@click.option("--min-lr", default=1e-4, type=click.FloatRange(min=0), help="Final learning rate.")
-@click.option("--warmup-iters", default=100, type=click.IntRange(min=0), help="Linear warmup steps.")
+@click.option("--max-iters", default=D.max_iters, type=click.IntRange(min=1), help="Optimizer steps in all.")
+@click.option("--learning-rate", default=D.learning_rate,
+              type=click.FloatRange(0, MAX_LEARNING_RATE, min_open=True), help="Peak learning rate.")
+@click.option("--min-lr", default=D.min_lr, type=click.FloatRange(0, MAX_LEARNING_RATE),
+              help="Final learning rate.")
+@click.option("--warmup-iters", default=D.warmup_iters, type=click.IntRange(min=0),
+              help="Linear warmup steps.")
 @click.option("--lr-decay-iters", type=click.IntRange(min=1), help="Cosine decay steps [default: max-iters].")
-@click.option("--weight-decay", default=0.1, type=click.FloatRange(min=0), help="AdamW decay on matrices.")
-@click.option("--beta1", default=0.9, type=click.FloatRange(0, 1), help="AdamW beta1.")
-@click.option("--beta2", default=0.99, type=click.FloatRange(0, 1), help="AdamW beta2.")
-@click.option("--grad-clip", default=1.0, type=click.FloatRange(min=0), help="Clip gradient norm (0: off).")
-@click.option("--eval-interval", default=250, type=click.IntRange(min=1), help="Steps between evaluations.")
-@click.option("--eval-iters", default=200, type=click.IntRange(min=1), help="Batches per evaluation.")
-@click.option("--log-interval", default=10, type=click.IntRange(min=1), help="Steps between metric rows.")
-@click.option("--seed", default=1337, type=int, help="Seed for init, dropout and batch sampling.")
-@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+@click.option("--weight-decay", default=D.weight_decay, type=click.FloatRange(0, 1),
+              help="AdamW decay on matrices.")
+@click.option("--beta1", default=D.beta1, type=click.FloatRange(0, 1, max_open=True), help="AdamW beta1.")
+@click.option("--beta2", default=D.beta2, type=click.FloatRange(0, 1, max_open=True), help="AdamW beta2.")
+@click.option("--grad-clip", default=D.grad_clip, type=click.FloatRange(min=0),
+              help="Clip gradient norm (0: off).")
+@click.option("--eval-interval", default=D.eval_interval, type=click.IntRange(min=1),
+              help="Steps between evaluations (each writes OUT/ckpt.pt).")
+@click.option("--eval-iters", default=D.eval_iters, type=click.IntRange(min=1),
+              help="Batches per evaluation.")
+@click.option("--log-interval", default=D.log_interval, type=click.IntRange(min=1),
+              help="Steps between progress updates and metric rows.")
+@click.option("--seed", default=D.seed, type=click.IntRange(0, MAX_SEED),
+              help="Seed for init, dropout and batch sampling.")
+@click.option("--device", default=D.device, type=click.Choice(["auto", "cpu", "cuda", "mps"]),
               help="Where to train.")
-@click.option("--dtype", default="auto", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+@click.option("--dtype", default=D.dtype, type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
               help="Autocast dtype; auto = bf16 on GPUs and CPUs that support it, else fp32.")
-@click.option("--compile", is_flag=True, help="torch.compile the model (helps on GPUs).")
-@click.option("--fsdp", is_flag=True,
+@click.option("--compile/--no-compile", default=D.compile, help="torch.compile the model (helps on GPUs).")
+@click.option("--fsdp/--no-fsdp", default=D.fsdp,
               help="Under torchrun: shard parameters, gradients and optimizer state over the ranks (FSDP2) "
                    "instead of replicating the model (DDP), computing in --dtype; checkpoints are whole.")
-@click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
-def main(preset_name: str, data: str, out_dir: str, resume: bool, grad_accum: int, init_from: str | None,
-         **flags) -> None:
+@click.option("--progress/--no-progress", default=D.progress,
+              help="A progress bar, or one plain line per log interval.")
+def main(preset_name: str, out_dir: str, resume: bool, overwrite: bool, **flags) -> None:
     """Train a GPT (or the bigram baseline) on Tiny Shakespeare or any text file.
 
     Writes OUT/ckpt.pt (full state, for --resume and for gpt-tui) at every evaluation and
-    OUT/metrics.jsonl. Example, nanoGPT's CPU recipe:
+    OUT/metrics.jsonl. A preset brings its training settings too: the defaults shown are
+    shakespeare-char's (nanoGPT's train_shakespeare_char). nanoGPT's CPU recipe:
 
-        gpt-train --preset cpu --data shakespeare --max-iters 2000
+        gpt-train --preset cpu --data shakespeare
 
+    An OUT that holds a run is refused unless --resume (continue it) or --overwrite (replace it).
     Data parallel on N GPUs (or N CPU processes): the same flags under torchrun, with
     --batch-size per process:
 
         torchrun --standalone --nproc-per-node N -m model.cli --preset shakespeare-char
+
+    Exit codes: 0 done; 1 the run failed (the message says what is saved); 2 a usage error (a bad
+    value, a missing file, an OUT in the way, a setting a resumed run may not change); 130
+    interrupted.
     """
-    model_changes = {k: flags.pop(k) for k in MODEL_FLAGS if flags.get(k) is not None}
-    for k in MODEL_FLAGS:
-        flags.pop(k, None)
+    ctx = click.get_current_context()
+    given = {name: value for name, value in flags.items()
+             if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    preset_given = ctx.get_parameter_source("preset_name") == ParameterSource.COMMANDLINE
+    named = None
     try:
-        if init_from:
-            model = init_config(init_from, model_changes)
+        if resume:
+            if preset_given:  # the preset's values count as given, unless a flag says otherwise
+                values = {k: v for k, v in preset_values(preset_name).items() if k not in given}
+                named = {k: f"--preset {preset_name} (which sets {flag(k)[2:]} {v})"
+                         for k, v in values.items()}
+                given = values | given
+            cfg = TrainConfig(out_dir=out_dir, resume=True, overwrite=overwrite)
         else:
-            model = preset(preset_name).replace(**model_changes)
-        cfg = TrainConfig(model=model, data=data, out_dir=out_dir, resume=resume, grad_accum=grad_accum,
-                          init_from=init_from, **flags)
-        train(cfg, log=lambda m: click.echo(m, err=True))
-    except (ValueError, DataError, CheckpointError, NonFiniteError) as e:
-        raise click.ClickException(_on_rank(str(e))) from None
-    except RuntimeError as e:
-        if not distributed.lost_peer(e):
-            raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise click.ClickException(_on_rank(f"lost contact with the other processes ({first}); "
-                                            "the first rank to fail says why")) from None
-    except KeyboardInterrupt:
-        raise click.ClickException(f"interrupted; the last evaluation's state is in {out_dir}/ckpt.pt "
-                                   "(continue with --resume)") from None
+            cfg = fresh(preset_name, given | {"out_dir": out_dir, "overwrite": overwrite})
+            if cfg.init_from:  # the model is the checkpoint's, with the few changes it allows
+                from model.train import init_config  # reads the checkpoint: needs torch
+
+                changes = {k: v for k, v in given.items() if k in MODEL_FIELDS}
+                cfg = cfg.replace(model=init_config(cfg.init_from, changes))
+    except ValueError as e:  # a bad value or combination of flags
+        raise Refused(str(e)) from None
+    run(cfg, given if resume else None, named)
+
+
+def run(cfg: TrainConfig, given: dict | None, named: dict[str, str] | None) -> None:
+    """Train, turning each way a run can end into its message and exit code."""
+    try:
+        from model.atomic import WriteError
+        from model.checkpoint import CheckpointError
+        from model.data import DataError
+        from model.distributed import lost_peer
+        from model.run_folder import RunLockedError
+        from model.train import NonFiniteError, TrainingInterrupted, train
+
+        try:
+            train(cfg, log=lambda m: click.echo(m, err=True), given=given, named=named)
+        except SettingsError as e:
+            raise Refused(_on_rank(str(e))) from None
+        except (ValueError, DataError, CheckpointError, NonFiniteError, RunLockedError, WriteError) as e:
+            raise click.ClickException(_on_rank(str(e))) from None
+        except TrainingInterrupted as e:
+            click.echo(str(e), err=True)
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+        except RuntimeError as e:
+            if not lost_peer(e):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise click.ClickException(_on_rank(f"lost contact with the other processes ({first}); "
+                                                "the first rank to fail says why")) from None
+    except KeyboardInterrupt:  # while importing torch: nothing was touched
+        click.echo("interrupted before training started; nothing was written", err=True)
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
 
 
 def _on_rank(message: str) -> str:
@@ -114,20 +183,61 @@ def _on_rank(message: str) -> str:
     return f"rank {rank}/{world}: {message}" if rank is not None and world != "1" else message
 
 
+def checkpoint_file(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A checkpoint argument: an existing file, else a usage error naming what it is instead."""
+    path = Path(value)
+    if path.is_dir():
+        raise Refused(f"{param.human_readable_name} {value} is a directory; pass a checkpoint file (such "
+                      f"as {path / 'ckpt.pt'})")
+    if not path.is_file():
+        raise Refused(f"checkpoint {value} not found; train one with gpt-train")
+    return value
+
+
+def data_source(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from model.train_config import check_data
+
+    try:
+        check_data(value)
+    except SettingsError as e:
+        raise Refused(str(e)) from None
+    return value
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(**VERSION, prog_name="gpt-report")
 def report() -> None:
-    """Measure a trained model and draw its learning curve, for a model card."""
+    """Measure a trained model and draw its learning curve, for a model card.
+
+    Exit codes: 0 done; 1 failed (the message says why); 2 a usage error (a bad value, a missing
+    file)."""
 
 
 @report.command("losses")
-@click.argument("ckpt", type=click.Path(dir_okay=False))
-@click.option("--data", default="shakespeare", show_default=True, help="The text it was trained on.")
+@click.argument("ckpt", callback=checkpoint_file)
+@click.option("--data", default="shakespeare", show_default=True, callback=data_source,
+              help="The text it was trained on.")
 def report_losses(ckpt: str, data: str) -> None:
     """Loss of CKPT over the whole train and val splits (every target once)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from model.checkpoint import CheckpointError
+    from model.data import DataError
     from model.report import split_losses
 
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
+                   TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+    tasks: dict[str, int] = {}
+
+    def on_batch(split: str, done: int, total: int) -> None:
+        if split not in tasks:
+            tasks[split] = bar.add_task(split, total=total)
+        bar.update(tasks[split], completed=done)
+
     try:
-        losses = split_losses(ckpt, data)
+        with bar:
+            losses = split_losses(ckpt, data, on_batch=on_batch)
     except (ValueError, DataError, CheckpointError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"train {losses['train']:.4f}  val {losses['val']:.4f}")
@@ -136,20 +246,24 @@ def report_losses(ckpt: str, data: str) -> None:
 @report.command("plot")
 @click.argument("metrics", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", default="learning_curve.png", show_default=True, type=click.Path(dir_okay=False),
-              help="PNG to write.")
+              help="PNG to write (its folder is created if missing).")
 @click.option("--title", default="", help="Plot title.")
 def report_plot(metrics: str, out: str, title: str) -> None:
-    """Plot train and val loss against steps from a gpt-train METRICS jsonl."""
+    """Plot train and val loss against steps from a gpt-train METRICS jsonl (the last row of
+    each step counts, as after a resumed run)."""
+    from model.atomic import WriteError
     from model.report import plot_learning_curve
 
     try:
         click.echo(plot_learning_curve(metrics, out, title))
     except (ValueError, KeyError) as e:
         raise click.ClickException(f"cannot plot {metrics}: {e}") from None
+    except WriteError as e:
+        raise click.ClickException(str(e)) from None
 
 
 @report.command("slim")
-@click.argument("ckpt", type=click.Path(dir_okay=False))
+@click.argument("ckpt", callback=checkpoint_file)
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="Precision of the stored weights (fp16/bf16 halve the file; they load as stored).")
@@ -159,11 +273,12 @@ def report_slim(ckpt: str, out: str, dtype: str) -> None:
     What the tools need to generate, about a third of a training checkpoint; written atomically."""
     import torch
 
-    from model.checkpoint import write_slim
+    from model.atomic import WriteError
+    from model.checkpoint import CheckpointError, write_slim
 
     try:
         write_slim(ckpt, out, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype])
-    except CheckpointError as e:
+    except (CheckpointError, WriteError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"{out}: {Path(out).stat().st_size / 2**20:.1f} MiB")
 

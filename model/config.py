@@ -79,9 +79,26 @@ PRESETS: dict[str, GPTConfig] = {
         vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768,
         dropout=0.1, qkv_bias=False,
     ),
-    # Small enough to train in minutes on a laptop CPU (nanoGPT's CPU recipe, block 64 -> 128).
-    "cpu": GPTConfig(block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
+    # nanoGPT's CPU recipe (its README's "I only have a macbook"): trains in minutes on a laptop CPU.
+    "cpu": GPTConfig(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
     "bigram": GPTConfig(kind="bigram", block_size=8, n_layer=1, n_head=1, n_embd=1, dropout=0.0),
+}
+
+
+# The training settings each preset brings (TrainConfig field -> value), on top of TrainConfig's
+# defaults, which are nanoGPT's train_shakespeare_char; every flag still overrides them.
+PRESET_TRAINING: dict[str, dict[str, object]] = {
+    "shakespeare-char": {},
+    "mini-13m": {},
+    # nanoGPT's train_gpt2.py; its 8 GPUs x 5 micro-batches become 40 accumulation steps here
+    "gpt2-124m": {"batch_size": 12, "grad_accum": 40, "max_iters": 600_000, "learning_rate": 6e-4,
+                  "min_lr": 6e-5, "warmup_iters": 2000, "beta2": 0.95, "eval_interval": 1000},
+    # the rest of nanoGPT's CPU recipe: train_shakespeare_char with these flags
+    "cpu": {"batch_size": 12, "eval_iters": 20, "log_interval": 1, "max_iters": 2000,
+            "lr_decay_iters": 2000, "device": "cpu", "compile": False},
+    # the lecture's bigram.py: a constant learning rate of 1e-2, no warmup
+    "bigram": {"batch_size": 32, "max_iters": 3000, "eval_interval": 300, "learning_rate": 1e-2,
+               "min_lr": 1e-2, "warmup_iters": 0},
 }
 
 

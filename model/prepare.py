@@ -440,7 +440,8 @@ def prepare(cfg: PrepareConfig, log: Callable[[str], None] = print,
             counts = {}
             for name, src in (("train", train_src), ("val", val_src)):
                 start, docs = writer.tokens, 0
-                cut = char_cut if isinstance(tok, CharTokenizer) else bpe_cut  # every BPE here pre-tokenizes as GPT-2
+                # every BPE here pre-tokenizes as GPT-2 does
+                cut = char_cut if isinstance(tok, CharTokenizer) else bpe_cut
                 for piece, ids in encode_stream(pieces(documents(src, cfg), cut), encoder_for(tok), workers):
                     if piece.starts_document:
                         if docs:  # between documents, not before the first

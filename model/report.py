@@ -3,46 +3,67 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from model.atomic import atomic_write
 from model.checkpoint import load_model
 from model.data import load_corpus
 from model.device import autocast, resolve_dtype
 
 
-def split_losses(ckpt: str | Path, data: str = "shakespeare", batch_size: int = 64) -> dict[str, float]:
-    """Mean loss over every target of the train and val splits (consecutive block_size windows)."""
+def split_losses(ckpt: str | Path, data: str = "shakespeare", batch_size: int = 64,
+                 on_batch: Callable[[str, int, int], None] | None = None) -> dict[str, float]:
+    """Mean loss over every target of the train and val splits (consecutive block_size windows);
+    ``on_batch(split, batches done, batches in all)`` follows the progress."""
     model, tokenizer, _ = load_model(ckpt)
     _, splits = load_corpus(data, tokenizer)
     block = model.config.block_size
     cpu = torch.device("cpu")
     # bf16 only where the CPU does it natively: emulated bf16 is slower than fp32
     with autocast(cpu, resolve_dtype("auto", cpu)):
-        return {name: full_val_loss(model, splits.split(name), block, batch_size)
+        return {name: full_val_loss(model, splits.split(name), block, batch_size, on_batch=(
+                    None if on_batch is None else lambda done, total, name=name: on_batch(name, done, total)))
                 for name in ("train", "val")}
 
 
 @torch.no_grad()
-def full_val_loss(model, ids: torch.Tensor, block_size: int, batch_size: int = 64, device="cpu") -> float:
+def full_val_loss(model, ids: torch.Tensor, block_size: int, batch_size: int = 64, device="cpu",
+                  on_batch: Callable[[int, int], None] | None = None) -> float:
     """Loss over the whole split: consecutive non-overlapping windows, every target counted once."""
     model.eval()
     n = (len(ids) - 1) // block_size
     x = ids[: n * block_size].view(n, block_size)
     y = ids[1 : n * block_size + 1].view(n, block_size)
     total = 0.0
-    for i in range(0, n, batch_size):
+    batches = -(-n // batch_size)
+    for b, i in enumerate(range(0, n, batch_size)):
         _, loss = model(x[i : i + batch_size].to(device), y[i : i + batch_size].to(device))
         total += loss.item() * len(x[i : i + batch_size])
+        if on_batch is not None:
+            on_batch(b + 1, batches)
     return total / n
 
 
-
 def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
-    """(training rows, evaluation rows) of a metrics.jsonl."""
-    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
-    return [r for r in rows if "loss" in r], [r for r in rows if "val_loss" in r]
+    """(training rows, evaluation rows) of a metrics.jsonl, by step. A step logged twice (a run
+    resumed from an older checkpoint, by a version that kept the rows after it) counts once, with
+    its last row; a line cut short by a killed run is skipped."""
+    train: dict[int, dict] = {}
+    evals: dict[int, dict] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "step" in row:
+            if "loss" in row:
+                train[row["step"]] = row
+            if "val_loss" in row:
+                evals[row["step"]] = row
+    return [train[s] for s in sorted(train)], [evals[s] for s in sorted(evals)]
 
 
 def plot_learning_curve(metrics: str | Path, out: str | Path, title: str = "") -> Path:
@@ -74,6 +95,7 @@ def plot_learning_curve(metrics: str | Path, out: str | Path, title: str = "") -
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out)
+    with atomic_write(out) as f:  # creates the folder; a full disk leaves no half PNG
+        fig.savefig(f, format="png")
     plt.close(fig)
     return Path(out)

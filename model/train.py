@@ -1,9 +1,13 @@
 """Training: AdamW, warmup + cosine decay, clipping, accumulation, evaluation, checkpoints, resume.
 
 ``train(TrainConfig)`` is the whole run; ``train_step`` is one optimizer step that tests can drive.
-The CLI (model.cli) only builds a TrainConfig. Under ``torchrun`` the same loop runs on every rank
-with DDP (model.distributed): each rank samples its own batches, DDP averages the gradients,
-evaluation is sharded across ranks, and rank 0 alone logs and writes files.
+The CLI (model.cli) only builds a TrainConfig (model.train_config). A run holds its folder's lock
+(model.run_folder) for its whole life, and never writes a checkpoint it could not continue from:
+an evaluation or weights that are not finite stop the run with the last good file in place.
+
+Under ``torchrun`` the same loop runs on every rank with DDP (model.distributed): each rank samples
+its own batches, DDP averages the gradients, evaluation is sharded across ranks, and rank 0 alone
+logs and writes files.
 """
 
 from __future__ import annotations
@@ -19,63 +23,31 @@ from pathlib import Path
 
 import torch
 
-from model import checkpoint, distributed
+from model import checkpoint, distributed, run_folder
+from model.atomic import WriteError
 from model.config import GPTConfig
 from model.data import Splits, TokenData, get_batch, open_corpus
-from model.device import Device, DType, autocast, resolve_device, resolve_dtype
+from model.device import autocast, resolve_device, resolve_dtype
 from model.distributed import Dist
 from model.gpt import build_model, count_params
+from model.progress import StepStats, TrainProgress, flops_per_token, peak_flops
 from model.tokenizer import tokenizer_from_dict
+from model.train_config import MODEL_FIELDS, TRAIN_FIELDS, SettingsError, TrainConfig, check_data, resumed
 
+__all__ = ["NonFiniteError", "SettingsError", "TrainConfig", "TrainingInterrupted", "train", "train_step"]
 
-@dataclass(frozen=True)
-class TrainConfig:
-    model: GPTConfig = field(default_factory=GPTConfig)
-    data: str = "shakespeare"  # or the path of a UTF-8 text file or of a gpt-prepare folder
-    out_dir: str = "out"
-    batch_size: int = 64
-    grad_accum: int = 1  # micro-batches per optimizer step
-    max_iters: int = 5000
-    learning_rate: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_iters: int = 100
-    lr_decay_iters: int | None = None  # None: decay until max_iters
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0  # 0 disables clipping
-    eval_interval: int = 250
-    eval_iters: int = 200
-    log_interval: int = 10
-    seed: int = 1337
-    device: Device = "auto"
-    dtype: DType = "auto"
-    compile: bool = False
-    fsdp: bool = False  # shard parameters, gradients and optimizer state over ranks (FSDP2), not DDP
-    resume: bool = False
-    progress: bool = True
-    # start from this checkpoint's weights and tokenizer (fresh optimizer); model comes from
-    # init_config, so only block_size (cropped), dropout and attention may differ from its config
-    init_from: str | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0 or self.min_lr < 0:
-            raise ValueError("learning-rate must be positive and min-lr non-negative")
-        if self.warmup_iters < 0:
-            raise ValueError(f"warmup-iters must be >= 0, got {self.warmup_iters}")
-        if self.fsdp and self.compile:
-            raise ValueError("--fsdp with --compile is not supported yet; drop one of them")
-
-    @property
-    def decay_iters(self) -> int:
-        return self.lr_decay_iters or self.max_iters
+# fp16: the gradient scaler skips a step whose gradients overflow and halves its scale; at startup
+# a few skips in a row are normal, this many means the run is not coming back
+MAX_SKIPPED_STEPS = 8
 
 
 class NonFiniteError(RuntimeError):
-    """The loss or gradient norm stopped being a number; training stops before the update."""
+    """The loss, gradients, evaluation or weights stopped being numbers; training stops before the
+    update, and before writing a checkpoint."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl+C; the message says what is saved and how to continue."""
 
 
 def get_lr(it: int, cfg: TrainConfig) -> float:
@@ -118,6 +90,8 @@ class Trainer:
     best_val: float = float("inf")
     dist: Dist = distributed.SINGLE
     origin: dict = field(default_factory=dict)  # the checkpoint --init-from started from, if any
+    skipped: int = 0  # fp16 steps the scaler skipped in a row
+    saved: tuple[int, float] | None = None  # (step, val loss) of the checkpoint on disk
 
     def batch(self, split: str = "train", gen: torch.Generator | None = None):
         x, y = get_batch(
@@ -148,13 +122,21 @@ def train_step(tr: Trainer) -> tuple[float, float]:
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
     norm = torch.nn.utils.clip_grad_norm_(tr.model.parameters(), max_norm)
     loss_value, norm_value = distributed.mean(total, tr.dist).item(), distributed.item(norm)
-    if not (math.isfinite(loss_value) and math.isfinite(norm_value)) and tr.scaler is None:
+    # with a scaler, overflowing gradients are its business (it skips the step); a loss that is not
+    # a number is not: it was computed before any scaling
+    if not math.isfinite(loss_value) or (not math.isfinite(norm_value) and tr.scaler is None):
         tr.optimizer.zero_grad(set_to_none=True)
         raise NonFiniteError(
             f"step {tr.step}: loss {loss_value} / gradient norm {norm_value} is not finite; "
             "stopped before the update (try a lower --learning-rate or --dtype fp32)"
         )
     if tr.scaler:  # fp16: the scaler skips steps with inf gradients and lowers its scale
+        tr.skipped = 0 if math.isfinite(norm_value) else tr.skipped + 1
+        if tr.skipped >= MAX_SKIPPED_STEPS:
+            tr.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteError(
+                f"step {tr.step}: the fp16 gradients overflowed {tr.skipped} steps in a row (the "
+                "scaler skipped each); stopped (try --dtype bf16 or fp32, or a lower --learning-rate)")
         tr.scaler.step(tr.optimizer)
         tr.scaler.update()
     else:
@@ -224,7 +206,9 @@ def save_training(tr: Trainer, tokenizer, meta: dict) -> None:
         "optimizer": optimizer_state,
         "world_size": tr.dist.world_size,
         "rng": rngs,  # one dict per rank, in rank order
-        "config": _plain(dataclasses.asdict(tr.cfg)),
+        "scaler": tr.scaler.state_dict() if tr.scaler else None,  # fp16: its scale, for exact resume
+        # the model as built (vocabulary from the tokenizer), so the config describes the run
+        "config": _plain(dataclasses.asdict(tr.cfg.replace(model=tr.model.config))),
     }
     checkpoint.save(state, checkpoint_path(tr.cfg))
 
@@ -282,14 +266,17 @@ def start_from(src: dict, cfg: TrainConfig) -> torch.nn.Module:
 
 
 def setup(
-    cfg: TrainConfig, log: Callable[[str], None] = print, dist: Dist = distributed.SINGLE
+    cfg: TrainConfig, log: Callable[[str], None] = print, dist: Dist = distributed.SINGLE,
+    ckpt: dict | None = None,
 ) -> tuple[Trainer, object]:
-    """Build everything a run needs, from scratch or from ``out_dir/ckpt.pt`` when resuming.
+    """Build everything a run needs, from scratch or from ``out_dir/ckpt.pt`` (or the loaded
+    ``ckpt``) when resuming; ``cfg`` is used as given (``train`` checks it against the checkpoint).
     In a distributed run (``dist`` from model.distributed, its process group joined) every rank
     calls it; each reads the checkpoint itself, so OUT must be visible to every node."""
     device = distributed.device_for(dist, resolve_device(cfg.device))
     amp_dtype = resolve_dtype(cfg.dtype, device)
-    ckpt = checkpoint.load(checkpoint_path(cfg)) if cfg.resume else None
+    if cfg.resume and ckpt is None:
+        ckpt = checkpoint.load(checkpoint_path(cfg))
     rngs = saved_rng(ckpt["train"], dist.world_size, checkpoint_path(cfg)) if ckpt else None
     src = checkpoint.load(cfg.init_from) if cfg.init_from and not ckpt else None
     tokenizer = tokenizer_from_dict((ckpt or src)["tokenizer"]) if (ckpt or src) else None
@@ -298,8 +285,6 @@ def setup(
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     if ckpt:
         model, _ = checkpoint.restore_model(ckpt, checkpoint_path(cfg))
-        if model.config != cfg.model.replace(vocab_size=model.config.vocab_size):
-            log("resuming: the model shape comes from the checkpoint, not the flags")
     elif src:
         model = start_from(src, cfg)
     else:
@@ -327,7 +312,10 @@ def setup(
     if ckpt:
         t = ckpt["train"]
         distributed.load_optimizer(model, optimizer, t["optimizer"])
+        if scaler is not None and t.get("scaler"):
+            scaler.load_state_dict(t["scaler"])
         tr.step, tr.best_val = t["step"], t["best_val"]
+        tr.saved = (t["step"], ckpt.get("meta", {}).get("val_loss", float("nan")))
         set_rng_state(tr, rngs[dist.rank])
         log(f"resumed from {checkpoint_path(cfg)} at step {tr.step}")
     # compile the inner module, then wrap it: torch.compile does not trace DDP's hooks well
@@ -336,39 +324,131 @@ def setup(
     return tr, tokenizer
 
 
-def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Trainer:
+def load_for_resume(cfg: TrainConfig, given: dict | None, named: dict[str, str] | None,
+                    log: Callable[[str], None]) -> tuple[TrainConfig, dict]:
+    """The checkpoint in ``cfg.out_dir`` and the run's config: its stored settings, with the
+    ``given`` fields applied where a resumed run may change them (None: every field of ``cfg``
+    counts as given). Each change is logged once; any other difference is a SettingsError."""
+    path = checkpoint_path(cfg)
+    ckpt = checkpoint.load(path)
+    t = ckpt.get("train")
+    if not isinstance(t, dict) or not isinstance(t.get("config"), dict) or "step" not in t:
+        raise checkpoint.CheckpointError(f"{path} holds no training state (an inference-only "
+                                          "checkpoint?), so it cannot be resumed; start a new run")
+    try:
+        model = GPTConfig.from_dict(ckpt["config"])
+    except (TypeError, ValueError) as e:
+        raise checkpoint.CheckpointError(f"{path} has an unusable model config: {e}") from None
+    if given is None:  # vocab_size comes from the tokenizer, never from the caller
+        given = {k: getattr(cfg, k) for k in TRAIN_FIELDS} | {
+            k: getattr(cfg.model, k) for k in MODEL_FIELDS if k != "vocab_size"}
+    resumed_cfg, notes = resumed(t["config"], model, given, cfg.out_dir, t["step"], path, named)
+    for note in notes:
+        log(note)
+    return resumed_cfg, ckpt
+
+
+def train(cfg: TrainConfig, log: Callable[[str], None] = print, given: dict | None = None,
+          named: dict[str, str] | None = None) -> Trainer:
     """The whole run: returns the trainer with its final state; writes ckpt.pt and metrics.jsonl.
-    Under torchrun (RANK/WORLD_SIZE set) this process is one rank of a data-parallel run."""
+    Under torchrun (RANK/WORLD_SIZE set) this process is one rank of a data-parallel run.
+
+    When resuming, the settings come from the checkpoint; ``given`` names the fields the caller
+    chose (the flags on the command line; None: all of ``cfg``), see ``load_for_resume``."""
     dist = distributed.from_env()
-    with distributed.process_group(dist, distributed.device_for(dist, resolve_device(cfg.device))):
-        return _run(cfg, log if dist.is_main else lambda m: None, dist)
-
-
-def _run(cfg: TrainConfig, log: Callable[[str], None], dist: Dist) -> Trainer:
-    tr, tokenizer = setup(cfg, log, dist)
+    log = log if dist.is_main else lambda m: None
     out = Path(cfg.out_dir)
+    ckpt: dict | None = None
+    try:
+        with run_folder.locked(out) if dist.is_main else contextlib.nullcontext():
+            if dist.is_main and (n := run_folder.remove_stale_temps(out)):
+                log(f"removed {n} temp file(s) a killed run left in {out}")
+            run_folder.check_start(out, cfg.resume, cfg.overwrite)
+            if cfg.resume:
+                cfg, ckpt = load_for_resume(cfg, given, named, log)
+            check_data(cfg.data)
+            with distributed.process_group(dist, distributed.device_for(dist, resolve_device(cfg.device))):
+                return _run(cfg, log, dist, ckpt)
+    except TrainingInterrupted:
+        raise
+    except KeyboardInterrupt:  # before training started
+        raise TrainingInterrupted(_interrupted(cfg, None, ckpt)) from None
+
+
+def _interrupted(cfg: TrainConfig, tr: Trainer | None, ckpt: dict | None) -> str:
+    """What is true after Ctrl+C: the step reached, and what is saved."""
+    path = checkpoint_path(cfg)
+    at = f"at step {tr.step}" if tr else "before training started"
+    saved = tr.saved if tr else (
+        (ckpt["train"]["step"], ckpt.get("meta", {}).get("val_loss", float("nan"))) if ckpt else None)
+    if saved is not None:
+        return (f"interrupted {at}; {path} holds step {saved[0]} (val loss {saved[1]:.4f}): continue "
+                f"with gpt-train --resume --out {cfg.out_dir}")
+    if cfg.resume:
+        return f"interrupted {at}; {path} is unchanged: continue with gpt-train --resume --out {cfg.out_dir}"
+    again = (Path(cfg.out_dir) / run_folder.METRICS).exists()
+    first = min(cfg.eval_interval, cfg.max_iters)
+    return (f"interrupted {at}; nothing saved yet (the first checkpoint comes at step {first}): "
+            f"start again with the same flags{' and --overwrite' if again else ''}")
+
+
+def _run(cfg: TrainConfig, log: Callable[[str], None], dist: Dist, ckpt: dict | None) -> Trainer:
+    tr: Trainer | None = None
+    try:
+        tr, tokenizer = setup(cfg, log, dist, ckpt)
+        _loop(tr, tokenizer, log)
+        return tr
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(_interrupted(cfg, tr, ckpt)) from None
+
+
+def _loop(tr: Trainer, tokenizer, log: Callable[[str], None]) -> None:
+    cfg, dist = tr.cfg, tr.dist
+    out, path = Path(cfg.out_dir), checkpoint_path(cfg)
     # effective batch: every rank and every micro-step adds batch_size windows to one update
     tokens_per_step = dist.world_size * cfg.grad_accum * cfg.batch_size * tr.model.config.block_size
     log(f"{tokens_per_step:,} tokens per step ({dist.world_size} process(es) x {cfg.grad_accum} "
         f"micro-batch(es) x {cfg.batch_size} sequences x {tr.model.config.block_size} tokens), "
         f"device {tr.device}{' and one per rank' if dist.enabled else ''}, "
         f"autocast {str(tr.amp_dtype).removeprefix('torch.')}")
+    flops = flops_per_token(tr.model.config, count_params(tr.model))
+    if flops:
+        name = torch.cuda.get_device_name(tr.device) if tr.device.type == "cuda" else ""
+        peak, what = peak_flops(tr.device.type, name, tr.amp_dtype)
+        log(f"MFU is per process, relative to {what}")
     settings = _plain({k: v for k, v in dataclasses.asdict(cfg).items() if k != "model"})
     settings["world_size"] = dist.world_size
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        metrics = open(out / "metrics.jsonl", "a", encoding="utf-8")
+    metrics_path = out / run_folder.METRICS
+    if dist.is_main:  # every rank has read what it needs (the process group met): now write
+        if cfg.resume and (dropped := run_folder.cut_metrics(metrics_path, tr.step)):
+            log(f"{metrics_path}: dropped {dropped} row(s) logged after step {tr.step}, the checkpoint's")
+        elif cfg.overwrite and not cfg.resume:
+            run_folder.clear(out)
+        metrics = open(metrics_path, "a", encoding="utf-8")
     else:
         metrics = contextlib.nullcontext()
-    from model.progress import TrainProgress
+
+    def kept() -> str:
+        return (f"{path} still holds step {tr.saved[0]} (val loss {tr.saved[1]:.4f})" if tr.saved
+                else "nothing was saved")
 
     def record(**row) -> None:
         if dist.is_main:
-            metrics.write(json.dumps(row) + "\n")
-            metrics.flush()
+            try:
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
+            except OSError as e:
+                raise WriteError(e.errno, f"could not write {metrics_path}: {e.strerror or e}; {kept()}") \
+                    from None
 
     def evaluate_and_save() -> None:
         losses = evaluate(tr)
+        finite_weights = all(bool(torch.isfinite(p).all()) for p in tr.model.parameters())
+        if not (math.isfinite(losses["val"]) and math.isfinite(losses["train"]) and finite_weights):
+            what = (f"evaluation gave val loss {losses['val']:.4g} (train {losses['train']:.4g})"
+                    if finite_weights else "the weights hold values that are not finite")
+            raise NonFiniteError(f"step {tr.step}: {what}; stopped without saving: {kept()} "
+                                 "(try a lower --learning-rate or --dtype fp32)")
         tr.best_val = min(tr.best_val, losses["val"])
         record(step=tr.step, train_loss=losses["train"], val_loss=losses["val"])
         bar.note(f"step {tr.step}: train {losses['train']:.4f}, val {losses['val']:.4f}")
@@ -376,23 +456,37 @@ def _run(cfg: TrainConfig, log: Callable[[str], None], dist: Dist) -> Trainer:
                 "tokens_seen": tr.step * tokens_per_step, "train_config": settings}
         if tr.origin:
             meta["init_from"] = tr.origin
-        save_training(tr, tokenizer, meta)
+        try:
+            save_training(tr, tokenizer, meta)
+        except WriteError as e:
+            raise WriteError(e.errno, f"step {tr.step}: {e}; free some space, then continue with "
+                             f"gpt-train --resume --out {out}") from None
+        tr.saved = (tr.step, losses["val"])
 
     t0 = time.perf_counter()
     show_bar = cfg.progress and dist.is_main
-    with TrainProgress(cfg.max_iters, tr.step, enabled=show_bar, log=log) as bar, metrics:
+    if tr.step >= cfg.max_iters:
+        log(f"{path} is at step {tr.step}, this run's --max-iters: nothing to do (pass a larger "
+            "--max-iters to extend it)")
+    with TrainProgress(cfg.max_iters, tr.step, cfg.eval_interval, enabled=show_bar, log=log) as bar, metrics:
         tr.model.train()
         tick, tick_step = time.perf_counter(), tr.step
         while tr.step < cfg.max_iters:
             loss, norm = train_step(tr)
             if tr.step % cfg.log_interval == 0 or tr.step == cfg.max_iters:
                 now = time.perf_counter()
-                tok_s = (tr.step - tick_step) * tokens_per_step / (now - tick)
+                steps, seconds = tr.step - tick_step, now - tick
+                tok_s = steps * tokens_per_step / seconds
+                mfu = flops * tok_s / dist.world_size / peak if flops else None
+                stats = StepStats(tr.step, loss, get_lr(tr.step - 1, cfg), 1000 * seconds / steps, tok_s, mfu)
+                record(step=tr.step, loss=loss, grad_norm=norm, lr=stats.lr, ms_per_step=stats.ms_per_step,
+                       tokens_per_s=tok_s, mfu=mfu, elapsed_s=now - t0)
+                bar.update(stats)
                 tick, tick_step = now, tr.step
-                record(step=tr.step, loss=loss, grad_norm=norm, lr=get_lr(tr.step - 1, cfg),
-                       tokens_per_s=tok_s, elapsed_s=now - t0)
-                bar.update(tr.step, loss, tok_s)
             if tr.step % cfg.eval_interval == 0 or tr.step == cfg.max_iters:
+                started = time.perf_counter()
                 evaluate_and_save()
-                tick = time.perf_counter()  # evaluation time is not training throughput
-    return tr
+                bar.evaluated(time.perf_counter() - started)
+                tick, tick_step = time.perf_counter(), tr.step  # evaluation time is not training throughput
+    if tr.saved is not None:
+        log(f"done: {path} holds step {tr.saved[0]}, val loss {tr.saved[1]:.4f}")

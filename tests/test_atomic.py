@@ -1,8 +1,11 @@
 """model.atomic.atomic_write: the target holds the old file or the new one, never a partial one."""
 
+import errno
+import os
+
 import pytest
 
-from model.atomic import atomic_write
+from model.atomic import WriteError, atomic_write
 
 
 def test_writes_the_new_file_and_leaves_no_temp_file(tmp_path):
@@ -37,3 +40,19 @@ def test_an_interrupted_write_creates_nothing(tmp_path):
             f.write(b"half")
             raise KeyboardInterrupt
     assert list((tmp_path / "sub").iterdir()) == []
+
+
+def test_a_full_disk_is_one_line_and_leaves_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    path.write_bytes(b"old")
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(WriteError, match=f"^could not write {path}: No space left on device; the old file "
+                                         "is unchanged$") as e:
+        with atomic_write(path) as f:
+            f.write(b"new")
+    assert e.value.errno == errno.ENOSPC
+    assert path.read_bytes() == b"old" and list(tmp_path.iterdir()) == [path]

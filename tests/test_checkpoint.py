@@ -99,5 +99,5 @@ def test_gpt_report_slim_drops_training_state(tiny_ckpt, tmp_path):
     assert {w.dtype for w in weights if w.is_floating_point()} == {torch.float16}
 
     missing = CliRunner().invoke(report, ["slim", str(tmp_path / "nope.pt"), str(tmp_path / "x.pt")])
-    assert missing.exit_code == 1 and "checkpoint" in missing.output and "nope.pt not found" in missing.output
+    assert missing.exit_code == 2 and "checkpoint" in missing.output and "nope.pt not found" in missing.output
     assert not (tmp_path / "x.pt").exists()

@@ -1,6 +1,13 @@
+import errno
+import json
+
+import pytest
 from click.testing import CliRunner
 
-from model.cli import main
+from export.cli import main as export_cli
+from model.cli import main, report
+from model.report import split_losses
+from tests.conftest import TEXT
 
 
 def test_help_explains_the_flags():
@@ -20,7 +27,7 @@ def test_bad_flag_value_names_the_flag():
 
 def test_invalid_combination_is_one_clear_line(tmp_path):
     result = CliRunner().invoke(main, ["--n-embd", "100", "--n-head", "6", "--out", str(tmp_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a usage error, as click's own
     assert result.output.strip() == (
         "Error: n_embd must be divisible by n_head: 100 % 6 != 0; pick n_embd as a multiple of 6"
     )
@@ -28,5 +35,70 @@ def test_invalid_combination_is_one_clear_line(tmp_path):
 
 def test_missing_data_file(tmp_path):
     result = CliRunner().invoke(main, ["--data", str(tmp_path / "none.txt"), "--out", str(tmp_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "none.txt does not exist; pass --data shakespeare or a text file" in result.output
+
+
+@pytest.mark.parametrize("command, name",
+                         [(main, "gpt-train"), (report, "gpt-report"), (export_cli, "gpt-export")])
+def test_every_command_has_a_version(command, name):
+    result = CliRunner().invoke(command, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith(f"{name}, version ")
+
+
+def test_report_usage_errors_exit_2_naming_a_directory(tmp_path):
+    folder = CliRunner().invoke(report, ["losses", str(tmp_path)])
+    assert folder.exit_code == 2
+    assert folder.output.strip() == \
+        f"Error: CKPT {tmp_path} is a directory; pass a checkpoint file (such as {tmp_path / 'ckpt.pt'})"
+    missing = CliRunner().invoke(report, ["losses", str(tmp_path / "none.pt")])
+    assert missing.exit_code == 2 and "checkpoint" in missing.output and "none.pt not found" in missing.output
+    export_dir = CliRunner().invoke(export_cli, ["onnx", "--ckpt", str(tmp_path)])
+    assert export_dir.exit_code == 2 and f"--ckpt {tmp_path} is a directory" in export_dir.output
+
+
+def test_report_losses_follows_every_batch(tiny_ckpt, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT * 3)
+    seen = []
+    losses = split_losses(tiny_ckpt, str(text), batch_size=2, on_batch=lambda *a: seen.append(a))
+    assert set(losses) == {"train", "val"}
+    for split in ("train", "val"):
+        calls = [(done, total) for s, done, total in seen if s == split]
+        assert calls == [(i + 1, calls[0][1]) for i in range(calls[0][1])]  # 1/N ... N/N
+    result = CliRunner().invoke(report, ["losses", str(tiny_ckpt), "--data", str(text)])
+    assert result.exit_code == 0 and result.output.splitlines()[-1].startswith("train ")
+
+
+def test_plot_into_a_missing_folder_creates_it(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps({"step": s, "loss": 4 - s / 10}) + "\n" for s in range(1, 5))
+                       + json.dumps({"step": 4, "train_loss": 3.6, "val_loss": 3.7}) + "\n")
+    out = tmp_path / "new" / "deeper" / "curve.png"
+    result = CliRunner().invoke(report, ["plot", str(metrics), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_full_disk_during_an_export_keeps_the_old_file(tiny_ckpt, tmp_path, monkeypatch):
+    import onnx
+
+    import export.onnx_export
+
+    class Program:  # what torch.onnx.export returns, without the seconds it takes
+        model_proto = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
+
+    def full_disk(proto, f):
+        f.write(b"half a model")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export.onnx_export.torch.onnx, "export", lambda *a, **k: Program())
+    monkeypatch.setattr(export.onnx_export.onnx, "save_model", full_disk)
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"the previous export")
+    args = ["onnx", "--ckpt", str(tiny_ckpt), "--out", str(out), "--no-validate"]
+    result = CliRunner().invoke(export_cli, args)
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1] == \
+        f"Error: could not write {out}: No space left on device; the old file is unchanged"
+    assert out.read_bytes() == b"the previous export" and list(tmp_path.iterdir()) == [out]

@@ -133,9 +133,12 @@ def test_a_changed_folder_is_refused_in_one_line(prepared):
         open_prepared(prepared)
     (prepared / MANIFEST).unlink()
     result = CliRunner().invoke(train_main, ["--data", str(prepared), "--out", str(prepared.parent / "o")])
-    assert result.exit_code == 1
-    assert result.output.strip() == (f"Error: {prepared} is not a prepared token folder (no manifest.json); "
-                                      f"prepare it with gpt-prepare SRC --out {prepared}")
+    assert result.exit_code == 2  # a usage error, caught before any work
+    assert result.output.strip() == (
+        f"Error: --data {prepared} is a directory without manifest.json; prepare it with gpt-prepare SRC "
+        f"--out {prepared}, or pass a UTF-8 text file or shakespeare")
+    with pytest.raises(DataError, match="is not a prepared token folder .no manifest.json.; prepare it with"):
+        open_prepared(prepared)
 
 
 def test_a_folder_prepared_with_another_tokenizer_is_refused(prepared):

@@ -147,7 +147,7 @@ def test_a_file_that_fails_validation_never_becomes_the_output(tiny_ckpt, tmp_pa
 
 def test_cli_errors_are_one_line(tmp_path, tiny_ckpt):
     result = CliRunner().invoke(export_cli, ["onnx", "--ckpt", str(tmp_path / "nope.pt")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a usage error
     assert result.output.strip() == f"Error: checkpoint {tmp_path / 'nope.pt'} not found; train one with " \
         "gpt-train or pass --ckpt PATH"
 

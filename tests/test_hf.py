@@ -287,7 +287,7 @@ def test_gpt_train_init_from_flag(imported, tmp_path):
     common = ["--init-from", str(imported), "--data", str(text), "--out", str(tmp_path / "o"),
               "--no-progress", "--device", "cpu", "--dtype", "fp32"]
     result = CliRunner().invoke(train_cli, [*common, "--n-layer", "4"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a usage error, as every refused flag
     assert result.output == (f"Error: --n-layer cannot change with --init-from {imported}: its weights "
                              "fix them; drop the flag\n")
     result = CliRunner().invoke(train_cli, [*common, "--block-size", "16", "--max-iters", "2",

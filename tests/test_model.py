@@ -27,7 +27,7 @@ def gpt_params(V, T, L, C, bias=True, qkv_bias=True, tied=True) -> int:
     # follow from 8 x (6 heads, 384) with a 4x MLP; the count below is what this shape gives)
     ("mini-13m", gpt_params(66, 256, 8, 384), 14.32),
     ("gpt2-124m", gpt_params(50257, 1024, 12, 768, qkv_bias=False), 124.41),
-    ("cpu", gpt_params(66, 128, 4, 128), 0.82),
+    ("cpu", gpt_params(66, 64, 4, 128), 0.81),
 ])
 def test_preset_parameter_counts(name, expected, approx_m):
     cfg = preset(name)

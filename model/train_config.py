@@ -1,0 +1,203 @@
+"""What a training run is asked to do: ``TrainConfig``, a preset's settings with the flags on top,
+and the rule for what a resumed run may change.
+
+Kept free of torch so that ``gpt-train --help`` answers at once; model.train does the work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from model.config import PRESET_TRAINING, GPTConfig, preset
+
+if TYPE_CHECKING:
+    from model.device import Device, DType
+
+MAX_LEARNING_RATE = 1.0  # AdamW moves every weight by about lr per step: above 1 nothing is learned
+MAX_SEED = 2**32 - 1
+
+
+class SettingsError(ValueError):
+    """The run cannot start as asked (bad value, run folder in the way, changed setting on resume);
+    the message names the flag and the fix. gpt-train exits with 2, as for any usage error."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a run; stored in its checkpoint, so ``--resume`` continues the same run.
+    The defaults are nanoGPT's train_shakespeare_char (model.config.PRESET_TRAINING has the others)."""
+
+    model: GPTConfig = field(default_factory=GPTConfig)
+    data: str = "shakespeare"  # or the path of a UTF-8 text file or of a gpt-prepare folder
+    out_dir: str = "out"
+    batch_size: int = 64
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_iters: int = 5000
+    learning_rate: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    lr_decay_iters: int | None = None  # None: decay until max_iters
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 disables clipping
+    eval_interval: int = 250
+    eval_iters: int = 200
+    log_interval: int = 10
+    seed: int = 1337
+    device: Device = "auto"
+    dtype: DType = "auto"
+    compile: bool = False
+    fsdp: bool = False  # shard parameters, gradients and optimizer state over ranks (FSDP2), not DDP
+    # start from this checkpoint's weights and tokenizer (fresh optimizer); model comes from
+    # model.train.init_config, so only block_size (cropped), dropout and attention may differ
+    init_from: str | None = None
+    resume: bool = False  # continue OUT/ckpt.pt
+    overwrite: bool = False  # start afresh in an OUT that holds a run, replacing its files
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
+        _check_range("learning_rate", self.learning_rate, 0, MAX_LEARNING_RATE, low_open=True)
+        _check_range("min_lr", self.min_lr, 0, self.learning_rate)
+        _check_range("weight_decay", self.weight_decay, 0, 1)
+        _check_range("beta1", self.beta1, 0, 1, high_open=True)
+        _check_range("beta2", self.beta2, 0, 1, high_open=True)  # beta = 1: Adam divides by zero
+        _check_range("grad_clip", self.grad_clip, 0, math.inf, high_open=True)
+        if self.warmup_iters < 0:
+            raise SettingsError(f"--warmup-iters must be >= 0, got {self.warmup_iters}")
+        if self.lr_decay_iters is not None and self.lr_decay_iters < 1:
+            raise SettingsError(f"--lr-decay-iters must be at least 1, got {self.lr_decay_iters}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise SettingsError(f"--seed must be in [0, {MAX_SEED}], got {self.seed}")
+        if self.fsdp and self.compile:
+            raise SettingsError("--fsdp with --compile is not supported yet; drop one of them")
+        if self.resume and self.overwrite:
+            raise SettingsError("--resume continues a run and --overwrite replaces it; pass one of them")
+
+    @property
+    def decay_iters(self) -> int:
+        return self.lr_decay_iters or self.max_iters
+
+    def replace(self, **changes: object) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "model")
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(GPTConfig))
+# Where and how a run is started, not what it computes: never compared on resume.
+RUN_ACTIONS = ("out_dir", "resume", "overwrite")
+# What a resumed run may change: none alters a step's maths (max_iters moves the end, with the
+# learning-rate schedule pinned; evaluation draws from its own generator).
+MAY_CHANGE_ON_RESUME = ("max_iters", "eval_interval", "log_interval", "progress")
+_FLAGS = {"grad_accum": "gradient-accumulation-steps", "out_dir": "out"}
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a TrainConfig or GPTConfig field."""
+    return "--" + _FLAGS.get(name, name.replace("_", "-"))
+
+
+def _check_range(name: str, value: float, low: float, high: float,
+                 low_open: bool = False, high_open: bool = False) -> None:
+    ok = math.isfinite(value) and (low < value if low_open else low <= value) and (
+        value < high if high_open else value <= high)
+    if not ok:
+        shown = f"{'(' if low_open else '['}{low:g}, {'inf' if math.isinf(high) else f'{high:g}'}" \
+                f"{')' if high_open else ']'}"
+        raise SettingsError(f"{flag(name)} must be a number in {shown}, got {value:g}")
+
+
+def check_data(data: str) -> None:
+    """A --data that names no readable file is a usage error, said before any work starts."""
+    if data == "shakespeare":
+        return
+    path = Path(data)
+    if path.is_dir():
+        if (path / "manifest.json").is_file():
+            return  # a gpt-prepare folder: model.data checks it in full
+        raise SettingsError(f"--data {data} is a directory without manifest.json; prepare it with "
+                            f"gpt-prepare SRC --out {data}, or pass a UTF-8 text file or shakespeare")
+    if not path.is_file():
+        raise SettingsError(f"--data {data} does not exist; pass --data shakespeare or a text file")
+
+
+def fresh(preset_name: str, given: dict[str, object]) -> TrainConfig:
+    """A new run: the preset's model and training settings, with the given fields on top."""
+    model = preset(preset_name).replace(**{k: v for k, v in given.items() if k in MODEL_FIELDS})
+    training = PRESET_TRAINING.get(preset_name, {}) | {k: v for k, v in given.items() if k in TRAIN_FIELDS}
+    return TrainConfig(model=model, **training)
+
+
+def preset_values(preset_name: str) -> dict[str, object]:
+    """Every field a preset sets (model shape and training), as given fields."""
+    model = {k: v for k, v in preset(preset_name).to_dict().items() if k != "vocab_size"}
+    return model | PRESET_TRAINING.get(preset_name, {})
+
+
+def resumed(stored: dict, model: GPTConfig, given: dict[str, object], out_dir: str, step: int,
+            where: Path | str, named: dict[str, str] | None = None) -> tuple[TrainConfig, list[str]]:
+    """The config of a resumed run -> (config, one line per allowed change).
+
+    ``stored`` is the checkpoint's TrainConfig as a dict, ``model`` its model's config, ``step``
+    the step it holds. ``given`` holds only the fields the caller chose (the flags on the command
+    line); everything else comes from the checkpoint. A given field that differs is applied if it
+    is in MAY_CHANGE_ON_RESUME, else refused with the stored value named. ``named`` says how the
+    user asked for a field when it was not its own flag (``--preset cpu``)."""
+    unknown = set(stored) - set(TRAIN_FIELDS) - {"model"}
+    if unknown:
+        raise SettingsError(f"{where} has unknown training settings {sorted(unknown)}; "
+                            "it was written by a newer gpt-from-scratch")
+    # how the stored run was started (--overwrite, say) is no part of it
+    base = TrainConfig(model=model, **{k: v for k, v in stored.items() if k not in ("model", *RUN_ACTIONS)})
+    changes: dict[str, object] = {}
+    notes: list[str] = []
+    for name, value in given.items():
+        if name in RUN_ACTIONS:
+            continue
+        if name in MODEL_FIELDS:
+            current = getattr(model, name)
+        elif name in TRAIN_FIELDS:
+            current = getattr(base, name)
+        else:
+            raise SettingsError(f"unknown setting {name!r}")
+        if name == "lr_decay_iters":  # None means "until max_iters": compare the schedules
+            value, current = value or base.max_iters, base.decay_iters
+        if value == current:
+            continue
+        asked = (named or {}).get(name, _as_flag(name, value))
+        if name not in MAY_CHANGE_ON_RESUME:
+            allowed = ", ".join(flag(n) for n in MAY_CHANGE_ON_RESUME)
+            raise SettingsError(
+                f"{asked}: this run's {flag(name)[2:]} is {_shown(current)} (stored in {where}); a "
+                f"resumed run keeps its settings (only {allowed} may change): drop the flag, or "
+                "start a new run in another --out")
+        changes[name] = value
+        notes.append(f"resuming with {asked} (was {_shown(current)})")
+    new_max = changes.get("max_iters")
+    if new_max is not None:
+        if new_max <= step:
+            raise SettingsError(f"--max-iters {new_max}: {where} is already at step {step}; pass a "
+                                "larger --max-iters to extend the run")
+        # the learning rate keeps the run's schedule: the steps before the old end stay exactly
+        # as an uninterrupted run would take them
+        changes["lr_decay_iters"] = base.decay_iters
+        notes.append(f"the learning rate keeps this run's schedule: cosine to step {base.decay_iters}, "
+                     f"then {base.min_lr:g}")
+    return base.replace(out_dir=out_dir, resume=True, **changes), notes
+
+
+def _as_flag(name: str, value: object) -> str:
+    if isinstance(value, bool):
+        return flag(name) if value else f"--no-{flag(name)[2:]}"
+    return f"{flag(name)} {_shown(value)}"
+
+
+def _shown(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
