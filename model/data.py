@@ -93,6 +93,16 @@ def text_source(data: str, data_dir: str | Path | None = None) -> Path:
     return path
 
 
+def read_text(data: str, data_dir: str | Path | None = None) -> str:
+    """The whole text of ``shakespeare`` or of a UTF-8 file, for the notebooks and tests that look
+    at it (training reads prepared tokens instead)."""
+    path = text_source(data, data_dir)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def cached_folder(text: Path, tokenizer: dict | str) -> Path:
     """The cache folder for ``text`` prepared with ``tokenizer`` ("char": built from the text)."""
     key = json.dumps({"path": str(text.resolve()), "tokenizer": tokenizer}, sort_keys=True)
