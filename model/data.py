@@ -95,7 +95,7 @@ def load_corpus(
     """Read, tokenize (building a character vocabulary unless given a tokenizer) and split."""
     text = read_text(data, data_dir)
     tok = tokenizer or CharTokenizer.from_text(text)
-    ids = torch.tensor(tok.encode(text, unknown="replace"), dtype=torch.long)
+    ids = torch.tensor(tok.encode(text, unknown="replace", special=True), dtype=torch.long)
     return tok, Splits.from_ids(ids)
 
 
