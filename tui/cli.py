@@ -88,12 +88,12 @@ def _main(ckpt: str, backend_name: str | None, onnx: Path | None, provider: str,
     if batch is None and (output is not None or fmt != "auto"):
         raise click.UsageError("--output and --format only apply with --batch")
     if output is not None and not output.expanduser().resolve().parent.is_dir():
-        raise click.BadParameter(f"the folder of {output} does not exist; create it first",
+        raise click.BadParameter(visible(f"the folder of {output} does not exist; create it first"),
                                  param_hint="'--output'")
     try:
         settings = Settings(stop=tuple(unescape(s) for s in stop), unknown=unknown, **knobs)
     except ValueError as e:
-        raise click.UsageError(str(e)) from None
+        raise click.UsageError(visible(str(e))) from None
     backend_name = backend_name or ("onnx" if onnx else "torch")
     try:
         ckpt_path = resolve_ckpt(ckpt)
