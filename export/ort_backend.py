@@ -96,7 +96,40 @@ def _read_metadata(session, path: Path) -> tuple[GPTConfig, dict, dict]:
     names = [i.name for i in session.get_inputs()]
     if names != input_names(config.n_layer):
         raise OnnxModelError(f"{path}: inputs {names[:4]}... do not match its config; re-export it")
+    _check_graph(session, config, path)
     return config, tokenizer, meta
+
+
+def _check_graph(session, config: GPTConfig, path: Path) -> None:
+    """The metadata's config against the graph itself: the fixed sizes of the past inputs and the
+    logits, then one step at the last position with the last token id, which fails in ONNX Runtime
+    if the graph's embeddings hold fewer positions or tokens than the metadata claims."""
+    def mismatch(what: str) -> OnnxModelError:
+        return OnnxModelError(f"{path}: its metadata does not match the graph ({what}); re-export it "
+                              "with gpt-export onnx")
+
+    c = config
+    for name, shape in ((i.name, i.shape) for i in session.get_inputs()[3:]):
+        for axis, want in ((1, c.n_head), (3, c.head_size)):
+            if isinstance(shape[axis], int) and shape[axis] != want:
+                raise mismatch(f"{name} has {shape[axis]} on axis {axis}, the config says {want}")
+    V = session.get_outputs()[0].shape[2]
+    if isinstance(V, int) and V != c.vocab_size:
+        raise mismatch(f"logits are {V} wide, the config says vocab_size {c.vocab_size}")
+    feeds = {"input_ids": np.asarray([[c.vocab_size - 1]], dtype=np.int64),
+             "attention_mask": np.ones((1, 1), dtype=np.int64),
+             "position_ids": np.asarray([[c.block_size - 1]], dtype=np.int64)}
+    empty = np.zeros((1, c.n_head, 0, c.head_size), dtype=np.float32)  # (B, H, P=0, D)
+    feeds |= {name: empty for name in input_names(c.n_layer)[3:]}
+    try:
+        with _quiet_stderr():
+            logits = session.run(["logits"], feeds)[0]
+    except Exception as e:  # ORT's own exception types: an index out of range, a shape clash
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise mismatch(f"a step at position {c.block_size - 1} with token {c.vocab_size - 1} fails: "
+                       f"{first[:160]}") from None
+    if logits.shape != (1, 1, c.vocab_size):
+        raise mismatch(f"logits come out {list(logits.shape)}, the config says [1, 1, {c.vocab_size}]")
 
 
 class OrtDecoder:

@@ -3,12 +3,13 @@
 1. ``onnx.checker`` with full shape inference.
 2. Logit parity, ONNX Runtime against PyTorch (the same weights in eager mode), at several batch,
    prompt and past lengths, including a left-padded batch; the max abs difference is reported
-   and must stay under ``LOGIT_TOLERANCE``.
+   and must stay under ``LOGIT_TOLERANCE``; a NaN or infinite logit on either side fails.
 3. Greedy tokens: a prompt plus 20 steps through both backends' ``Generation`` must be identical.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,8 +67,8 @@ def max_logit_diff(session, model: GPT) -> float:
             inputs = sample_inputs(model.config, batch, new, past, seed=i)
             expect = wrapper(*inputs)
             got = session.run(None, dict(zip(names, (x.numpy() for x in inputs), strict=True)))
-            diffs = (float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expect, strict=True))
-            worst = max(worst, *diffs)
+            for g, e in zip(got, expect, strict=True):
+                worst = float(np.maximum(worst, np.abs(g - e.numpy()).max()))  # NaN stays NaN
         # a padded batch: each row's real positions must match that prompt run alone
         V = model.config.vocab_size
         prompts = [[(3 * j + 1) % V for j in range(6)], [(5 * j + 2) % V for j in range(3)]]
@@ -76,7 +77,7 @@ def max_logit_diff(session, model: GPT) -> float:
                              | dict(zip(names[3:], empty_past(model.config, 2), strict=True)))[0]
         for b, p in enumerate(prompts):
             alone, _ = model(torch.tensor([p]))
-            worst = max(worst, float(np.abs(logits[b, -len(p):] - alone[0].numpy()).max()))
+            worst = float(np.maximum(worst, np.abs(logits[b, -len(p):] - alone[0].numpy()).max()))
     return worst
 
 
@@ -98,7 +99,10 @@ def validate_export(path: Path, model: GPT, say: Callable[[str], None] = lambda 
     backend = load_ort_backend(path, provider="cpu")
     say("comparing logits with PyTorch")
     diff = max_logit_diff(backend.session, model.eval())
-    if not diff <= LOGIT_TOLERANCE:  # also catches NaN
+    if not math.isfinite(diff):
+        raise ValidationError(f"{name}: the logits hold NaN or infinity (in PyTorch or ONNX Runtime); "
+                              "the weights are broken: export an earlier checkpoint")
+    if not diff <= LOGIT_TOLERANCE:
         raise ValidationError(
             f"{name}: logits differ from PyTorch by {diff:.2e} (tolerance {LOGIT_TOLERANCE:.0e})")
     say(f"max abs logit difference {diff:.2e} (tolerance {LOGIT_TOLERANCE:.0e})")

@@ -34,19 +34,36 @@ class Settings:
     unknown: Unknown = "reject"  # prompt characters outside the vocabulary: refuse, or replace them
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)) \
-                or self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1 (or None for off), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if isinstance(self.stop, str) or not all(isinstance(x, str) and x for x in self.stop):
-            raise ValueError(f"stop must be a tuple of non-empty strings like ('\\n\\n',), not {self.stop!r}")
+        # messages name the settings as people type them (flags, /set, batch items): top-k, off
+        if not _number(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be a number >= 0 (0 = greedy), not {self.temperature!r}")
+        if self.top_k is not None and (not _whole(self.top_k) or self.top_k < 1):
+            raise ValueError(f"top-k must be a whole number >= 1, or off, not {self.top_k!r}")
+        if not _number(self.top_p) or not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top-p must be a number in (0, 1] (1 = off), not {self.top_p!r}")
+        if not _whole(self.max_new_tokens) or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise ValueError(f"max-new-tokens must be a whole number from 1 to {MAX_NEW_TOKENS}, "
+                             f"not {self.max_new_tokens!r}")
+        if self.seed is not None and (not _whole(self.seed) or not 0 <= self.seed <= MAX_SEED):
+            raise ValueError(f"seed must be a whole number from 0 to 2^63-1, or off (random), "
+                             f"not {self.seed!r}")
+        if not isinstance(self.stop, tuple) or not all(isinstance(x, str) and x for x in self.stop):
+            raise ValueError(f"stop must be a list of non-empty strings like ['\\n\\n'], not {self.stop!r}")
         if self.unknown not in ("reject", "replace"):
             raise ValueError(f"unknown must be 'reject' or 'replace', not {self.unknown!r}")
+
+
+# A generation longer than this is a typo (the context window slides, so nothing else bounds it).
+MAX_NEW_TOKENS = 100_000
+MAX_SEED = 2**63 - 1  # torch.Generator takes 64 bits; NumPy and JSON readers are safe below 2^63
+
+
+def _number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _whole(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,11 @@ class ByteBPETokenizer:
     def unknown_chars(self, text: str) -> list[str]:
         return []  # every byte has a token
 
-    def encode(self, text: str, unknown: Unknown = "reject") -> list[int]:
+    def encode(self, text: str, unknown: Unknown = "reject", special: bool = False) -> list[int]:
+        """Every byte has a token, so nothing is unknown. ``special``: text that spells a special
+        token (``<|endoftext|>``) becomes that token, as training text may; a prompt's stays text."""
+        if not special:
+            return self._encode_ordinary(text)
         ids: list[int] = []
         start = 0
         for m in self._specials.finditer(text):

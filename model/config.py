@@ -9,6 +9,11 @@ from typing import Literal
 Attention = Literal["explicit", "fused"]
 Activation = Literal["gelu", "gelu_tanh"]
 
+# Upper bounds, far above any model this project trains, so that a config read from a file cannot
+# ask for absurd allocations: every attention layer holds a block_size^2 causal mask (1 GB at the
+# bound), and the embeddings are vocab_size and block_size rows of n_embd floats.
+LIMITS = {"vocab_size": 1 << 21, "block_size": 1 << 15, "n_layer": 1024, "n_head": 1024, "n_embd": 1 << 16}
+
 
 @dataclass(frozen=True)
 class GPTConfig:
@@ -34,16 +39,22 @@ class GPTConfig:
     def __post_init__(self) -> None:
         if self.kind not in ("gpt", "bigram"):
             raise ValueError(f"kind must be 'gpt' or 'bigram', not {self.kind!r}")
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        for name, most in LIMITS.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if value > most:
+                raise ValueError(f"{name} must be at most {most}, got {value}")
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"n_embd must be divisible by n_head: {self.n_embd} % {self.n_head} != 0; "
                 f"pick n_embd as a multiple of {self.n_head}"
             )
-        if not 0.0 <= self.dropout < 1.0:
+        for name in ("bias", "qkv_bias", "tie_weights"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) \
+                or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.attention not in ("explicit", "fused"):
             raise ValueError(f"attention must be 'explicit' or 'fused', not {self.attention!r}")
@@ -63,8 +74,10 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> GPTConfig:
+        if not isinstance(d, dict):
+            raise ValueError(f"config must be a dict of GPTConfig fields, not {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
+        unknown = {str(k) for k in d} - known
         if unknown:
             raise ValueError(f"unknown config fields {sorted(unknown)}: checkpoint from a newer version?")
         return cls(**d)

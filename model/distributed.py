@@ -3,16 +3,26 @@ few collectives the training loop needs, and the two ways of spreading a model o
 (every rank holds the whole model) or FSDP2 (``--fsdp``: each rank holds 1/N of the parameters,
 gradients and optimizer state, gathering a block's weights just before it runs).
 
-``torchrun`` starts one process per device and tells each its place through environment variables
-(RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT). Without them, or with a world of one, nothing
-here does anything: a single process trains without a process group and without DDP.
+``torchrun`` (or, on one machine, ``python -m model.distributed``: ``launch_local``) starts one
+process per device and tells each its place through environment variables (RANK, LOCAL_RANK,
+WORLD_SIZE, MASTER_ADDR/PORT). Without them, or with a world of one, nothing here does anything: a
+single process trains without a process group and without DDP.
+
+torch.distributed has no authentication: whoever reaches its ports can join or disrupt a run.
+torchrun's agent listens on every interface whatever its flags; ``launch_local`` keeps every
+socket of a single-machine run on the loopback interface.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -30,10 +40,25 @@ from torch.nn.parallel import DistributedDataParallel
 
 from model.gpt import GPT
 
-# How long a collective may wait for a slow rank before failing. Ranks meet at every optimizer
-# step; the longest gap is rank 0 writing a checkpoint, seconds even for GPT-2 small. A rank that
-# dies is noticed sooner: torchrun stops the others as soon as a worker exits non-zero.
+# How long a collective may wait for a slow (or stopped) rank before failing. Ranks meet at every
+# optimizer step; the longest gap is rank 0 writing a checkpoint, seconds even for GPT-2 small. A
+# rank that dies is noticed sooner: the launcher stops the others as soon as one exits non-zero.
 TIMEOUT = timedelta(minutes=10)
+TIMEOUT_ENV = "GPT_DIST_TIMEOUT"  # seconds, to change it
+
+
+def timeout() -> timedelta:
+    """TIMEOUT, or the seconds in $GPT_DIST_TIMEOUT."""
+    raw = os.environ.get(TIMEOUT_ENV)
+    if raw is None:
+        return TIMEOUT
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds <= 7 * 24 * 3600:
+        raise ValueError(f"{TIMEOUT_ENV} must be a number of seconds above 0, not {raw!r}")
+    return timedelta(seconds=seconds)
 
 # Rank r samples with seed + r * RANK_STRIDE: rank 0 keeps the run seed (a single process is
 # unchanged) and no rank lands on seed + 1, which evaluation uses.
@@ -100,7 +125,7 @@ def process_group(dist: Dist, device: torch.device) -> Iterator[None]:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    tdist.init_process_group(backend, timeout=TIMEOUT, device_id=device if device.type == "cuda" else None)
+    tdist.init_process_group(backend, timeout=timeout(), device_id=device if device.type == "cuda" else None)
     try:
         yield
         tdist.barrier()  # nobody leaves while rank 0 is still writing the last checkpoint
@@ -217,9 +242,82 @@ def gather(obj: object, dist: Dist) -> list | None:
 
 
 def lost_peer(error: BaseException) -> bool:
-    """Did a collective fail because another rank went away? NCCL raises DistError; gloo raises a
-    plain RuntimeError naming the closed connection."""
+    """Did a collective fail because another rank went away or stopped answering? NCCL raises
+    DistError; gloo raises a plain RuntimeError naming the closed connection or the timeout."""
     text = str(error)
     return isinstance(error, tdist.DistError) or (
-        isinstance(error, RuntimeError) and ("closed by peer" in text or "reset by peer" in text)
+        isinstance(error, RuntimeError)
+        and any(s in text for s in ("closed by peer", "reset by peer", "Timed out", "timed out"))
     )
+
+
+def launch_local(nproc: int, command: Sequence[str], grace: float = 5.0) -> int:
+    """Run ``python COMMAND`` as ``nproc`` ranks on this machine, every socket on loopback: the
+    rendezvous store is bound to 127.0.0.1 here and handed to the ranks (as torchrun's agent store
+    is), and gloo/NCCL are told to use the loopback interface. When one rank fails the others are
+    stopped (SIGTERM, then SIGKILL after ``grace`` s, which also ends a stopped one). Returns the
+    first non-zero exit code, or 0."""
+    if nproc < 1:
+        raise ValueError(f"--nproc-per-node must be at least 1, not {nproc}")
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    store = tdist.TCPStore("127.0.0.1", port, world_size=nproc, is_master=True, wait_for_workers=False,
+                           master_listen_fd=listener.detach(), timeout=timeout())  # the store owns it
+    loopback = "lo0" if sys.platform == "darwin" else "lo"
+    base = os.environ | {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(nproc),
+                         "LOCAL_WORLD_SIZE": str(nproc), "TORCHELASTIC_USE_AGENT_STORE": "True"}
+    for name in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+        base.setdefault(name, loopback)
+    base.setdefault("OMP_NUM_THREADS", "1")  # as torchrun: N processes share the cores
+    ranks = [subprocess.Popen([sys.executable, *command], env=base | {"RANK": str(r), "LOCAL_RANK": str(r)})
+             for r in range(nproc)]
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # stopping the launcher stops its ranks
+    try:
+        code = 0
+        while code == 0 and any(p.poll() is None for p in ranks):
+            code = next((p.returncode for p in ranks if p.returncode not in (None, 0)), 0)
+            time.sleep(0.1)
+        code = code or next((p.returncode for p in ranks if p.returncode), 0)
+    except KeyboardInterrupt:  # Ctrl+C (the terminal sent SIGINT to the ranks too) or SIGTERM
+        code = 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _stop(ranks, grace)
+    del store  # closes the listening socket
+    return code if code >= 0 else 128 - code  # killed by signal N -> 128 + N, as a shell says
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop(ranks: list[subprocess.Popen], grace: float) -> None:
+    for p in ranks:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            p.send_signal(signal.SIGCONT)  # a stopped rank must run to act on it
+    deadline = time.monotonic() + grace
+    for p in ranks:
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """python -m model.distributed --nproc-per-node N -m model.cli [gpt-train flags]"""
+    args = list(sys.argv[1:] if argv is None else argv)
+    usage = "usage: python -m model.distributed --nproc-per-node N -m model.cli [flags]"
+    if len(args) < 3 or args[0] != "--nproc-per-node" or not args[1].isdigit():
+        sys.exit(usage)
+    try:
+        sys.exit(launch_local(int(args[1]), args[2:]))
+    except ValueError as e:
+        sys.exit(f"Error: {e}")
+
+
+if __name__ == "__main__":
+    main()

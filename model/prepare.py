@@ -263,6 +263,7 @@ class TokenizerEncoder:
         self.tok = tok
 
     def __call__(self, text: str) -> np.ndarray:
+        # as the other encoders: text that spells <|endoftext|> is text, not the token
         return np.asarray(self.tok.encode(text, "replace"), dtype=np.uint32)
 
 

@@ -16,6 +16,10 @@ from model.paths import RANKS_ENV, ranks_path
 from model.special import EOT, Unknown
 
 
+class TokenizerError(ValueError):
+    """A tokenizer that cannot be built: a damaged description, a missing or unreadable ranks file."""
+
+
 class UnknownCharactersError(ValueError):
     """Raised for text holding characters outside a character vocabulary."""
 
@@ -35,7 +39,11 @@ class Tokenizer(Protocol):
     vocab_size: int
     eot_id: int
 
-    def encode(self, text: str, unknown: Unknown = "reject") -> list[int]: ...
+    def encode(self, text: str, unknown: Unknown = "reject", special: bool = False) -> list[int]:
+        """``special``: whether the literal text ``<|endoftext|>`` is the end-of-text token. Prompts
+        leave it off (typed text never injects a special token); training text may turn it on."""
+        ...
+
     def decode(self, ids: list[int]) -> str: ...
     def unknown_chars(self, text: str) -> list[str]: ...
     def to_dict(self) -> dict: ...
@@ -45,6 +53,8 @@ class CharTokenizer:
     """One token per character of the training corpus, plus the end-of-text marker as the last id."""
 
     def __init__(self, chars: str, replacement: str | None = None):
+        if not isinstance(chars, str) or not chars:
+            raise ValueError(f"a character vocabulary must be a non-empty string, not {chars!r:.40}")
         if len(set(chars)) != len(chars):
             raise ValueError("character vocabulary has duplicates")
         self.chars = chars
@@ -63,7 +73,8 @@ class CharTokenizer:
     def unknown_chars(self, text: str) -> list[str]:
         return sorted({c for c in text if c not in self.stoi})
 
-    def encode(self, text: str, unknown: Unknown = "reject") -> list[int]:
+    def encode(self, text: str, unknown: Unknown = "reject", special: bool = False) -> list[int]:
+        # one id per character: the end-of-text marker has no spelling here, whatever ``special`` says
         missing = self.unknown_chars(text)
         if missing:
             if unknown == "reject":
@@ -92,11 +103,17 @@ class BPETokenizer:
     def __init__(self, ranks_file: str | Path | None = None):
         path = Path(ranks_file) if ranks_file else ranks_path()
         if not path.is_file():
-            raise FileNotFoundError(
+            raise TokenizerError(
                 f"GPT-2 BPE ranks file not found at {path}; download r50k_base.tiktoken "
                 f"and pass its path or set {RANKS_ENV}"
             )
-        ranks = load_tiktoken_bpe(str(path))
+        try:
+            ranks = load_tiktoken_bpe(str(path))
+        except (ValueError, OSError) as e:  # bad base64, a rank that is not a number, unreadable
+            raise TokenizerError(f"GPT-2 BPE ranks file {path} is unreadable ({type(e).__name__}); "
+                                 "download r50k_base.tiktoken again") from None
+        if not ranks:
+            raise TokenizerError(f"GPT-2 BPE ranks file {path} is empty; download r50k_base.tiktoken again")
         self.ranks_path = str(path)
         self.ranks = ranks  # token bytes -> rank, which is also its id
         self.eot_id = len(ranks)  # 50256 for the real file
@@ -114,8 +131,10 @@ class BPETokenizer:
     def unknown_chars(self, text: str) -> list[str]:
         return []
 
-    def encode(self, text: str, unknown: Unknown = "reject") -> list[int]:
-        return self._enc.encode(text, allowed_special={EOT})
+    def encode(self, text: str, unknown: Unknown = "reject", special: bool = False) -> list[int]:
+        if special:
+            return self._enc.encode(text, allowed_special={EOT})
+        return self._enc.encode(text, allowed_special=set(), disallowed_special=())  # EOT as plain text
 
     def decode(self, ids: list[int]) -> str:
         return self._enc.decode(ids)
@@ -125,13 +144,34 @@ class BPETokenizer:
 
 
 def tokenizer_from_dict(d: dict, ranks_file: str | Path | None = None) -> Tokenizer:
+    """Rebuild a tokenizer from ``to_dict()``'s output; TokenizerError (a ValueError) for anything else."""
+    if not isinstance(d, dict):
+        raise TokenizerError(f"a tokenizer must be a dict like {{'kind': 'char', 'chars': ...}}, "
+                             f"not {type(d).__name__}")
+    # a BPE is either tiktoken's GPT-2 encoding (ranks on disk) or carried whole as data (model.bpe)
+    schema = {"char": {"kind", "chars"}, "bpe": {"kind", "encoding"},
+              "bpe-data": {"kind", "vocab", "merges", "special", "eot", "pattern"}}
     kind = d.get("kind")
+    if not isinstance(kind, str) or kind not in ("char", "bpe"):
+        raise TokenizerError(f"unknown tokenizer kind {kind!r:.40}; expected 'char' or 'bpe'")
+    if kind == "bpe" and "merges" in d:
+        kind = "bpe-data"
+    if set(d) != schema[kind]:
+        raise TokenizerError(f"a {kind} tokenizer has the fields {sorted(schema[kind])}, "
+                             f"not {sorted(map(str, d))}")
     if kind == "char":
-        return CharTokenizer(d["chars"])
-    if kind == "bpe" and "merges" in d:  # carried as data (model.bpe), e.g. imported from Hugging Face
+        try:
+            return CharTokenizer(d["chars"])
+        except ValueError as e:
+            raise TokenizerError(str(e)) from None
+    if kind == "bpe-data":  # e.g. imported from Hugging Face
         from model.bpe import ByteBPETokenizer
 
-        return ByteBPETokenizer.from_dict(d)
-    if kind == "bpe":
-        return BPETokenizer(ranks_file)
-    raise ValueError(f"unknown tokenizer kind {kind!r}")
+        try:
+            return ByteBPETokenizer.from_dict(d)
+        except (ValueError, TypeError, KeyError) as e:
+            raise TokenizerError(f"the BPE tokenizer carried in the checkpoint is damaged ({e!s:.120})") \
+                from None
+    if d["encoding"] != "gpt2":
+        raise TokenizerError(f"unknown BPE encoding {d['encoding']!r:.40}; only 'gpt2' is supported")
+    return BPETokenizer(ranks_file)

@@ -69,7 +69,7 @@ def test_per_item_settings_and_errors_do_not_stop_the_rest():
     assert "not in the vocabulary: 'é'; remove them, or pass --unknown replace" in rows[1]["error"]
     assert rows[1]["completion"] is None
     assert rows[2]["completion"] == "To be," and rows[2]["stop_reason"] == "stop_string"
-    assert "bad settings: top_p must be in (0, 1]" in rows[3]["error"]
+    assert "bad settings: top-p must be a number in (0, 1]" in rows[3]["error"]
     assert "backend failure" in rows[4]["error"]
     assert summary.failed == 3 and summary.exit_code == EXIT_ITEMS_FAILED
 
@@ -131,7 +131,7 @@ def test_cli_usage_errors_and_bad_checkpoints(tiny_ckpt, tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(tiny_ckpt.read_bytes()[:1000])
     damaged = runner.invoke(main, ["--ckpt", str(bad), "--batch", "-"], input="x\n")
-    assert damaged.exit_code == 1 and "bad.pt is truncated or not a PyTorch checkpoint" in damaged.output
+    assert damaged.exit_code == 1 and "bad.pt is damaged (cut short or overwritten" in damaged.output
     no_onnx = runner.invoke(main, ["--ckpt", str(tiny_ckpt), "--onnx", str(tmp_path / "m.onnx"),
                                    "--batch", "-"], input="x\n")
     assert no_onnx.exit_code == 2 and "m.onnx' does not exist" in no_onnx.output

@@ -24,7 +24,8 @@ def test_merges_apply_by_priority_and_text_round_trips(tok):
     assert tok.encode("that") == [261, ord("a"), ord("t")]  # "th"; "Ġth" needs the space
     for text in TEXTS:
         assert tok.decode(tok.encode(text)) == text
-    assert tok.encode(f"a{EOT}") == [ord("a"), tok.eot_id] and tok.vocab_size == len(VOCAB) + 1
+    assert tok.encode(f"a{EOT}", special=True) == [ord("a"), tok.eot_id] and tok.vocab_size == len(VOCAB) + 1
+    assert tok.eot_id not in tok.encode(f"a{EOT}")  # a prompt's text stays text
 
 
 def test_a_character_split_across_tokens_decodes_whole_or_as_replacement(tok):

@@ -36,11 +36,13 @@ def test_set_changes_one_setting(line, field, value):
 
 @pytest.mark.parametrize("line, message", [
     ("/set temperature hot", "temperature must be a number, not 'hot'"),
-    ("/set temperature -1", "temperature must be >= 0 (0 = greedy), got -1.0"),
-    ("/set top-k 0", "top_k must be >= 1"),
+    ("/set temperature -1", "temperature must be a number >= 0 (0 = greedy), not -1.0"),
+    ("/set top-k 0", "top-k must be a whole number >= 1, or off, not 0"),
+    ("/set seed 1180591620717411303424", "seed must be a whole number from 0 to 2^63-1"),
+    ("/set max-new-tokens 1000000000", "max-new-tokens must be a whole number from 1 to 100000"),
     ("/set top-k 2.5", "top-k must be a whole number or 'off', not '2.5'"),
-    ("/set top-p 0", "top_p must be in (0, 1]"),
-    ("/set max-new-tokens 0", "max_new_tokens must be >= 1"),
+    ("/set top-p 0", "top-p must be a number in (0, 1]"),
+    ("/set max-new-tokens 0", "max-new-tokens must be a whole number from 1"),
     ("/set unknown ignore", "unknown must be 'reject'"),
     ("/set colour blue", "unknown setting 'colour'"),
     ("/set temperature", "usage: /set NAME VALUE"),

@@ -133,3 +133,115 @@ def test_resume_needs_the_same_number_of_processes():
         saved_rng(saved, 2, Path("ckpt.pt"))
     with pytest.raises(CheckpointError, match="ckpt.pt holds no per-process random state"):
         saved_rng({"step": 3}, 1, Path("ckpt.pt"))
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _listening(pids: list[int]) -> set[str]:
+    """host:port of every TCP socket in LISTEN state that these processes hold (from /proc)."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
+                addr, port = cols[1].split(":")
+                if len(addr) == 8:
+                    host = ".".join(str(int(addr[i:i + 2], 16)) for i in (6, 4, 2, 0))
+                else:
+                    host = "::1" if addr == "0" * 24 + "01000000" else ("::" if set(addr) == {"0"} else addr)
+                found.add(f"{host}:{int(port, 16)}")
+    return found
+
+
+def _launch(text: Path, out: Path, extra_env: dict, *flags: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "model.distributed", "--nproc-per-node", "2", "-m", "model.cli",
+           "--data", str(text), "--out", str(out), *FLAGS, *flags]
+    env = os.environ | {"PYTHONPATH": str(REPO)} | extra_env
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_steps(proc: subprocess.Popen, out: Path, steps: int, limit: float = 90) -> None:
+    import time
+
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        metrics = out / "metrics.jsonl"
+        if metrics.exists() and sum('"loss"' in line for line in metrics.read_text().splitlines()) >= steps:
+            return
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.1)
+    raise AssertionError("training did not start")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads sockets from Linux's /proc")
+def test_the_local_launcher_listens_only_on_loopback(text, tmp_path):
+    proc = _launch(text, tmp_path, {}, "--max-iters", "100000", "--eval-interval", "100000")
+    try:
+        _wait_for_steps(proc, tmp_path, 2)
+        tree = [proc.pid, *_children(proc.pid)]
+        assert len(tree) == 3  # the launcher and two ranks
+        sockets = _listening(tree)
+        assert sockets and all(s.startswith("127.0.0.1:") for s in sockets), sockets
+    finally:
+        proc.terminate()  # the launcher stops its ranks
+        proc.communicate(timeout=60)
+    assert proc.returncode == 130 and not any(Path(f"/proc/{p}").exists() for p in tree[1:])
+
+
+@pytest.mark.slow
+def test_a_stopped_rank_ends_the_run_within_the_timeout(text, tmp_path):
+    """SIGSTOP one rank: the other gives up after GPT_DIST_TIMEOUT seconds, says so in one line, and
+    the launcher ends the stopped one."""
+    import signal
+    import time
+
+    proc = _launch(text, tmp_path, {"GPT_DIST_TIMEOUT": "4"}, "--max-iters", "100000",
+                   "--eval-interval", "100000")
+    try:
+        _wait_for_steps(proc, tmp_path, 2)
+        ranks = sorted(_children(proc.pid))
+        rank1 = next(p for p in ranks if "RANK=1\0" in Path(f"/proc/{p}/environ").read_text())
+        os.kill(rank1, signal.SIGSTOP)
+        stopped = time.monotonic()
+        _, err = proc.communicate(timeout=90)
+        took = time.monotonic() - stopped
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and took < 4 + 40, took  # the timeout, plus start-up slack
+    assert "rank 0/2: lost contact with the other processes" in err
+    assert not Path(f"/proc/{rank1}").exists() or "zombie" in Path(f"/proc/{rank1}/status").read_text()
+
+
+def test_the_timeout_comes_from_the_environment(monkeypatch):
+    from datetime import timedelta
+
+    from model.distributed import TIMEOUT, timeout
+
+    monkeypatch.delenv("GPT_DIST_TIMEOUT", raising=False)
+    assert timeout() == TIMEOUT == timedelta(minutes=10)
+    monkeypatch.setenv("GPT_DIST_TIMEOUT", "2.5")
+    assert timeout() == timedelta(seconds=2.5)
+    monkeypatch.setenv("GPT_DIST_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="GPT_DIST_TIMEOUT must be a number of seconds above 0, not 'soon'"):
+        timeout()

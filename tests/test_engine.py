@@ -201,12 +201,21 @@ def test_settings_replaced_mid_stream_apply_to_the_next_token(tiny_model, char_t
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"temperature": -0.1}, "temperature must be >= 0 (0 = greedy), got -0.1"),
-    ({"top_k": 0}, "top_k must be >= 1 (or None for off), got 0"),
-    ({"top_p": 0.0}, "top_p must be in (0, 1], got 0.0"),
-    ({"top_p": 1.5}, "top_p must be in (0, 1], got 1.5"),
-    ({"max_new_tokens": 0}, "max_new_tokens must be >= 1, got 0"),
-    ({"stop": "\n"}, "stop must be a tuple of non-empty strings"),
+    ({"temperature": -0.1}, "temperature must be a number >= 0 (0 = greedy), not -0.1"),
+    ({"temperature": "0.5"}, "temperature must be a number >= 0 (0 = greedy), not '0.5'"),
+    ({"temperature": float("nan")}, "temperature must be a number >= 0 (0 = greedy), not nan"),
+    ({"top_k": 0}, "top-k must be a whole number >= 1, or off, not 0"),
+    ({"top_k": "off"}, "top-k must be a whole number >= 1, or off, not 'off'"),
+    ({"top_k": True}, "top-k must be a whole number >= 1, or off, not True"),
+    ({"top_p": 0.0}, "top-p must be a number in (0, 1] (1 = off), not 0.0"),
+    ({"top_p": 1.5}, "top-p must be a number in (0, 1] (1 = off), not 1.5"),
+    ({"max_new_tokens": 0}, "max-new-tokens must be a whole number from 1 to 100000, not 0"),
+    ({"max_new_tokens": 10**9}, "max-new-tokens must be a whole number from 1 to 100000, not 1000000000"),
+    ({"max_new_tokens": 5.0}, "max-new-tokens must be a whole number from 1 to 100000, not 5.0"),
+    ({"seed": 2**70}, "seed must be a whole number from 0 to 2^63-1, or off (random), not 11805916207"),
+    ({"seed": -1}, "seed must be a whole number from 0 to 2^63-1, or off (random), not -1"),
+    ({"stop": "\n"}, "stop must be a list of non-empty strings"),
+    ({"stop": ["a"]}, "stop must be a list of non-empty strings"),  # Settings holds a tuple
 ])
 def test_bad_settings_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError) as e:

@@ -165,3 +165,53 @@ def test_gpt_tui_batch_on_onnx_equals_torch(onnx_path, tiny_ckpt):
     on_torch, on_onnx = completions(), completions("--backend", "onnx", "--onnx", str(onnx_path))
     assert [c for c, _ in on_onnx] == [c for c, _ in on_torch]
     assert {b for _, b in on_torch} == {"torch"} and {b for _, b in on_onnx} == {"onnx"}
+
+
+def with_metadata(onnx_path, tmp_path, **config_changes):
+    import onnx
+
+    proto = onnx.load(str(onnx_path))
+    entry = next(p for p in proto.metadata_props if p.key == "gpt_from_scratch.config")
+    entry.value = json.dumps(json.loads(entry.value) | config_changes)
+    out = tmp_path / "lying.onnx"
+    onnx.save(proto, str(out))
+    return out
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"n_head": 1}, "past_key_values.0.key has 2 on axis 1, the config says 1"),
+    ({"block_size": 64}, "a step at position 63 with token 96 fails"),
+    ({"vocab_size": 200}, "logits are 97 wide, the config says vocab_size 200"),
+])
+def test_metadata_that_contradicts_the_graph_is_refused_at_load(onnx_path, tmp_path, changes, message):
+    path = with_metadata(onnx_path, tmp_path, **changes)
+    with pytest.raises(OnnxModelError, match=r"lying.onnx: its metadata does not match the graph \(") as e:
+        load_ort_backend(path, provider="cpu")
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_non_finite_logits_fail_validation(onnx_path, tiny_model, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    nan_model = nan_copy(tiny_model)
+    with pytest.raises(ValidationError, match="the logits hold NaN or infinity"):
+        validate_export(onnx_path, nan_model)  # PyTorch gives NaN, ONNX Runtime does not
+    proto = onnx.load(str(onnx_path))
+    for init in proto.graph.initializer:  # and both give NaN: nothing to compare, still a failure
+        array = numpy_helper.to_array(init)
+        if array.dtype == np.float32 and array.ndim == 2:
+            init.CopyFrom(numpy_helper.from_array(np.full_like(array, np.nan), init.name))
+    onnx.save(proto, str(tmp_path / "nan.onnx"))
+    with pytest.raises(ValidationError, match="the logits hold NaN or infinity"):
+        validate_export(tmp_path / "nan.onnx", nan_model)
+
+
+def nan_copy(model):
+    import copy
+
+    nan = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in nan.parameters():
+            p.fill_(float("nan"))
+    return nan

@@ -89,11 +89,12 @@ def test_greedy_50_tokens_equal_generate(imported, hf_model):
 def test_tokenizer_ids_equal_the_hugging_face_tokenizer(imported, hf_dir):
     ours = load_model(imported)[1]
     theirs = transformers.AutoTokenizer.from_pretrained(hf_dir)
-    for text in VARIED_TEXT:
-        ids = ours.encode(text)
+    for text in VARIED_TEXT:  # Hugging Face's tokenizer reads special tokens in the text, as training does
+        ids = ours.encode(text, special=True)
         assert ids == theirs(text)["input_ids"], text
         assert ours.decode(ids) == text
-    assert ours.encode(f"a{EOT}b")[1] == ours.eot_id == 400
+    assert ours.encode(f"a{EOT}b", special=True)[1] == ours.eot_id == 400
+    assert ours.eot_id not in ours.encode(f"a{EOT}b")  # a prompt cannot inject it
 
 
 def test_imported_checkpoint_is_plain_data_needing_no_ranks_file(imported, monkeypatch, tmp_path):
@@ -211,8 +212,8 @@ def test_export_back_loads_in_transformers_with_equal_logits(imported, tmp_path)
         torch.testing.assert_close(theirs(ids).logits, model(ids)[0], rtol=0, atol=1e-5)
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
     for text in VARIED_TEXT:
-        assert hf_tok(text)["input_ids"] == tok.encode(text)
-        assert hf_tok.decode(tok.encode(text)) == text
+        assert hf_tok(text)["input_ids"] == tok.encode(text, special=True)
+        assert hf_tok.decode(tok.encode(text, special=True)) == text
 
 
 @pytest.mark.parametrize("changes", [

@@ -2,7 +2,14 @@ import base64
 
 import pytest
 
-from model.tokenizer import EOT, BPETokenizer, CharTokenizer, UnknownCharactersError, tokenizer_from_dict
+from model.tokenizer import (
+    EOT,
+    BPETokenizer,
+    CharTokenizer,
+    TokenizerError,
+    UnknownCharactersError,
+    tokenizer_from_dict,
+)
 
 
 def test_char_round_trip_and_eot(char_tok):
@@ -53,12 +60,14 @@ def test_bpe_from_local_ranks_file(tmp_path):
     assert ids[0] == 259  # "hello" merged into one token
     assert tok.decode(ids) == "hello hello"
     assert tok.eot_id == 260 and tok.vocab_size == 261
-    assert tok.encode("x" + EOT) == [ord("x"), 260]
+    assert tok.encode("x" + EOT, special=True) == [ord("x"), 260]  # training text may hold the marker
+    assert 260 not in tok.encode("x" + EOT)  # a prompt cannot inject it
+    assert tok.decode(tok.encode("x" + EOT)) == "x" + EOT
     assert tok.to_dict() == {"kind": "bpe", "encoding": "gpt2"}
 
 
 def test_bpe_missing_ranks_file_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="GPT-2 BPE ranks file not found at .*missing.tiktoken"):
+    with pytest.raises(TokenizerError, match="GPT-2 BPE ranks file not found at .*missing.tiktoken"):
         BPETokenizer(tmp_path / "missing.tiktoken")
 
 
@@ -67,3 +76,14 @@ def test_bpe_ranks_path_from_environment(tmp_path, monkeypatch):
     write_ranks(ranks, [bytes([b]) for b in range(256)])
     monkeypatch.setenv("GPT_BPE_RANKS", str(ranks))
     assert tokenizer_from_dict({"kind": "bpe", "encoding": "gpt2"}).decode([104, 105]) == "hi"
+
+
+def test_a_damaged_ranks_file_is_one_line(tmp_path):
+    bad = tmp_path / "bad.tiktoken"
+    bad.write_text("not base64!! x\n")
+    with pytest.raises(TokenizerError, match="bad.tiktoken is unreadable"):
+        BPETokenizer(bad)
+    empty = tmp_path / "empty.tiktoken"
+    empty.write_text("")
+    with pytest.raises(TokenizerError, match="empty.tiktoken is empty"):
+        BPETokenizer(empty)

@@ -140,7 +140,7 @@ async def test_bad_set_values_are_refused_with_a_message():
         assert app.query_one("#prompt").text == "/set temperature hot"  # kept, to fix it
         await pilot.press("ctrl+u")
         await send(pilot, "/set top-p 2")
-        assert "top_p must be in (0, 1]" in app.notices[-1]
+        assert "top-p must be a number in (0, 1]" in app.notices[-1]
         box = app.query_one("#set-max_new_tokens", Input)
         box.focus()
         box.value = "lots"

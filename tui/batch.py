@@ -2,14 +2,19 @@
 
 Input is plain text (one prompt per non-blank line) or JSONL (``{"id", "prompt", ...settings}``),
 told apart by the first non-blank line. Items are read lazily, so a pipe can feed prompts one at a
-time and read each answer before sending the next. A bad item becomes an output line carrying its
-error; the others still run. Pure over a backend and streams: the CLI only opens files.
+time and read each answer before sending the next. A bad item (invalid UTF-8, bad JSON, a lone
+surrogate, a bad setting) becomes an output line carrying its error; the others still run. Output
+lines are written whole or not at all (``LineFile``). Pure over a backend and streams: the CLI
+only opens files.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import secrets
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal, TextIO
@@ -19,6 +24,7 @@ from model.tokenizer import UnknownCharactersError
 from tui import settings as settings_text
 from tui.session import record
 from tui.stats import STOP_NAMES, Clock, Timing
+from tui.widgets import visible
 
 Format = Literal["auto", "text", "jsonl"]
 EXIT_OK, EXIT_USAGE, EXIT_ITEMS_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 130
@@ -32,9 +38,19 @@ class Item:
     error: str | None = None
 
 
-def read_items(lines: Iterable[str], fmt: Format = "auto") -> Iterator[Item]:
-    """Items from input lines, lazily; blank lines are skipped."""
-    for number, line in enumerate(lines, 1):
+def read_items(lines: Iterable[str | bytes], fmt: Format = "auto") -> Iterator[Item]:
+    """Items from input lines (bytes are decoded one line at a time, so one bad line costs only
+    itself), lazily; blank lines and a leading byte-order mark are skipped."""
+    for number, raw in enumerate(lines, 1):
+        if isinstance(raw, bytes):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                yield Item(number, None, error=f"line {number} is not valid UTF-8 (byte "
+                                               f"0x{raw[e.start]:02x} at column {e.start + 1})")
+                continue
+        else:
+            line = raw.removeprefix("\ufeff") if number == 1 else raw
         line = line.rstrip("\r\n")
         if not line.strip():
             continue
@@ -48,9 +64,20 @@ def _jsonl_item(number: int, line: str) -> Item:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
         return Item(number, None, error=f"line {number} is not valid JSON ({e.msg} at column {e.colno})")
+    except RecursionError:
+        return Item(number, None, error=f"line {number} is nested too deeply to be an item")
     if not isinstance(obj, dict):
         return Item(number, None, error=f"line {number} must be a JSON object with a \"prompt\"")
-    item_id = obj.pop("id", number)
+    surrogate = _lone_surrogate(obj)
+    if surrogate:
+        return Item(number, None, error=f"line {number} holds a lone surrogate ({surrogate}), which "
+                                        "is not text; fix the \\u escapes")
+    item_id = obj.pop("id", None)
+    if item_id is None:
+        item_id = number
+    elif isinstance(item_id, bool) or not isinstance(item_id, (str, int, float)) \
+            or (isinstance(item_id, float) and not math.isfinite(item_id)):
+        return Item(number, None, error=f"line {number}: \"id\" must be a string or a number")
     prompt = obj.pop("prompt", None)
     if not isinstance(prompt, str):
         return Item(item_id, None, error=f"line {number}: \"prompt\" must be a string")
@@ -59,6 +86,68 @@ def _jsonl_item(number: int, line: str) -> Item:
         return Item(item_id, prompt, error=f"line {number}: unknown field(s) {unknown}; allowed: id, prompt, "
                                            + ", ".join(settings_text.FIELDS))
     return Item(item_id, prompt, obj)
+
+
+def _lone_surrogate(obj: object) -> str | None:
+    """The first lone surrogate (as its \\u escape) in a JSON value's strings, keys included."""
+    if isinstance(obj, str):
+        bad = next((c for c in obj if 0xD800 <= ord(c) < 0xE000), None)
+        return None if bad is None else f"\\u{ord(bad):04x}"
+    if isinstance(obj, dict):
+        return next(filter(None, map(_lone_surrogate, [*obj, *obj.values()])), None)
+    if isinstance(obj, list):
+        return next(filter(None, map(_lone_surrogate, obj)), None)
+    return None
+
+
+class OutputError(Exception):
+    """The output could not be written; the message names it, and the lines before are complete."""
+
+
+class LineFile:
+    """An output file descriptor written a whole line at a time. When a line fails half-way (a full
+    disk), a regular file is cut back to the last complete line, so a reader never sees half a one."""
+
+    def __init__(self, fd: int, name: str):
+        self.fd, self.name = fd, name
+        self.regular = stat.S_ISREG(os.fstat(fd).st_mode)  # not a pipe or terminal: it can be cut
+        self.complete = os.fstat(fd).st_size if self.regular else 0
+
+    def write(self, text: str) -> None:
+        data = memoryview(text.encode("utf-8"))
+        try:
+            while data:
+                data = data[os.write(self.fd, data):]
+        except OSError as e:
+            if self.regular:
+                try:
+                    os.ftruncate(self.fd, self.complete)
+                    os.lseek(self.fd, self.complete, os.SEEK_SET)
+                except OSError:
+                    pass
+            raise OutputError(f"cannot write to {self.name} ({e.strerror or e}); the lines before "
+                              "this item are complete") from None
+        if self.regular:
+            self.complete = os.fstat(self.fd).st_size
+
+    def flush(self) -> None:  # every write goes straight to the file descriptor
+        pass
+
+
+# DEL and C1 controls are legal raw in JSON; escaped, a terminal showing the output cannot act on
+# them. U+2028/9 too: some line readers split on them.
+_JSON_ESCAPES = {c: f"\\u{c:04x}" for c in (0x7F, *range(0x80, 0xA0), 0x2028, 0x2029)}
+
+
+def json_line(result: dict) -> str:
+    """One output line: UTF-8 JSON with DEL, C1 controls, line separators and any lone surrogate as
+    \\u escapes."""
+    line = json.dumps(result, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:  # a surrogate from the model's own vocabulary: ASCII JSON keeps it
+        line = json.dumps(result)
+    return line.translate(_JSON_ESCAPES) + "\n"
 
 
 @dataclass
@@ -104,15 +193,18 @@ def run_batch(
         if result is None:  # interrupted mid-item: its line is not written
             summary.interrupted = True
             break
-        out.write(json.dumps(result, ensure_ascii=False) + "\n")
-        out.flush()
+        try:
+            out.write(json_line(result))
+            out.flush()
+        except OSError as e:  # a text stream; LineFile raises OutputError itself
+            raise OutputError(f"cannot write the output ({e.strerror or e})") from None
         summary.done += 1
         summary.failed += result["error"] is not None
         summary.tokens += result["tokens"]
         summary.seconds += result["timing"]["total_s"] or 0.0
         name = STOP_NAMES.get(result["stop_reason"], "-")
         status = f"error: {result['error']}" if result["error"] else f"{result['tokens']} tokens, {name}"
-        log(f"[{result['id']}] {status}")
+        log(visible(f"[{result['id']}] {status}"))
     log(str(summary))
     return summary
 
@@ -143,7 +235,7 @@ def _run_item(backend: Backend, item: Item, base: Settings, log: Callable[[str],
         try:
             generation = backend.stream(item.prompt or "", settings)
             if len(generation.prompt_ids) >= info.block_size:
-                log(f"[{item.id}] the prompt fills the context; the model sees its last "
+                log(visible(f"[{item.id}]") + " the prompt fills the context; the model sees its last "
                     f"{info.block_size} tokens")
             for event in generation:
                 timing.token()

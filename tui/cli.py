@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO
 
 import click
 
 from model import checkpoint
-from model.backend import Settings
+from model.backend import MAX_NEW_TOKENS, MAX_SEED, Settings
 from model.checkpoint import CheckpointError
 from tui.backends import BackendError, factories
 from tui.remote import offloaded
 from tui.settings import unescape
+from tui.widgets import visible
 
 
 def resolve_ckpt(name: str) -> Path:
@@ -21,7 +23,7 @@ def resolve_ckpt(name: str) -> Path:
     try:
         return checkpoint.resolve_ckpt(Path(name).expanduser())
     except CheckpointError as e:
-        raise click.BadParameter(str(e), param_hint="'--ckpt'") from None
+        raise click.BadParameter(visible(str(e)), param_hint="'--ckpt'") from None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -42,22 +44,24 @@ def resolve_ckpt(name: str) -> Path:
               help="Sample from the k likeliest tokens [default: off].")
 @click.option("--top-p", default=1.0, type=click.FloatRange(0, 1, min_open=True),
               help="Sample from the smallest set holding this probability (1 = off).")
-@click.option("--max-new-tokens", default=500, type=click.IntRange(min=1), help="Tokens per generation.")
-@click.option("--seed", type=int, help="Seed for sampling [default: a fresh one each time, recorded].")
+@click.option("--max-new-tokens", default=500, type=click.IntRange(1, MAX_NEW_TOKENS),
+              help="Tokens per generation.")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED),
+              help="Seed for sampling [default: a fresh one each time, recorded].")
 @click.option("--stop", multiple=True,
               help="Stop when the output contains this text (repeatable; \\n for a newline).")
 @click.option("--unknown", default="reject", type=click.Choice(["reject", "replace"]),
               help="Prompt characters the model does not know: refuse the prompt, or replace them.")
-@click.option("--batch", type=click.File("r", encoding="utf-8"), metavar="FILE",
+@click.option("--batch", type=click.File("rb"), metavar="FILE",
               help="Run without the UI: prompts from FILE ('-' for stdin), one per line or as JSONL.")
-@click.option("--output", type=click.File("w", encoding="utf-8"), metavar="FILE",
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="With --batch: write the JSON lines here [default: stdout].")
 @click.option("--format", "fmt", default="auto", type=click.Choice(["auto", "text", "jsonl"]),
               help="With --batch: input format; auto = JSONL if the first line starts with '{'.")
 @click.option("--session-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where /save and /export write [default: ~/.local/share/gpt-from-scratch/sessions].")
 def main(ckpt: str, backend_name: str | None, onnx: Path | None, provider: str, device: str,
-         batch: TextIO | None, output: TextIO | None, fmt: str, session_dir: Path | None, unknown: str,
+         batch: BinaryIO | None, output: Path | None, fmt: str, session_dir: Path | None, unknown: str,
          stop: tuple[str, ...], **knobs) -> None:
     """Generate text from a GPT checkpoint: live in the terminal, or in batch.
 
@@ -66,13 +70,30 @@ def main(ckpt: str, backend_name: str | None, onnx: Path | None, provider: str, 
     gpt-tui --ckpt out/ckpt.pt --backend onnx
     gpt-tui --batch prompts.txt --seed 1 > out.jsonl
 
-    Batch exit codes: 0 all items done, 2 usage error, 3 some items failed (each line carries its
-    error), 130 interrupted (the lines already written are complete).
+    Batch exit codes: 0 all items done, 1 the model or the output failed, 2 usage error, 3 some
+    items failed (each line carries its error), 130 interrupted (the lines already written are
+    complete).
     """
+    try:
+        _main(ckpt, backend_name, onnx, provider, device, batch, output, fmt, session_dir, unknown, stop,
+              **knobs)
+    except KeyboardInterrupt:  # Ctrl+C while loading: no traceback, the usual code
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+def _main(ckpt: str, backend_name: str | None, onnx: Path | None, provider: str, device: str,
+          batch: BinaryIO | None, output: Path | None, fmt: str, session_dir: Path | None, unknown: str,
+          stop: tuple[str, ...], **knobs) -> None:
     if batch is None and (output is not None or fmt != "auto"):
         raise click.UsageError("--output and --format only apply with --batch")
-    settings = Settings(stop=tuple(unescape(s) for s in stop),
-                        unknown=unknown, **knobs)
+    if output is not None and not output.expanduser().resolve().parent.is_dir():
+        raise click.BadParameter(visible(f"the folder of {output} does not exist; create it first"),
+                                 param_hint="'--output'")
+    try:
+        settings = Settings(stop=tuple(unescape(s) for s in stop), unknown=unknown, **knobs)
+    except ValueError as e:
+        raise click.UsageError(visible(str(e))) from None
     backend_name = backend_name or ("onnx" if onnx else "torch")
     try:
         ckpt_path = resolve_ckpt(ckpt)
@@ -85,12 +106,12 @@ def main(ckpt: str, backend_name: str | None, onnx: Path | None, provider: str, 
         makers = offloaded(makers)
 
     def progress(message: str) -> None:
-        click.echo(message, err=True)
+        click.echo(visible(message), err=True)  # it may hold file names, ids, a model's text
 
     try:
         backend = makers[backend_name](progress)
     except (CheckpointError, BackendError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+        raise click.ClickException(visible(str(e))) from None
 
     if batch is None:
         from tui.app import GPTApp, freeze_heap
@@ -100,14 +121,33 @@ def main(ckpt: str, backend_name: str | None, onnx: Path | None, provider: str, 
         app.run()
         return
 
-    from tui.batch import EXIT_INTERRUPTED, read_items, run_batch
+    from tui.batch import EXIT_INTERRUPTED, OutputError, read_items, run_batch
     from tui.session import file_sha256
 
     info = backend.info()
     try:
-        summary = run_batch(backend, read_items(batch, fmt), settings, output or sys.stdout, progress,
+        out = _output(output)
+        summary = run_batch(backend, read_items(batch, fmt), settings, out, progress,
                             checkpoint_sha256=file_sha256(info.path))
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except (OSError, OutputError) as e:
+        raise click.ClickException(visible(str(e) if isinstance(e, OutputError) else
+                                           f"cannot write {output}: {e.strerror or e}")) from None
     sys.exit(summary.exit_code)
+
+
+def _output(path: Path | None):
+    """Where the lines go: a LineFile on the --output file or on stdout's descriptor, else (a
+    captured stdout, as in tests) sys.stdout itself."""
+    from tui.batch import LineFile
+
+    if path is not None:
+        return LineFile(os.open(path.expanduser(), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), str(path))
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return sys.stdout
+    sys.stdout.flush()
+    return LineFile(fd, "stdout")

@@ -79,15 +79,15 @@ def with_text(settings: Settings, name: str, raw: str) -> Settings:
 def replace(settings: Settings, changes: Mapping[str, object]) -> Settings:
     """``settings`` with typed changes (JSON values: numbers, null, a string or list for stop)."""
     changes = dict(changes)
-    if isinstance(changes.get("stop"), (list, str)):
+    if isinstance(changes.get("stop"), (list, str)):  # anything else is left for Settings to refuse
         stop = changes["stop"]
         changes["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
     if isinstance(changes.get("unknown"), str):
         changes["unknown"] = UNKNOWN.get(changes["unknown"], changes["unknown"])
-    for key in ("top_k", "max_new_tokens", "seed"):
+    for key in ("top_k", "seed"):  # "off" in a JSON item, as in /set
         value = changes.get(key)
-        if isinstance(value, bool) or isinstance(value, float):  # JSON 1.0 or true is not a count
-            raise ValueError(f"{key} must be a whole number, not {value!r}")
+        if isinstance(value, str) and value.strip().lower() in OFF:
+            changes[key] = None
     try:
         return dataclasses.replace(settings, **changes)
     except TypeError as e:  # a wrong type that Settings' comparisons choke on
