@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -22,10 +23,18 @@ def main() -> None:
               help="Where to write the .onnx [default: the checkpoint's path with .onnx].")
 @click.option("--opset", type=click.IntRange(min=18), help="ONNX opset [default: 18].")
 @click.option("--no-validate", is_flag=True, help="Skip the checker, parity and greedy checks.")
-def onnx(ckpt: str, out: str | None, opset: int | None, no_validate: bool) -> None:
+@click.option("--quantize", type=click.Choice(["int8", "int4"]),
+              help="Smaller weights for the CPU: int8 MatMuls, or 4-bit weight-only MatMulNBits; "
+                   "checked by validation loss against fp32 [default: off].")
+@click.option("--dtype", type=click.Choice(["fp16", "bf16"]),
+              help="16-bit weights and activations inside the graph, for GPU runtimes [default: fp32].")
+def onnx(ckpt: str, out: str | None, opset: int | None, no_validate: bool, quantize: str | None,
+         dtype: str | None) -> None:
     """Write one self-contained .onnx with a KV cache (prefill and decode in one graph), then
     validate it: onnx.checker with shape inference, logit parity with PyTorch at several batch,
-    prompt and past lengths, and identical greedy tokens for a prompt plus 20 steps."""
+    prompt and past lengths, and identical greedy tokens for a prompt plus 20 steps. With --quantize
+    or --dtype, the fp32 file is then converted and kept only if its validation loss on Tiny
+    Shakespeare is close to fp32's (both printed)."""
     from export.onnx_export import export_onnx
     from export.ort_backend import OnnxModelError
     from export.validate import ValidationError
@@ -38,8 +47,16 @@ def onnx(ckpt: str, out: str | None, opset: int | None, no_validate: bool) -> No
                 console.log(message, markup=False, highlight=False)
                 status.update(message)
 
-            path = export_onnx(resolve_ckpt(ckpt), out, opset, say, validate=not no_validate)
-    except (CheckpointError, OnnxModelError, ValidationError) as e:
+            if quantize and dtype:
+                raise click.UsageError("--quantize and --dtype are alternatives; pass one")
+            if quantize or dtype:
+                from export.quantize import export_converted
+
+                path = export_converted(resolve_ckpt(ckpt), out and Path(out), quantize or dtype, opset,
+                                        say, validate=not no_validate)
+            else:
+                path = export_onnx(resolve_ckpt(ckpt), out, opset, say, validate=not no_validate)
+    except (CheckpointError, OnnxModelError, ValidationError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     size = path.stat().st_size / 2**20
     click.echo(f"wrote {path} ({size:.1f} MiB) in {time.perf_counter() - start:.0f} s")
