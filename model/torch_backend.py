@@ -12,7 +12,7 @@ from model.checkpoint import load_model
 from model.device import Device, resolve_device
 from model.engine import Generation
 from model.gpt import GPT, Bigram
-from model.kv_cache import KVCache
+from model.kv_cache import BatchKVCache, KVCache
 from model.tokenizer import CharTokenizer, Tokenizer
 
 
@@ -76,6 +76,50 @@ class RecomputeDecoder:
         return logits[0, -1].float().cpu()
 
 
+class TorchBatchDecoder:
+    """model.batched.BatchDecoder over a PyTorch GPT: rows prefilled alone into their slice of a
+    ``BatchKVCache``, then decode steps for rows [0, B) in one pass, each row at its own position
+    and masked to its own slots."""
+
+    def __init__(self, model: GPT, rows: int, device: torch.device | str | None = None):
+        if not isinstance(model, GPT):
+            raise ValueError("batched decoding needs a GPT; the bigram has nothing to batch")
+        self.model = _ready(model, device)
+        weight = next(self.model.parameters())
+        self.device = weight.device
+        self.rows = rows
+        self.block_size = model.config.block_size
+        self.cache = BatchKVCache(model.config, rows, self.device, weight.dtype)
+
+    @torch.inference_mode()
+    def prefill(self, row: int, ids: list[int]) -> torch.Tensor:
+        cache = self.cache.row(row)
+        logits, _ = self.model(torch.tensor([ids], device=self.device), cache=cache)  # (1, T, V)
+        self.cache.lengths[row] = cache.pos
+        return logits[0, -1].float().cpu()
+
+    @torch.inference_mode()
+    def step(self, tokens: dict[int, int]) -> dict[int, torch.Tensor]:
+        lengths = self.cache.lengths
+        B = max(tokens) + 1  # rows [0, B): a free or prefilling row in between takes a dummy token
+        # a row not stepping writes its dummy key at a slot nobody reads before it is rewritten:
+        # its next free one (it is prefilled after the step, from slot 0)
+        positions = [lengths[b] if b in tokens else min(lengths[b], self.block_size - 1) for b in range(B)]
+        layers = self.cache.step_layers(positions)
+        pos = torch.tensor(positions, device=self.device)[:, None]  # (B, 1)
+        idx = torch.tensor([tokens.get(b, 0) for b in range(B)], device=self.device)[:, None]  # (B, 1)
+        slots = torch.arange(self.cache.step_width, device=self.device)
+        mask = (slots[None, :] <= pos)[:, None, None, :]  # (B, 1, 1, width): each row its own past
+        logits = self.model.forward_at(idx, pos, causal=False, mask=mask, caches=layers)  # (B, 1, V)
+        logits = logits[:, -1].float().cpu()
+        for b in tokens:
+            lengths[b] += 1
+        return {b: logits[b] for b in tokens}
+
+    def release(self, row: int) -> None:
+        self.cache.lengths[row] = 0
+
+
 class TorchBackend:
     """model.backend.Backend over a PyTorch model: each stream gets its own decoder and cache."""
 
@@ -106,6 +150,10 @@ class TorchBackend:
     def decoder(self) -> TorchDecoder:
         # a fresh cache per decoder (a few MB): streams never share state, and closing one frees it
         return TorchDecoder(self.model)
+
+    def batch_decoder(self, rows: int) -> TorchBatchDecoder:
+        """Up to ``rows`` sequences decoded together (model.batched.Batch drives it)."""
+        return TorchBatchDecoder(self.model, rows)
 
     def torch_model(self) -> GPT | Bigram:
         return self.model

@@ -1,0 +1,96 @@
+"""Batched generation with continuous refill: the same completions as one prompt at a time."""
+
+import pytest
+import torch
+
+from model.backend import Settings
+from model.batched import Batch
+from model.torch_backend import TorchBackend, TorchBatchDecoder
+
+PROMPTS = ["ROMEO:", "First Citizen:\nBefore we", "All:", "", "But, soft! what light through yonder window",
+           "x", "Speak, speak.\n\nROMEO:\nBut", "hear me"]
+# varied settings: greedy and sampled, top-k, top-p, stop strings, lengths that cross the
+# 32-token window (a re-prefill mid-way) and ones that end early
+SETTINGS = [Settings(temperature=0.0, max_new_tokens=40),
+            Settings(temperature=0.9, top_k=5, max_new_tokens=25, seed=1),
+            Settings(temperature=1.0, max_new_tokens=7, seed=2),
+            Settings(temperature=0.8, top_p=0.9, max_new_tokens=50, seed=3, stop=("e",)),
+            Settings(temperature=0.0, max_new_tokens=12),
+            Settings(temperature=1.2, max_new_tokens=33, seed=4),
+            Settings(temperature=0.7, max_new_tokens=3, seed=5),
+            Settings(temperature=1.0, max_new_tokens=45, seed=6, stop=("\n",))]
+
+
+def one_at_a_time(backend, jobs):
+    out = []
+    for prompt, settings in jobs:
+        g = backend.stream(prompt, settings)
+        out.append(([e.id for e in g], g.stop_reason))
+    return out
+
+
+def batched(backend, decoder, jobs):
+    """Every job through a Batch, refilled as rows end; results in job order."""
+    batch = Batch(decoder, backend.tokenizer)
+    results, pending, ids, running = {}, list(enumerate(jobs)), {}, {}
+    while pending or len(batch):
+        while pending and batch.free:
+            i, (prompt, settings) = pending.pop(0)
+            g = batch.add(prompt, settings)
+            running[id(g)], ids[i] = i, []
+        for g, event in batch.step():
+            i = running[id(g)]
+            if event is None:
+                results[i] = (ids[i], g.stop_reason)
+            else:
+                ids[i].append(event.id)
+    return [results[i] for i in range(len(jobs))]
+
+
+@pytest.fixture
+def torch_backend(tiny_model, char_tok):
+    return TorchBackend(tiny_model, char_tok)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_batched_completions_equal_one_at_a_time(torch_backend, rows):
+    jobs = list(zip(PROMPTS, SETTINGS, strict=True)) * 2
+    expect = one_at_a_time(torch_backend, jobs)
+    assert {reason for _, reason in expect} >= {"max_tokens", "stop_string"}
+    assert batched(torch_backend, torch_backend.batch_decoder(rows), jobs) == expect
+
+
+def test_a_step_gives_each_row_the_logits_it_would_get_alone(tiny_model):
+    g = torch.Generator().manual_seed(0)
+    V = tiny_model.config.vocab_size
+    prompts = [torch.randint(0, V, (n,), generator=g).tolist() for n in (3, 9, 1)]
+    batch = TorchBatchDecoder(tiny_model, 4)
+    alone = TorchBackend(tiny_model, None)
+    for b, p in enumerate(prompts):
+        torch.testing.assert_close(batch.prefill(b, p), alone.decoder().feed(p), rtol=0, atol=1e-6)
+    decoders = [alone.decoder() for _ in prompts]
+    for d, p in zip(decoders, prompts, strict=True):
+        d.feed(p)
+    for _ in range(5):
+        tokens = {0: 3, 2: 7}  # row 1 skips these steps: a dummy row, untouched
+        got = batch.step(tokens)
+        for b, t in tokens.items():
+            torch.testing.assert_close(got[b], decoders[b].feed([t]), rtol=0, atol=1e-5)
+    assert batch.cache.lengths[:3] == [8, 9, 6]
+    torch.testing.assert_close(batch.step({1: 4})[1], decoders[1].feed([4]), rtol=0, atol=1e-5)
+
+
+def test_add_refuses_when_every_row_is_busy(torch_backend):
+    batch = Batch(torch_backend.batch_decoder(1), torch_backend.tokenizer)
+    batch.add("ROMEO:", Settings())
+    with pytest.raises(ValueError, match=r"all 1 rows are busy; step\(\) until one ends"):
+        batch.add("JULIET:", Settings())
+
+
+def test_close_ends_every_generation_and_frees_the_rows(torch_backend):
+    batch = Batch(torch_backend.batch_decoder(2), torch_backend.tokenizer)
+    gens = [batch.add(p, Settings(max_new_tokens=50)) for p in ("ROMEO:", "All:")]
+    batch.step()
+    batch.close()
+    assert [g.stop_reason for g in gens] == ["stopped", "stopped"]
+    assert batch.free == 2 and batch.step() == []
