@@ -48,7 +48,8 @@ class KVCache:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.head_size)
         # empty, not zeros: slots at or past pos are never read before they are written
-        self._bind(torch.empty(shape, device=device, dtype=dtype), torch.empty(shape, device=device, dtype=dtype))
+        k = torch.empty(shape, device=device, dtype=dtype)  # (L, B, H, S, D)
+        self._bind(k, torch.empty_like(k))
 
     @classmethod
     def over(cls, k: torch.Tensor, v: torch.Tensor) -> KVCache:

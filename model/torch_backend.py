@@ -151,9 +151,10 @@ class TorchBackend:
         # a fresh cache per decoder (a few MB): streams never share state, and closing one frees it
         return TorchDecoder(self.model)
 
-    def batch_decoder(self, rows: int) -> TorchBatchDecoder:
-        """Up to ``rows`` sequences decoded together (model.batched.Batch drives it)."""
-        return TorchBatchDecoder(self.model, rows)
+    def batch_decoder(self, rows: int) -> TorchBatchDecoder | None:
+        """Up to ``rows`` sequences decoded together (model.batched.Batch drives it); None for the
+        bigram, whose step is one table lookup: nothing to share."""
+        return TorchBatchDecoder(self.model, rows) if isinstance(self.model, GPT) else None
 
     def torch_model(self) -> GPT | Bigram:
         return self.model

@@ -94,3 +94,63 @@ def test_close_ends_every_generation_and_frees_the_rows(torch_backend):
     batch.close()
     assert [g.stop_reason for g in gens] == ["stopped", "stopped"]
     assert batch.free == 2 and batch.step() == []
+
+
+@pytest.fixture(scope="module")
+def ort_backend(tiny_ckpt, tmp_path_factory):
+    from export.onnx_export import export_onnx
+    from export.ort_backend import load_ort_backend
+
+    path = export_onnx(tiny_ckpt, tmp_path_factory.mktemp("b") / "tiny.onnx", validate=False)
+    return load_ort_backend(path, provider="cpu", threads=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_onnx_batched_completions_equal_one_at_a_time(ort_backend, rows):
+    jobs = list(zip(PROMPTS, SETTINGS, strict=True)) * 2
+    expect = one_at_a_time(ort_backend, jobs)
+    assert batched(ort_backend, ort_backend.batch_decoder(rows), jobs) == expect
+
+
+@pytest.mark.slow
+def test_onnx_rows_stay_right_aligned_and_the_past_shrinks(ort_backend):
+    decoder = ort_backend.batch_decoder(4)
+    decoder.prefill(0, [1, 2, 3])
+    decoder.prefill(2, [4, 5, 6, 7, 8])  # longer: row 0 is padded on the left; row 1 is empty
+    assert decoder.lengths == [3, 0, 5] and decoder.P == 5
+    decoder.step({0: 9, 2: 10})
+    assert decoder.lengths == [4, 0, 6] and decoder.P == 6
+    decoder.release(2)  # the longest and the last row: both the row and the padding go
+    assert decoder.lengths == [4] and decoder.P == 4
+    alone = ort_backend.decoder()
+    alone.feed([1, 2, 3, 9])
+    torch.testing.assert_close(decoder.step({0: 11})[0], alone.feed([11]), rtol=0, atol=1e-5)
+
+
+def test_batch_mode_with_rows_writes_what_one_at_a_time_writes_in_input_order(torch_backend):
+    import io
+    import json
+
+    from tui.batch import read_items, run_batch
+
+    lines = [json.dumps({"prompt": p, "max_new_tokens": s.max_new_tokens, "temperature": s.temperature,
+                         "top_k": s.top_k, "top_p": s.top_p, "seed": s.seed, "stop": list(s.stop)})
+             for p, s in zip(PROMPTS, SETTINGS, strict=True)]
+    lines.insert(3, '{"prompt": "caf\\u00e9"}')  # unknown characters: an error line, in its place
+    lines.insert(6, "{not json")
+
+    def outputs(**kwargs):
+        out = io.StringIO()
+        summary = run_batch(torch_backend, read_items(lines), Settings(), out, new_seed=lambda: 7, **kwargs)
+        rows = [json.loads(line) for line in out.getvalue().splitlines()]
+        for row in rows:
+            del row["timing"]
+        return rows, summary
+
+    looped, _ = outputs()
+    together, summary = outputs(batch_decoder=torch_backend.batch_decoder(3))
+    assert together == looped
+    assert [r["id"] for r in together] == list(range(1, len(lines) + 1))
+    assert [r["error"] is not None for r in together].count(True) == 2
+    assert (summary.done, summary.failed) == (len(lines), 2)

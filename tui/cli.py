@@ -54,11 +54,13 @@ def resolve_ckpt(name: str) -> Path:
               help="With --batch: write the JSON lines here [default: stdout].")
 @click.option("--format", "fmt", default="auto", type=click.Choice(["auto", "text", "jsonl"]),
               help="With --batch: input format; auto = JSONL if the first line starts with '{'.")
+@click.option("--parallel", default=8, show_default=True, type=click.IntRange(min=1),
+              help="With --batch: prompts generated at once (1 = one after another).")
 @click.option("--session-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where /save and /export write [default: ~/.local/share/gpt-from-scratch/sessions].")
 def main(ckpt: str, backend_name: str | None, onnx: Path | None, provider: str, device: str,
-         batch: TextIO | None, output: TextIO | None, fmt: str, session_dir: Path | None, unknown: str,
-         stop: tuple[str, ...], **knobs) -> None:
+         batch: TextIO | None, output: TextIO | None, fmt: str, parallel: int, session_dir: Path | None,
+         unknown: str, stop: tuple[str, ...], **knobs) -> None:
     """Generate text from a GPT checkpoint: live in the terminal, or in batch.
 
     \b
@@ -106,7 +108,8 @@ def main(ckpt: str, backend_name: str | None, onnx: Path | None, provider: str, 
     info = backend.info()
     try:
         summary = run_batch(backend, read_items(batch, fmt), settings, output or sys.stdout, progress,
-                            checkpoint_sha256=file_sha256(info.path))
+                            checkpoint_sha256=file_sha256(info.path),
+                            batch_decoder=backend.batch_decoder(parallel) if parallel > 1 else None)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
