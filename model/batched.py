@@ -156,3 +156,18 @@ class Batch:
     def _free(self, b: int) -> None:
         self.slots[b] = None
         self.decoder.release(b)
+
+
+def generate_all(decoder: BatchDecoder, tokenizer: Tokenizer,
+                 jobs: list[tuple[str, Settings]]) -> list[Generation]:
+    """Run every (prompt, settings) to its end through one ``Batch``, refilling rows as they free
+    up; the finished generations (their ``ids``, ``text``, ``stop_reason``) in job order."""
+    batch = Batch(decoder, tokenizer)
+    done: list[Generation] = []
+    pending = list(reversed(jobs))
+    while pending or len(batch):
+        while pending and batch.free:
+            prompt, settings = pending.pop()
+            done.append(batch.add(prompt, settings))
+        batch.step()
+    return done
