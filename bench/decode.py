@@ -9,6 +9,7 @@ for), median of `--runs` runs in one process, for
   cached     model.torch_backend.TorchDecoder: one position per token on a preallocated KV cache
   recompute  model.torch_backend.RecomputeDecoder: the whole window again every token (nanoGPT's generate)
   onnx       export.ort_backend on ONNX Runtime's CPU provider (when the export package imports)
+  int8/int4  the same file quantized by export.quantize (int8 MatMuls; 4-bit weight-only MatMulNBits)
 It also states the arithmetic limit: a batch-1 decode step is a chain of mat-vecs, one through
 every weight matrix, so the limit is the time of exactly that chain on the model's own weights
 (FLOPs and weight bytes per token are printed beside it), and the fraction of it the cached path
@@ -16,8 +17,10 @@ reaches; the gap is per-token overhead (Python, dispatch, attention over the cac
 On this CPU the chain is bound by memory bandwidth, not by the matmul rate: the recompute path
 is compute bound, the cached one bandwidth bound, and their ratio is capped accordingly. ONNX
 Runtime's own mat-vec kernels stream the same weights faster, so it can beat this limit.
-The last line, for shakespeare-char:
+The ONNX Runtime files (fp32, int8, int4) are timed alternately, run by run, so each ratio compares
+them on the same machine state. The last lines, for shakespeare-char:
 cached_tok_s=<f> recompute_tok_s=<f> speedup=<f> limit_tok_s=<f> [onnx_tok_s=<f> onnx_vs_torch=<f>]
+onnx_int8_tok_s=<f> int8_vs_fp32=<f> onnx_int4_tok_s=<f> int4_vs_fp32=<f>
 """
 
 from __future__ import annotations
@@ -99,19 +102,34 @@ def bench_model(name: str, model: GPT, tokenizer, ckpt_path: Path, args) -> dict
                   limit_tok_s=limit)
     onnx = onnx_tok_s(ckpt_path, tokenizer, args)
     if onnx is not None:
-        print(f"  onnx (CPU) {onnx:8.1f} tok/s   {onnx / cached:.2f}x the PyTorch cached path", flush=True)
-        result |= dict(onnx_tok_s=onnx, onnx_vs_torch=onnx / cached)
+        fp32 = onnx["fp32"]
+        print(f"  onnx (CPU) {fp32:8.1f} tok/s   {fp32 / cached:.2f}x the PyTorch cached path", flush=True)
+        result |= dict(onnx_tok_s=fp32, onnx_vs_torch=fp32 / cached)
+        for kind in ("int8", "int4"):
+            print(f"  onnx {kind}  {onnx[kind]:8.1f} tok/s   {onnx[kind] / fp32:.2f}x ONNX Runtime fp32",
+                  flush=True)
+            result |= {f"onnx_{kind}_tok_s": onnx[kind], f"{kind}_vs_fp32": onnx[kind] / fp32}
     return result
 
 
-def onnx_tok_s(ckpt_path: Path, tokenizer, args) -> float | None:
+def onnx_tok_s(ckpt_path: Path, tokenizer, args) -> dict[str, float] | None:
+    """Median tok/s of the fp32, int8 and int4 files, timed in turn run by run."""
     from export.onnx_export import export_onnx
     from export.ort_backend import load_ort_backend
+    from export.quantize import convert
 
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = export_onnx(ckpt_path, Path(tmp) / "model.onnx", validate=False)
-        backend = load_ort_backend(onnx_path, provider="cpu")
-        return tok_s(backend.decoder, tokenizer, args.tokens, args.runs)
+        fp32 = export_onnx(ckpt_path, Path(tmp) / "model.onnx", validate=False)
+        paths = {"fp32": fp32}
+        for kind in ("int8", "int4"):
+            paths[kind] = Path(tmp) / f"model.{kind}.onnx"
+            convert(fp32, paths[kind], kind)
+        backends = {kind: load_ort_backend(path, provider="cpu") for kind, path in paths.items()}
+        rates: dict[str, list[float]] = {kind: [] for kind in backends}
+        for _ in range(args.runs):
+            for kind, backend in backends.items():
+                rates[kind].append(tok_s(backend.decoder, tokenizer, args.tokens, 1))
+        return {kind: statistics.median(r) for kind, r in rates.items()}
 
 
 def main() -> None:
@@ -134,7 +152,10 @@ def main() -> None:
         models.append(("shakespeare-char (random weights)", model, tokenizer, path))
         for name, model, tokenizer, path in models:
             result = bench_model(name, model, tokenizer, path, args)
-    print(" ".join(f"{k}={v:.2f}" for k, v in result.items()))
+    quantized = ("onnx_int8_tok_s", "int8_vs_fp32", "onnx_int4_tok_s", "int4_vs_fp32")
+    print(" ".join(f"{k}={v:.2f}" for k, v in result.items() if k not in quantized))
+    if all(k in result for k in quantized):
+        print(" ".join(f"{k}={result[k]:.2f}" for k in quantized))
 
 
 if __name__ == "__main__":

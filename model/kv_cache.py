@@ -79,6 +79,22 @@ class KVCache:
         self.pos = 0
 
 
+class StaticLayerKV:
+    """One layer's slice of a ``KVCache`` for a one-token step of fixed shapes: the new key/value go
+    to the slot a device tensor names, and every slot comes back (the caller masks the ones past
+    it). Nothing depends on a Python int, so the step can be captured once (CUDA graphs) or
+    compiled once (torch.compile) and replayed at every position."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, slot: torch.Tensor):
+        self.k, self.v = k, v  # (1, H, S, D) views into a KVCache's buffers
+        self.slot = slot  # (1,) int64 on the same device: where this step writes
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k.index_copy_(2, self.slot, k)  # (1, H, 1, D) into slot
+        self.v.index_copy_(2, self.slot, v)
+        return self.k, self.v  # (1, H, S, D)
+
+
 class RowKV:
     """One layer's slice of a ``BatchKVCache`` for a decode step in which each row sits at its own
     position: what ``CausalSelfAttention`` calls ``update`` on."""
