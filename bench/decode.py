@@ -1,6 +1,6 @@
 """Decode speed at batch 1: the KV cache against nanoGPT-style recompute, and ONNX Runtime.
 
-    python bench/decode.py [--tokens 500] [--runs 3] [--quick]
+    python bench/decode.py [--tokens 500] [--runs 3] [--quick] [--compile]
 
 For the shipped model (when checkpoints/shakespeare.pt exists) and the shakespeare-char preset with
 random weights: tokens/s for `--tokens` new tokens from a short prompt, greedy, through the same
@@ -8,6 +8,8 @@ random weights: tokens/s for `--tokens` new tokens from a short prompt, greedy, 
 for), median of `--runs` runs in one process, for
   cached     model.torch_backend.TorchDecoder: one position per token on a preallocated KV cache
   recompute  model.torch_backend.RecomputeDecoder: the whole window again every token (nanoGPT's generate)
+  compiled   (--compile) TorchDecoder(step="compile"): the fixed-shape step through torch.compile,
+             timed alternately with cached; its compile time is printed (it is paid once a process)
   onnx       export.ort_backend on ONNX Runtime's CPU provider (when the export package imports)
   int8/int4  the same file quantized by export.quantize (int8 MatMuls; 4-bit weight-only MatMulNBits)
 It also states the arithmetic limit: a batch-1 decode step is a chain of mat-vecs, one through
@@ -58,6 +60,21 @@ def tok_s(make_decoder, tokenizer, tokens: int, runs: int) -> float:
     return statistics.median(rates)
 
 
+def compiled_vs_eager(model: GPT, tokenizer, args) -> None:
+    """The compiled step against the eager one, run by run in turn (one decoder each, reused)."""
+    compiled = TorchDecoder(model, step="compile")
+    t = time.perf_counter()
+    tok_s(lambda: compiled, tokenizer, 3, 1)  # compiles
+    print(f"  compile    {time.perf_counter() - t:8.1f} s", flush=True)
+    eager = TorchDecoder(model)
+    rates: dict[str, list[float]] = {"eager": [], "compiled": []}
+    for _ in range(args.runs):
+        rates["eager"].append(tok_s(lambda: eager, tokenizer, args.tokens, 1))
+        rates["compiled"].append(tok_s(lambda: compiled, tokenizer, args.tokens, 1))
+    e, c = statistics.median(rates["eager"]), statistics.median(rates["compiled"])
+    print(f"  compiled   {c:8.1f} tok/s   {c / e:.2f}x eager in the same runs ({e:.1f})", flush=True)
+
+
 def weight_pass_seconds(weights: list[torch.Tensor], reps: int = 20) -> float:
     """Median time of one mat-vec through every weight matrix of the model, in forward order.
 
@@ -91,6 +108,8 @@ def bench_model(name: str, model: GPT, tokenizer, ckpt_path: Path, args) -> dict
           f"{args.tokens} new tokens from {PROMPT!r}, median of {args.runs}", flush=True)
     cached = tok_s(lambda: TorchDecoder(model), tokenizer, args.tokens, args.runs)
     print(f"  cached     {cached:8.1f} tok/s", flush=True)
+    if args.compile:
+        compiled_vs_eager(model, tokenizer, args)
     recompute = tok_s(lambda: RecomputeDecoder(model), tokenizer, args.tokens, args.runs)
     print(f"  recompute  {recompute:8.1f} tok/s   cached is {cached / recompute:.1f}x", flush=True)
     # with the re-prefill at block_size, the context averages 3/4 of the window
@@ -137,6 +156,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=500, help="new tokens per run")
     parser.add_argument("--runs", type=int, default=3, help="runs per path (median)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 20 tokens, 1 run")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time TorchDecoder(step='compile') (compiling takes minutes here)")
     args = parser.parse_args()
     if args.quick:
         args.tokens, args.runs = 20, 1
