@@ -154,3 +154,30 @@ def test_batch_mode_with_rows_writes_what_one_at_a_time_writes_in_input_order(to
     assert [r["id"] for r in together] == list(range(1, len(lines) + 1))
     assert [r["error"] is not None for r in together].count(True) == 2
     assert (summary.done, summary.failed) == (len(lines), 2)
+
+
+def test_ctrl_c_in_batch_mode_with_rows_keeps_the_lines_written(torch_backend):
+    import io
+    import json
+
+    from tui.batch import EXIT_INTERRUPTED, read_items, run_batch
+
+    class Interrupting:  # the decoder is where Ctrl+C lands: it is where the time goes
+        def __init__(self, inner, steps):
+            self.inner, self.steps = inner, steps
+            self.rows, self.block_size = inner.rows, inner.block_size
+            self.prefill, self.release = inner.prefill, inner.release
+
+        def step(self, tokens):
+            self.steps -= 1
+            if self.steps < 0:
+                raise KeyboardInterrupt
+            return self.inner.step(tokens)
+
+    lines = [json.dumps({"prompt": "ROMEO:", "max_new_tokens": n}) for n in (2, 3, 50, 2)]
+    out = io.StringIO()
+    summary = run_batch(torch_backend, read_items(lines), Settings(seed=1), out,
+                        batch_decoder=Interrupting(torch_backend.batch_decoder(2), steps=10))
+    written = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(r["id"], r["tokens"]) for r in written] == [(1, 2), (2, 3)]  # 3 is cut short: no line
+    assert summary.interrupted and summary.exit_code == EXIT_INTERRUPTED and summary.done == 2
