@@ -1,8 +1,9 @@
-"""The PyTorch backend: decoders over a GPT (with the KV cache, or nanoGPT's recompute) and the
-``Backend`` that streams through model.engine.Generation."""
+"""The PyTorch backend: decoders over a GPT (with the KV cache, or nanoGPT's recompute), the batched
+decoder model.batched drives, and the ``Backend`` that streams through model.engine.Generation."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -107,7 +108,12 @@ class _StaticStep:
         if not self.graphed:
             return self.forward()
         if self.graph is None:
-            self._capture()
+            try:
+                self._capture()
+            except RuntimeError as e:  # a capture the driver refuses: the same step, uncaptured
+                logging.getLogger(__name__).warning("CUDA graph capture failed (%s); decoding without", e)
+                self.graphed = False
+                return self.forward()
         self.graph.replay()
         return self.out
 
