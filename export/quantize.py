@@ -234,7 +234,8 @@ def quantize_export(
             raise QuantizeError(f"{out}: the {kind} graph gives non-finite logits when decoding")
 
     say(f"converting to {kind}")
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:  # beside out: the same file system
         staged = Path(tmp) / "model.onnx"
         convert(fp32_path, staged, kind)
         with atomic_write(out, check=validate) as f:

@@ -86,3 +86,15 @@ def test_bf16_is_a_valid_graph_even_where_it_cannot_run(fp32_path, val_ids):
     inits = [t for t in onnx.load(str(out)).graph.initializer if t.dims and len(t.dims) == 2]
     assert inits and all(t.data_type == TensorProto.BFLOAT16 for t in inits)
     assert any("bf16" in m for m in said)
+
+
+@pytest.mark.slow
+def test_cli_exports_validates_and_converts_in_one_command(tiny_ckpt, tmp_path, shakespeare_available):
+    out = tmp_path / "tiny.int8.onnx"
+    result = CliRunner().invoke(export_cli, ["onnx", "--ckpt", str(tiny_ckpt), "--out", str(out),
+                                             "--quantize", "int8"])
+    assert result.exit_code == 0, result.output
+    assert "max abs logit difference" in result.output  # the fp32 file passed its checks first
+    assert "val loss fp32 " in result.output and ", int8 " in result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny.int8.onnx"]
+    assert load_ort_backend(out, provider="cpu").config.n_layer == 2
