@@ -45,6 +45,7 @@ class TorchDecoder:
         self.device = weight.device
         self.block_size = model.config.block_size
         self.cache = KVCache(model.config, 1, self.device, weight.dtype)
+        self._one = torch.zeros(1, 1, dtype=torch.long, device=self.device)  # a decode step's input
         if step == "auto":
             step = "cuda_graph" if self.device.type == "cuda" else "eager"
         if step == "cuda_graph" and self.device.type != "cuda":
@@ -74,7 +75,10 @@ class TorchDecoder:
             logits = self._static.run(ids[0], self.cache.pos)  # (1, 1, V)
             self.cache.advance(1)
         else:
-            idx = torch.tensor([ids], device=self.device)  # (1, T)
+            if len(ids) == 1:  # a decode step: fill the preallocated (1, 1), no new tensor
+                idx = self._one.fill_(ids[0])
+            else:
+                idx = torch.tensor([ids], device=self.device)  # (1, T)
             logits, _ = self.model(idx, cache=self.cache)  # (1, T, V); the cache advances by T
         return logits[0, -1].float().cpu()  # sampling runs on the CPU, the same on every device
 
