@@ -4,6 +4,9 @@ Input is plain text (one prompt per non-blank line) or JSONL (``{"id", "prompt",
 told apart by the first non-blank line. Items are read lazily, so a pipe can feed prompts one at a
 time and read each answer before sending the next. A bad item becomes an output line carrying its
 error; the others still run. Pure over a backend and streams: the CLI only opens files.
+
+With a backend's batch decoder, several items generate at once (model.batched.Batch) and a
+reader thread takes items in as they arrive; lines still come out in input order.
 """
 
 from __future__ import annotations
