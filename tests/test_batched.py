@@ -181,3 +181,26 @@ def test_ctrl_c_in_batch_mode_with_rows_keeps_the_lines_written(torch_backend):
     written = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [(r["id"], r["tokens"]) for r in written] == [(1, 2), (2, 3)]  # 3 is cut short: no line
     assert summary.interrupted and summary.exit_code == EXIT_INTERRUPTED and summary.done == 2
+
+
+def test_batch_mode_with_rows_answers_each_piped_line_before_it_reads_the_next(torch_backend):
+    import io
+    import threading
+
+    from tui.batch import read_items, run_batch
+
+    out = io.StringIO()
+    answered = []
+
+    def pipe():  # a client that sends a line, then waits for its answer before sending the next
+        for n, line in enumerate(['{"prompt": "caf\\u00e9"}', '{"prompt": "ROMEO:"}', "{bad"], 1):
+            yield line
+            for _ in range(200):
+                if out.getvalue().count("\n") >= n:
+                    break
+                threading.Event().wait(0.05)
+            answered.append(out.getvalue().count("\n") >= n)
+
+    summary = run_batch(torch_backend, read_items(pipe()), Settings(max_new_tokens=5, seed=1), out,
+                        batch_decoder=torch_backend.batch_decoder(4))
+    assert answered == [True, True, True] and summary.done == 3

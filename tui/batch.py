@@ -250,6 +250,8 @@ def _run_batched(backend: Backend, decoder: BatchDecoder, items: Iterable[Item],
     try:
         while True:
             while batch.free and not exhausted:  # refill: wait for input only when nothing runs
+                if not len(batch) and jobs and jobs[0].result is not None:
+                    break  # and nothing is left to write first: a pipe may wait for that line
                 try:
                     item = inbox.get(block=not len(batch))
                 except queue.Empty:
