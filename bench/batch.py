@@ -1,106 +1,123 @@
-"""Prompts of different lengths: one padded batch against a loop over sequences, on this CPU.
+"""Batch mode: prompts one at a time against model.batched (rows sharing each forward pass).
 
-    python bench/batch.py [--tokens 150] [--runs 3]
+    python bench/batch.py [--parallel 8] [--runs 3] [--backends torch,onnx] [--quick]
 
-The engine generates a batch one sequence after another (``generate_batch`` below). The
-alternative is one left-padded batch: a mask hides the padding, each row keeps its own positions,
-and every step runs all rows through one matmul. This measures both, greedy, on the shipped model
-(or shakespeare-char with random weights), for batches of 4 and 8 prompts of 4..60 characters,
-and checks that both give the same tokens. Last line: loop_tok_s=<f> padded_tok_s=<f> ratio=<f>
-for the batch of 8.
+16 and 64 prompts of 4..60 characters with varied settings (greedy and sampled with a seed each,
+top-k, top-p, a stop string on some, 40..200 new tokens), on the shipped model (or shakespeare-char
+with random weights), through each backend: the loop (``backend.stream`` per prompt, what
+``gpt-tui --batch --parallel 1`` does) and ``model.batched.generate_all`` with ``--parallel`` rows
+and continuous refill (what ``gpt-tui --batch`` does). The two alternate, ``--runs`` times each, in
+one process; tokens/s are medians. It also counts the prompts whose completions differ (none
+expected; a floating-point tie could flip a token). Last line, torch at 16 prompts:
+loop_tok_s=<f> batched_tok_s=<f> speedup=<f>
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
+import tempfile
 import time
-from collections.abc import Sequence
+from pathlib import Path
 
 import torch
-from common import shipped_or_random
+from common import SHIPPED, shipped_or_random
 
-from model.backend import Backend, Settings
-from model.gpt import GPT
-from model.kv_cache import KVCache
-from model.torch_backend import TorchBackend
+from model import checkpoint
+from model.backend import Settings
+from model.batched import generate_all
 
-
-def generate_batch(backend: Backend, prompts: Sequence[str], settings: Settings) -> list[str]:
-    """The generated text for each prompt, one sequence after another: each result is exactly what
-    ``backend.stream`` gives for that prompt alone (its seed, stop strings and window)."""
-    return ["".join(event.text for event in backend.stream(prompt, settings)) for prompt in prompts]
+STARTS = ["KING", "ROMEO:\nO", "First Citizen:\nWe", "JULIET:\nWhat light is that",
+          "MENENIUS:\nI tell you, friends, most", "DUKE VINCENTIO:\nGood morrow, and what news",
+          "QUEEN ELIZABETH:\nMy lord, I pray you, tell me where", "LUCIO:\nHow now, " * 4]
 
 
-PROMPTS = ["KING", "ROMEO:\nO", "First Citizen:\nWe", "JULIET:\nWhat light is that",
-           "MENENIUS:\nI tell you, friends, most", "DUKE VINCENTIO:\nGood morrow, and what news",
-           "QUEEN ELIZABETH:\nMy lord, I pray you, tell me where", "LUCIO:\nHow now, " * 4]
-
-
-@torch.inference_mode()
-def padded_greedy(model: GPT, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
-    """Greedy continuation of left-padded prompts in one batch with a preallocated KV cache."""
-    B, T0 = len(prompts), max(len(p) for p in prompts)
-    ids = torch.zeros(B, T0, dtype=torch.long)
-    real = torch.zeros(B, T0 + new_tokens, dtype=torch.bool)  # which key slots hold real tokens
-    for b, p in enumerate(prompts):
-        ids[b, T0 - len(p):] = torch.tensor(p)
-        real[b, T0 - len(p):] = True
-    positions = (real[:, :T0].cumsum(1) - 1).clamp(min=0)  # (B, T0): each row counts its own
-    slot = torch.arange(T0)
-    causal = slot[None, :] <= slot[:, None]  # (T0, T0)
-    mask = (causal & real[:, None, None, :T0]) | torch.eye(T0, dtype=torch.bool)  # (B, 1, T0, T0)
-    cache = KVCache(model.config, B)
-    logits = model.forward_at(ids, positions, causal=False, mask=mask, caches=cache.layers)
-    cache.advance(T0)
+def jobs(n: int, seed: int = 0) -> list[tuple[str, Settings]]:
+    """n prompts with varied lengths and settings, the same for a given seed."""
+    rng = random.Random(seed)
     out = []
-    for t in range(new_tokens):
-        nxt = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
-        out.append(nxt)
-        real[:, T0 + t] = True
-        positions = positions[:, -1:] + 1
-        S = T0 + t + 1
-        logits = model.forward_at(nxt, positions, causal=False, mask=real[:, None, None, :S],
-                                  caches=cache.layers)
-        cache.advance(1)
-    return torch.cat(out, 1).tolist()
+    for i in range(n):
+        kind = i % 4
+        settings = Settings(
+            temperature=0.0 if kind == 0 else rng.choice([0.7, 0.8, 1.0]),
+            top_k=40 if kind == 2 else None, top_p=0.9 if kind == 3 else 1.0,
+            max_new_tokens=rng.randrange(40, 201), seed=rng.randrange(2**31),
+            stop=("\n\n",) if i % 3 == 0 else ())
+        out.append((rng.choice(STARTS), settings))
+    return out
 
 
-def median_tok_s(fn, tokens: int, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return tokens / statistics.median(times)
+def loop(backend, work) -> list[list[int]]:
+    out = []
+    for prompt, settings in work:
+        g = backend.stream(prompt, settings)
+        out.append([e.id for e in g])
+    return out
+
+
+def batched(backend, work, rows: int) -> list[list[int]]:
+    return [g.ids for g in generate_all(backend.batch_decoder(rows), backend.tokenizer, work)]
+
+
+def compare(name: str, backend, n: int, args) -> tuple[float, float]:
+    work = jobs(n)
+    rates: dict[str, list[float]] = {"loop": [], "batched": []}
+    results = {}
+    for _ in range(args.runs):  # alternate, so both see the same machine
+        for path, fn in (("loop", lambda: loop(backend, work)),
+                         ("batched", lambda: batched(backend, work, args.parallel))):
+            t = time.perf_counter()
+            results[path] = fn()
+            rates[path].append(sum(map(len, results[path])) / (time.perf_counter() - t))
+    loop_rate, batched_rate = statistics.median(rates["loop"]), statistics.median(rates["batched"])
+    differ = sum(a != b for a, b in zip(results["loop"], results["batched"], strict=True))
+    tokens = sum(map(len, results["loop"]))
+    print(f"{name:6} {n:3} prompts ({tokens} tokens): loop {loop_rate:8.1f} tok/s   batched "
+          f"{batched_rate:8.1f} tok/s   {batched_rate / loop_rate:.2f}x   completions differing: "
+          f"{differ}/{n}", flush=True)
+    return loop_rate, batched_rate
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=150, help="new tokens per prompt")
-    parser.add_argument("--runs", type=int, default=3, help="runs per path (median)")
+    parser.add_argument("--parallel", type=int, default=8, help="rows of the batched path")
+    parser.add_argument("--runs", type=int, default=3, help="runs per path, alternating (median)")
+    parser.add_argument("--backends", default="torch,onnx", help="comma-separated: torch, onnx")
+    parser.add_argument("--sizes", default="16,64", help="comma-separated prompt counts")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 4 and 8 prompts, 1 run")
     args = parser.parse_args()
+    sizes = [4, 8] if args.quick else [int(s) for s in args.sizes.split(",")]
+    if args.quick:
+        args.runs = 1
+    from model.torch_backend import TorchBackend
+
     model, tokenizer, name = shipped_or_random()
-    longest = max(len(tokenizer.encode(p)) for p in PROMPTS)
-    if longest + args.tokens > model.config.block_size:  # the padded batch has no window handling
-        parser.error(f"--tokens {args.tokens} plus the longest prompt ({longest}) exceed block_size "
-                     f"{model.config.block_size}; use at most {model.config.block_size - longest}")
-    backend = TorchBackend(model, tokenizer)
-    greedy = Settings(temperature=0.0, max_new_tokens=args.tokens)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {name}; {args.tokens} new "
-          f"tokens per prompt, greedy, median of {args.runs}")
-    for B in (4, 8):
-        prompts = PROMPTS[-B:]
-        ids = [tokenizer.encode(p) for p in prompts]
-        texts = generate_batch(backend, prompts, greedy)
-        padded = padded_greedy(model, ids, args.tokens)
-        same = sum(tokenizer.decode(p) == t for p, t in zip(padded, texts, strict=True))
-        total = B * args.tokens
-        loop = median_tok_s(lambda ps=prompts: generate_batch(backend, ps, greedy), total, args.runs)
-        pad = median_tok_s(lambda i=ids: padded_greedy(model, i, args.tokens), total, args.runs)
-        print(f"batch {B}: loop {loop:7.1f} tok/s   padded {pad:7.1f} tok/s   padded/loop {pad / loop:.2f}x"
-              f"   same text for {same}/{B} prompts")
-    print(f"loop_tok_s={loop:.1f} padded_tok_s={pad:.1f} ratio={pad / loop:.2f}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {name}; {args.parallel} rows; "
+          f"median of {args.runs}", flush=True)
+    backends = {}
+    names = args.backends.split(",")
+    if "torch" in names:
+        backends["torch"] = TorchBackend(model, tokenizer)
+    with tempfile.TemporaryDirectory() as tmp:
+        if "onnx" in names:
+            from export.onnx_export import export_onnx
+            from export.ort_backend import load_ort_backend
+
+            ckpt = SHIPPED
+            if not SHIPPED.is_file():
+                ckpt = Path(tmp) / "model.pt"
+                checkpoint.save(checkpoint.payload(model, tokenizer), ckpt)
+            backends["onnx"] = load_ort_backend(export_onnx(ckpt, Path(tmp) / "model.onnx", validate=False),
+                                                provider="cpu")
+        first = None
+        for backend_name, backend in backends.items():
+            for n in sizes:
+                rates = compare(backend_name, backend, n, args)
+                first = first or rates
+    loop_rate, batched_rate = first
+    speedup = batched_rate / loop_rate
+    print(f"loop_tok_s={loop_rate:.1f} batched_tok_s={batched_rate:.1f} speedup={speedup:.2f}")
 
 
 if __name__ == "__main__":

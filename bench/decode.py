@@ -1,6 +1,6 @@
 """Decode speed at batch 1: the KV cache against nanoGPT-style recompute, and ONNX Runtime.
 
-    python bench/decode.py [--tokens 500] [--runs 3] [--quick] [--hf [--hf-shape tiny]]
+    python bench/decode.py [--tokens 500] [--runs 3] [--quick] [--compile] [--hf [--hf-shape tiny]]
 
 For the shipped model (when checkpoints/shakespeare.pt exists) and the shakespeare-char preset with
 random weights: tokens/s for `--tokens` new tokens from a short prompt, greedy, through the same
@@ -8,7 +8,10 @@ random weights: tokens/s for `--tokens` new tokens from a short prompt, greedy, 
 for), median of `--runs` runs in one process, for
   cached     model.torch_backend.TorchDecoder: one position per token on a preallocated KV cache
   recompute  model.torch_backend.RecomputeDecoder: the whole window again every token (nanoGPT's generate)
+  compiled   (--compile) TorchDecoder(step="compile"): the fixed-shape step through torch.compile,
+             timed alternately with cached; its compile time is printed (it is paid once a process)
   onnx       export.ort_backend on ONNX Runtime's CPU provider (when the export package imports)
+  int8/int4  the same file quantized by export.quantize (int8 MatMuls; 4-bit weight-only MatMulNBits)
 It also states the arithmetic limit: a batch-1 decode step is a chain of mat-vecs, one through
 every weight matrix, so the limit is the time of exactly that chain on the model's own weights
 (FLOPs and weight bytes per token are printed beside it), and the fraction of it the cached path
@@ -16,13 +19,17 @@ reaches; the gap is per-token overhead (Python, dispatch, attention over the cac
 On this CPU the chain is bound by memory bandwidth, not by the matmul rate: the recompute path
 is compute bound, the cached one bandwidth bound, and their ratio is capped accordingly. ONNX
 Runtime's own mat-vec kernels stream the same weights faster, so it can beat this limit.
+The ONNX Runtime files (fp32, int8, int4) are timed alternately, run by run, so each ratio compares
+them on the same machine state.
+
 With ``--hf``, Hugging Face transformers' ``generate()`` (greedy, its KV cache) runs the same weights
 side by side with our cached path and ONNX Runtime, at the shakespeare-char shape and at GPT-2
 124M's (random weights: speed does not depend on them), each for as many tokens as both fit in the
 block (transformers cannot slide its window). ``--hf-shape tiny`` swaps 124M for a 2-layer model
-of the same vocabulary, to check the script runs. The last line, for shakespeare-char:
+of the same vocabulary, to check the script runs. The last two lines, for shakespeare-char:
 cached_tok_s=<f> recompute_tok_s=<f> speedup=<f> limit_tok_s=<f> [onnx_tok_s=<f> onnx_vs_torch=<f>]
-  [hf_tok_s=<f> torch_vs_hf=<f> onnx_vs_hf=<f>]   (with --hf: GPT-2 124M's)
+onnx_int8_tok_s=<f> int8_vs_fp32=<f> onnx_int4_tok_s=<f> int4_vs_fp32=<f>
+  [hf_tok_s=<f> torch_vs_hf=<f> onnx_vs_hf=<f>]   (with --hf: GPT-2 124M's, on the last line)
 """
 
 from __future__ import annotations
@@ -60,6 +67,21 @@ def tok_s(make_decoder, tokenizer, tokens: int, runs: int) -> float:
     return statistics.median(rates)
 
 
+def compiled_vs_eager(model: GPT, tokenizer, args) -> None:
+    """The compiled step against the eager one, run by run in turn (one decoder each, reused)."""
+    compiled = TorchDecoder(model, step="compile")
+    t = time.perf_counter()
+    tok_s(lambda: compiled, tokenizer, 3, 1)  # compiles
+    print(f"  compile    {time.perf_counter() - t:8.1f} s", flush=True)
+    eager = TorchDecoder(model)
+    rates: dict[str, list[float]] = {"eager": [], "compiled": []}
+    for _ in range(args.runs):
+        rates["eager"].append(tok_s(lambda: eager, tokenizer, args.tokens, 1))
+        rates["compiled"].append(tok_s(lambda: compiled, tokenizer, args.tokens, 1))
+    e, c = statistics.median(rates["eager"]), statistics.median(rates["compiled"])
+    print(f"  compiled   {c:8.1f} tok/s   {c / e:.2f}x eager in the same runs ({e:.1f})", flush=True)
+
+
 def weight_pass_seconds(weights: list[torch.Tensor], reps: int = 20) -> float:
     """Median time of one mat-vec through every weight matrix of the model, in forward order.
 
@@ -93,6 +115,8 @@ def bench_model(name: str, model: GPT, tokenizer, ckpt_path: Path, args) -> dict
           f"{args.tokens} new tokens from {PROMPT!r}, median of {args.runs}", flush=True)
     cached = tok_s(lambda: TorchDecoder(model), tokenizer, args.tokens, args.runs)
     print(f"  cached     {cached:8.1f} tok/s", flush=True)
+    if args.compile:
+        compiled_vs_eager(model, tokenizer, args)
     recompute = tok_s(lambda: RecomputeDecoder(model), tokenizer, args.tokens, args.runs)
     print(f"  recompute  {recompute:8.1f} tok/s   cached is {cached / recompute:.1f}x", flush=True)
     # with the re-prefill at block_size, the context averages 3/4 of the window
@@ -104,19 +128,34 @@ def bench_model(name: str, model: GPT, tokenizer, ckpt_path: Path, args) -> dict
                   limit_tok_s=limit)
     onnx = onnx_tok_s(ckpt_path, tokenizer, args)
     if onnx is not None:
-        print(f"  onnx (CPU) {onnx:8.1f} tok/s   {onnx / cached:.2f}x the PyTorch cached path", flush=True)
-        result |= dict(onnx_tok_s=onnx, onnx_vs_torch=onnx / cached)
+        fp32 = onnx["fp32"]
+        print(f"  onnx (CPU) {fp32:8.1f} tok/s   {fp32 / cached:.2f}x the PyTorch cached path", flush=True)
+        result |= dict(onnx_tok_s=fp32, onnx_vs_torch=fp32 / cached)
+        for kind in ("int8", "int4"):
+            print(f"  onnx {kind}  {onnx[kind]:8.1f} tok/s   {onnx[kind] / fp32:.2f}x ONNX Runtime fp32",
+                  flush=True)
+            result |= {f"onnx_{kind}_tok_s": onnx[kind], f"{kind}_vs_fp32": onnx[kind] / fp32}
     return result
 
 
-def onnx_tok_s(ckpt_path: Path, tokenizer, args) -> float | None:
+def onnx_tok_s(ckpt_path: Path, tokenizer, args) -> dict[str, float] | None:
+    """Median tok/s of the fp32, int8 and int4 files, timed in turn run by run."""
     from export.onnx_export import export_onnx
     from export.ort_backend import load_ort_backend
+    from export.quantize import convert
 
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = export_onnx(ckpt_path, Path(tmp) / "model.onnx", validate=False)
-        backend = load_ort_backend(onnx_path, provider="cpu")
-        return tok_s(backend.decoder, tokenizer, args.tokens, args.runs)
+        fp32 = export_onnx(ckpt_path, Path(tmp) / "model.onnx", validate=False)
+        paths = {"fp32": fp32}
+        for kind in ("int8", "int4"):
+            paths[kind] = Path(tmp) / f"model.{kind}.onnx"
+            convert(fp32, paths[kind], kind)
+        backends = {kind: load_ort_backend(path, provider="cpu") for kind, path in paths.items()}
+        rates: dict[str, list[float]] = {kind: [] for kind in backends}
+        for _ in range(args.runs):
+            for kind, backend in backends.items():
+                rates[kind].append(tok_s(backend.decoder, tokenizer, args.tokens, 1))
+        return {kind: statistics.median(r) for kind, r in rates.items()}
 
 
 def hf_tok_s(model: GPT, prompt: list[int], tokens: int, runs: int) -> float:
@@ -163,6 +202,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=500, help="new tokens per run")
     parser.add_argument("--runs", type=int, default=3, help="runs per path (median)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 20 tokens, 1 run")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time TorchDecoder(step='compile') (compiling takes minutes here)")
     parser.add_argument("--hf", action="store_true", help="also transformers' generate() on the same weights")
     parser.add_argument("--hf-shape", choices=["124m", "tiny"], default="124m",
                         help="the GPT-2 shape for --hf (tiny: check the script runs)")
@@ -187,7 +228,10 @@ def main() -> None:
             path = Path(tmp) / "gpt2.pt"
             checkpoint.save(checkpoint.payload(model, tokenizer), path)
             result |= bench_hf(f"GPT-2 {args.hf_shape} (random weights)", model, tokenizer, path, args)
-    print(" ".join(f"{k}={v:.2f}" for k, v in result.items()))
+    last = ("onnx_int8_tok_s", "int8_vs_fp32", "onnx_int4_tok_s", "int4_vs_fp32",
+            "hf_tok_s", "torch_vs_hf", "onnx_vs_hf")
+    print(" ".join(f"{k}={v:.2f}" for k, v in result.items() if k not in last))
+    print(" ".join(f"{k}={result[k]:.2f}" for k in last if k in result))
 
 
 if __name__ == "__main__":

@@ -38,10 +38,18 @@ def main() -> None:
                    "(ending in / or existing) gets model.onnx plus what Optimum and ONNX Runtime GenAI read.")
 @click.option("--opset", type=click.IntRange(min=18), help="ONNX opset [default: 18].")
 @click.option("--no-validate", is_flag=True, help="Skip the checker, parity and greedy checks.")
-def onnx(ckpt: str, out: str | None, opset: int | None, no_validate: bool) -> None:
+@click.option("--quantize", type=click.Choice(["int8", "int4"]),
+              help="Smaller weights for the CPU: int8 MatMuls, or 4-bit weight-only MatMulNBits; "
+                   "checked by validation loss against fp32 [default: off].")
+@click.option("--dtype", type=click.Choice(["fp16", "bf16"]),
+              help="16-bit weights and activations inside the graph, for GPU runtimes [default: fp32].")
+def onnx(ckpt: str, out: str | None, opset: int | None, no_validate: bool, quantize: str | None,
+         dtype: str | None) -> None:
     """Write one self-contained .onnx with a KV cache (prefill and decode in one graph), then
     validate it: onnx.checker with shape inference, logit parity with PyTorch at several batch,
-    prompt and past lengths, and identical greedy tokens for a prompt plus 20 steps.
+    prompt and past lengths, and identical greedy tokens for a prompt plus 20 steps. With --quantize
+    or --dtype, the fp32 file is then converted and kept only if its validation loss on Tiny
+    Shakespeare is close to fp32's (both printed).
 
     With --out DIR/ the folder also holds config.json, genai_config.json and the tokenizer files, so
     optimum's ORTModelForCausalLM and onnxruntime_genai.Model load it as it is."""
@@ -62,6 +70,10 @@ def onnx(ckpt: str, out: str | None, opset: int | None, no_validate: bool) -> No
     except CheckpointError as e:
         raise UsageError(str(e)) from None
     folder = bool(out) and (out.endswith(("/", os.sep)) or os.path.isdir(out))
+    if quantize and dtype:
+        raise UsageError("--quantize and --dtype are alternatives; pass one")
+    if folder and (quantize or dtype):
+        raise UsageError("--quantize and --dtype write one .onnx file; pass --out FILE.onnx, not a folder")
     console = Console(stderr=True, log_path=False)
     start = time.perf_counter()
     try:
@@ -72,9 +84,14 @@ def onnx(ckpt: str, out: str | None, opset: int | None, no_validate: bool) -> No
 
             if folder:
                 written = export_folder(path, out, opset, say, not no_validate) / MODEL_FILE
+            elif quantize or dtype:
+                from export.quantize import export_converted
+
+                written = export_converted(path, out and Path(out), quantize or dtype, opset, say,
+                                           validate=not no_validate)
             else:
                 written = export_onnx(path, out, opset, say, validate=not no_validate)
-    except (CheckpointError, OnnxModelError, ValidationError, WriteError) as e:
+    except (CheckpointError, OnnxModelError, ValidationError, WriteError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     size = written.stat().st_size / 2**20
     beside = " and the files Optimum and GenAI read beside it" if folder else ""

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from export.graph import FORMAT, META_PREFIX, input_names, output_names
+from export.ort_batched import OrtBatchDecoder
 from model.backend import BackendInfo, Settings
 from model.config import GPTConfig
 from model.engine import Generation
@@ -193,6 +194,10 @@ class OrtBackend:
 
     def decoder(self) -> OrtDecoder:
         return OrtDecoder(self.session, self.config)
+
+    def batch_decoder(self, rows: int) -> OrtBatchDecoder:
+        """Up to ``rows`` sequences decoded together (model.batched.Batch drives it)."""
+        return OrtBatchDecoder(self.session, self.config, rows)
 
     def torch_model(self) -> None:
         return None  # no PyTorch model here: the attention view needs the checkpoint

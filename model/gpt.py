@@ -151,6 +151,8 @@ class GPT(nn.Module):
         # pre-LN blocks add to the stream without normalising it: normalise once before the head
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # 0..block_size-1 once: a decode step takes its position as a view, not a new tensor
+        self.register_buffer("slots", torch.arange(config.block_size), persistent=False)
         if config.tie_weights:
             # one matrix reads and writes tokens (as GPT-2): fewer parameters, and tokens that mean
             # alike are embedded alike and scored alike
@@ -182,7 +184,7 @@ class GPT(nn.Module):
             raise ValueError(
                 f"{start + T} positions exceed block_size {self.config.block_size}; crop the context"
             )
-        positions = torch.arange(start, start + T, device=idx.device)
+        positions = self.slots[start:start + T]  # (T,)
         # which keys each new token may see: with no past, the lecture's triangle (causal); one new
         # token after a past sees every key, so no mask at all; a chunk after a past needs the
         # triangle shifted right by the past: query i (slot start + i) sees slots 0..start + i

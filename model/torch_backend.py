@@ -1,9 +1,11 @@
-"""The PyTorch backend: decoders over a GPT (with the KV cache, or nanoGPT's recompute) and the
-``Backend`` that streams through model.engine.Generation."""
+"""The PyTorch backend: decoders over a GPT (with the KV cache, or nanoGPT's recompute), the batched
+decoder model.batched drives, and the ``Backend`` that streams through model.engine.Generation."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -12,7 +14,7 @@ from model.checkpoint import load_model
 from model.device import Device, resolve_device
 from model.engine import Generation
 from model.gpt import GPT, Bigram
-from model.kv_cache import KVCache
+from model.kv_cache import BatchKVCache, KVCache, StaticLayerKV
 from model.tokenizer import CharTokenizer, Tokenizer
 
 
@@ -22,15 +24,43 @@ def _ready(model: GPT | Bigram, device: torch.device | str | None) -> GPT | Bigr
     return model.to(device).eval()
 
 
-class TorchDecoder:
-    """A PyTorch GPT or bigram with a KV cache: the prompt in one pass, then one position a token."""
+Step = Literal["auto", "eager", "static", "cuda_graph", "compile"]
 
-    def __init__(self, model: GPT | Bigram, device: torch.device | str | None = None):
+
+class TorchDecoder:
+    """A PyTorch GPT or bigram with a KV cache: the prompt in one pass, then one position a token.
+
+    ``step`` chooses how a one-token step runs. ``eager``: the model's forward over the cached
+    slots. ``cuda_graph`` (CUDA only): the step with fixed shapes (``_StaticStep``: every slot,
+    masked past the position; ``static`` runs it as it is, which is how a CPU checks the maths)
+    captured once as a CUDA graph and replayed, so a token costs one
+    graph launch instead of a few hundred kernel launches from Python. ``compile``: the same
+    fixed-shape step through ``torch.compile``, compiled once (minutes on a small CPU; an option,
+    not the default). ``auto``: ``cuda_graph`` on CUDA, else ``eager``. The prompt and the window's
+    re-prefill always run eagerly, into the same cache."""
+
+    def __init__(self, model: GPT | Bigram, device: torch.device | str | None = None, step: Step = "auto"):
         self.model = _ready(model, device)
         weight = next(self.model.parameters())
         self.device = weight.device
         self.block_size = model.config.block_size
         self.cache = KVCache(model.config, 1, self.device, weight.dtype)
+        self._one = torch.zeros(1, 1, dtype=torch.long, device=self.device)  # a decode step's input
+        if step == "auto":
+            step = "cuda_graph" if self.device.type == "cuda" else "eager"
+        if step == "cuda_graph" and self.device.type != "cuda":
+            raise ValueError(f"step='cuda_graph' needs a CUDA device, not {self.device}; use 'eager'")
+        if step not in ("eager", "static", "cuda_graph", "compile"):
+            raise ValueError(f"step must be auto, eager, static, cuda_graph or compile, not {step!r}")
+        self.step = step
+        self._static = None
+        if step != "eager" and isinstance(self.model, GPT):
+            # the fixed-shape step reads every slot and masks those past pos; a masked score must be
+            # finite (NaN + -inf is NaN), so no stray bits: zeros once, then only finite keys
+            self.cache.k.zero_()
+            self.cache.v.zero_()
+            self._static = _StaticStep(self.model, self.cache, compiled=step == "compile",
+                                       graphed=step == "cuda_graph")
 
     @property
     def pos(self) -> int:
@@ -41,9 +71,68 @@ class TorchDecoder:
 
     @torch.inference_mode()
     def feed(self, ids: list[int]) -> torch.Tensor:
-        idx = torch.tensor([ids], device=self.device)  # (1, T)
-        logits, _ = self.model(idx, cache=self.cache)  # (1, T, V); the cache advances by T
+        if self._static is not None and len(ids) == 1 and 0 < self.cache.pos < self.block_size:
+            logits = self._static.run(ids[0], self.cache.pos)  # (1, 1, V)
+            self.cache.advance(1)
+        else:
+            if len(ids) == 1:  # a decode step: fill the preallocated (1, 1), no new tensor
+                idx = self._one.fill_(ids[0])
+            else:
+                idx = torch.tensor([ids], device=self.device)  # (1, T)
+            logits, _ = self.model(idx, cache=self.cache)  # (1, T, V); the cache advances by T
         return logits[0, -1].float().cpu()  # sampling runs on the CPU, the same on every device
+
+
+class _StaticStep:
+    """The one-token step with fixed shapes, over a KVCache's buffers: the token and its position
+    live in device tensors, the new key goes to slot ``pos`` (``StaticLayerKV``), and attention
+    spans all block_size slots under a mask of those <= pos. Masked slots get exactly zero weight,
+    so the logits are the eager step's up to summation order."""
+
+    def __init__(self, model: GPT, cache: KVCache, compiled: bool = False, graphed: bool = False):
+        device = cache.k.device
+        self.graphed = graphed
+        self.model = model
+        self.idx = torch.zeros(1, 1, dtype=torch.long, device=device)  # (1, 1)
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)  # (1,)
+        self.slots = torch.arange(cache.block_size, device=device)  # (S,)
+        self.layers = [StaticLayerKV(layer.k, layer.v, self.slot) for layer in cache.layers]
+        self.forward = torch.compile(self._forward, dynamic=False) if compiled else self._forward
+        self.graph = None
+        self.out: torch.Tensor | None = None  # the captured graph's output buffer
+
+    def _forward(self) -> torch.Tensor:
+        mask = (self.slots <= self.slot)[None, None, None, :]  # (1, 1, 1, S)
+        return self.model.forward_at(self.idx, self.slot, causal=False, mask=mask, caches=self.layers)
+
+    def run(self, token: int, pos: int) -> torch.Tensor:
+        """Logits (1, 1, V) for token at position pos; its key/value land in slot pos."""
+        self.idx.fill_(token)
+        self.slot.fill_(pos)
+        if not self.graphed:
+            return self.forward()
+        if self.graph is None:
+            try:
+                self._capture()
+            except RuntimeError as e:  # a capture the driver refuses: the same step, uncaptured
+                logging.getLogger(__name__).warning("CUDA graph capture failed (%s); decoding without", e)
+                self.graphed = False
+                return self.forward()
+        self.graph.replay()
+        return self.out
+
+    def _capture(self) -> None:
+        # warm up on a side stream (as torch.cuda.graphs asks), then capture. Each run writes this
+        # token's key/value to slot pos, which the real step writes the same way: no harm done
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                self.forward()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = self.forward()
 
 
 class RecomputeDecoder:
@@ -76,6 +165,50 @@ class RecomputeDecoder:
         return logits[0, -1].float().cpu()
 
 
+class TorchBatchDecoder:
+    """model.batched.BatchDecoder over a PyTorch GPT: rows prefilled alone into their slice of a
+    ``BatchKVCache``, then decode steps for rows [0, B) in one pass, each row at its own position
+    and masked to its own slots."""
+
+    def __init__(self, model: GPT, rows: int, device: torch.device | str | None = None):
+        if not isinstance(model, GPT):
+            raise ValueError("batched decoding needs a GPT; the bigram has nothing to batch")
+        self.model = _ready(model, device)
+        weight = next(self.model.parameters())
+        self.device = weight.device
+        self.rows = rows
+        self.block_size = model.config.block_size
+        self.cache = BatchKVCache(model.config, rows, self.device, weight.dtype)
+
+    @torch.inference_mode()
+    def prefill(self, row: int, ids: list[int]) -> torch.Tensor:
+        cache = self.cache.row(row)
+        logits, _ = self.model(torch.tensor([ids], device=self.device), cache=cache)  # (1, T, V)
+        self.cache.lengths[row] = cache.pos
+        return logits[0, -1].float().cpu()
+
+    @torch.inference_mode()
+    def step(self, tokens: dict[int, int]) -> dict[int, torch.Tensor]:
+        lengths = self.cache.lengths
+        B = max(tokens) + 1  # rows [0, B): a free or prefilling row in between takes a dummy token
+        # a row not stepping writes its dummy key at a slot nobody reads before it is rewritten:
+        # its next free one (it is prefilled after the step, from slot 0)
+        positions = [lengths[b] if b in tokens else min(lengths[b], self.block_size - 1) for b in range(B)]
+        layers = self.cache.step_layers(positions)
+        pos = torch.tensor(positions, device=self.device)[:, None]  # (B, 1)
+        idx = torch.tensor([tokens.get(b, 0) for b in range(B)], device=self.device)[:, None]  # (B, 1)
+        slots = torch.arange(self.cache.step_width, device=self.device)
+        mask = (slots[None, :] <= pos)[:, None, None, :]  # (B, 1, 1, width): each row its own past
+        logits = self.model.forward_at(idx, pos, causal=False, mask=mask, caches=layers)  # (B, 1, V)
+        logits = logits[:, -1].float().cpu()
+        for b in tokens:
+            lengths[b] += 1
+        return {b: logits[b] for b in tokens}
+
+    def release(self, row: int) -> None:
+        self.cache.lengths[row] = 0
+
+
 class TorchBackend:
     """model.backend.Backend over a PyTorch model: each stream gets its own decoder and cache."""
 
@@ -106,6 +239,11 @@ class TorchBackend:
     def decoder(self) -> TorchDecoder:
         # a fresh cache per decoder (a few MB): streams never share state, and closing one frees it
         return TorchDecoder(self.model)
+
+    def batch_decoder(self, rows: int) -> TorchBatchDecoder | None:
+        """Up to ``rows`` sequences decoded together (model.batched.Batch drives it); None for the
+        bigram, whose step is one table lookup: nothing to share."""
+        return TorchBatchDecoder(self.model, rows) if isinstance(self.model, GPT) else None
 
     def torch_model(self) -> GPT | Bigram:
         return self.model

@@ -6,6 +6,9 @@ time and read each answer before sending the next. A bad item (invalid UTF-8, ba
 surrogate, a bad setting) becomes an output line carrying its error; the others still run. Output
 lines are written whole or not at all (``LineFile``). Pure over a backend and streams: the CLI
 only opens files.
+
+With a backend's batch decoder, several items generate at once (model.batched.Batch) and a
+reader thread takes items in as they arrive; lines still come out in input order.
 """
 
 from __future__ import annotations
@@ -13,13 +16,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
 import secrets
 import stat
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal, TextIO
 
 from model.backend import Backend, Settings
+from model.batched import Batch, BatchDecoder
+from model.engine import Generation
 from model.tokenizer import UnknownCharactersError
 from tui import settings as settings_text
 from tui.session import record
@@ -180,16 +189,27 @@ def run_batch(
     clock: Clock | None = None,
     new_seed: Callable[[], int] = lambda: secrets.randbelow(2**31),
     checkpoint_sha256: str | None = None,
+    batch_decoder: BatchDecoder | None = None,
 ) -> Summary:
     """Generate for each item in order, writing one JSON line per item to ``out`` as it finishes.
+
+    With a ``batch_decoder`` (a backend's ``batch_decoder(rows)``), up to its rows items generate
+    at once (model.batched): a row that ends takes the next item, and each line is written as soon
+    as it and every line before it are done. The completions are those of one item at a time.
 
     An item without a seed (nor a default one) gets a fresh seed that is written out, so any line
     can be replayed. Ctrl+C stops after the lines already written; the summary says so.
     """
     summary = Summary()
     kwargs = {} if clock is None else {"clock": clock}
-    for item in _guard(items, summary):
-        result = _run_item(backend, item, settings, log, new_seed, checkpoint_sha256, kwargs)
+    started = (clock or time.perf_counter)()
+    if batch_decoder is None:
+        results = (_run_item(backend, item, settings, log, new_seed, checkpoint_sha256, kwargs)
+                   for item in _guard(items, summary))
+    else:
+        results = _run_batched(backend, batch_decoder, _guard(items, summary), settings, log, new_seed,
+                               checkpoint_sha256, kwargs)
+    for result in results:
         if result is None:  # interrupted mid-item: its line is not written
             summary.interrupted = True
             break
@@ -205,6 +225,8 @@ def run_batch(
         name = STOP_NAMES.get(result["stop_reason"], "-")
         status = f"error: {result['error']}" if result["error"] else f"{result['tokens']} tokens, {name}"
         log(visible(f"[{result['id']}] {status}"))
+    if batch_decoder is not None:  # items overlapped: the rate is over the wall time
+        summary.seconds = (clock or time.perf_counter)() - started
     log(str(summary))
     return summary
 
@@ -221,14 +243,8 @@ def _run_item(backend: Backend, item: Item, base: Settings, log: Callable[[str],
               new_seed: Callable[[], int], sha: str | None, clock: dict) -> dict | None:
     info = backend.info()
     timing = Timing(**clock)
-    settings, error, completion, stop_reason = base, item.error, None, None
-    if error is None:
-        try:
-            settings = settings_text.replace(base, item.changes)
-        except ValueError as e:
-            error = f"bad settings: {e}"
-    if settings.seed is None:
-        settings = settings_text.replace(settings, {"seed": new_seed()})
+    settings, error = _item_settings(item, base, new_seed)
+    completion, stop_reason = None, None
     if error is None:
         generation = None
         pieces: list[str] = []
@@ -245,13 +261,134 @@ def _run_item(backend: Backend, item: Item, base: Settings, log: Callable[[str],
             if generation is not None:
                 generation.close()
             return None
-        except UnknownCharactersError as e:
-            shown = ", ".join(repr(c) for c in e.chars)
-            error = (f"{len(e.chars)} character(s) not in the vocabulary: {shown}; remove them, or pass "
-                     '--unknown replace (or "unknown": "replace" in the item)')
         except Exception as e:  # a bad prompt or a failing backend: this item fails, the rest run
-            error = str(e) or type(e).__name__
+            error = _error_text(e)
         completion = "".join(pieces) if error is None or pieces else None
     timing.finish()
     result = record(item.prompt, completion, stop_reason, settings, info, timing, sha)
     return {"id": item.id, **result, "error": error}
+
+
+def _item_settings(item: Item, base: Settings, new_seed: Callable[[], int]) -> tuple[Settings, str | None]:
+    """The item's settings (the flags, its changes, a fresh seed if it has none) and its error."""
+    settings, error = base, item.error
+    if error is None:
+        try:
+            settings = settings_text.replace(base, item.changes)
+        except ValueError as e:
+            error = f"bad settings: {e}"
+    if settings.seed is None:
+        settings = settings_text.replace(settings, {"seed": new_seed()})
+    return settings, error
+
+
+def _error_text(e: Exception) -> str:
+    if isinstance(e, UnknownCharactersError):
+        shown = ", ".join(repr(c) for c in e.chars)
+        return (f"{len(e.chars)} character(s) not in the vocabulary: {shown}; remove them, or pass "
+                '--unknown replace (or "unknown": "replace" in the item)')
+    return str(e) or type(e).__name__
+
+
+@dataclass
+class _Job:
+    item: Item
+    settings: Settings
+    timing: Timing
+    error: str | None
+    pieces: list[str] = field(default_factory=list)
+    generation: Generation | None = None
+    result: dict | None = None  # set once done
+
+
+_END = object()  # the reader's last word: the input is exhausted
+
+
+def _read_ahead(items: Iterable[Item]) -> queue.SimpleQueue:
+    """Items read by a daemon thread into a queue (then _END, or the exception that stopped it), so
+    free rows take items that have arrived while a pipe that waits for an answer never blocks us."""
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+
+    def read() -> None:
+        try:
+            for item in items:
+                inbox.put(item)
+            inbox.put(_END)
+        except BaseException as e:  # handed to the main thread, which raises it
+            inbox.put(e)
+
+    threading.Thread(target=read, name="batch-input", daemon=True).start()
+    return inbox
+
+
+def _run_batched(backend: Backend, decoder: BatchDecoder, items: Iterable[Item], base: Settings,
+                 log: Callable[[str], None], new_seed: Callable[[], int], sha: str | None,
+                 clock: dict) -> Iterator[dict | None]:
+    """The results of ``items`` in input order, generated up to ``decoder.rows`` at a time; None
+    (and nothing after it) on Ctrl+C."""
+    info = backend.info()
+    batch = Batch(decoder, backend.tokenizer)
+    inbox = _read_ahead(items)
+    jobs: deque[_Job] = deque()  # in input order, from the oldest not yet written
+    running: dict[int, _Job] = {}  # id(generation) -> its job
+    exhausted = False
+
+    def finish(job: _Job, stop_reason: str | None) -> None:
+        job.timing.finish()
+        completion = "".join(job.pieces) if job.error is None or job.pieces else None
+        result = record(job.item.prompt, completion, stop_reason, job.settings, info, job.timing, sha)
+        job.result = {"id": job.item.id, **result, "error": job.error}
+
+    try:
+        while True:
+            while batch.free and not exhausted:  # refill: wait for input only when nothing runs
+                if not len(batch) and jobs and jobs[0].result is not None:
+                    break  # and nothing is left to write first: a pipe may wait for that line
+                try:
+                    item = inbox.get(block=not len(batch))
+                except queue.Empty:
+                    break
+                if item is _END:
+                    exhausted = True
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                settings, error = _item_settings(item, base, new_seed)
+                job = _Job(item, settings, Timing(**clock), error)
+                jobs.append(job)
+                if error is None:
+                    try:
+                        job.generation = batch.add(item.prompt or "", settings)
+                    except Exception as e:
+                        job.error = _error_text(e)
+                if job.generation is None:
+                    finish(job, None)
+                    continue
+                running[id(job.generation)] = job
+                if len(job.generation.prompt_ids) >= info.block_size:
+                    log(visible(f"[{item.id}]") + " the prompt fills the context; the model sees its "
+                        f"last {info.block_size} tokens")
+            if not len(batch) and exhausted and not jobs:
+                return
+            try:
+                steps = batch.step() if len(batch) else []
+            except Exception as e:  # a failing backend: every running item fails, the rest run
+                for job in running.values():
+                    job.error = _error_text(e)
+                    finish(job, None)
+                running.clear()
+                batch.close()
+                steps = []
+            for generation, event in steps:
+                job = running[id(generation)]
+                if event is None:
+                    del running[id(generation)]
+                    finish(job, generation.stop_reason)
+                else:
+                    job.timing.token()
+                    job.pieces.append(event.text)
+            while jobs and jobs[0].result is not None:
+                yield jobs.popleft().result
+    except KeyboardInterrupt:
+        batch.close()
+        yield None

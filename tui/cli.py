@@ -58,11 +58,13 @@ def resolve_ckpt(name: str) -> Path:
               help="With --batch: write the JSON lines here [default: stdout].")
 @click.option("--format", "fmt", default="auto", type=click.Choice(["auto", "text", "jsonl"]),
               help="With --batch: input format; auto = JSONL if the first line starts with '{'.")
+@click.option("--parallel", default=8, show_default=True, type=click.IntRange(min=1),
+              help="With --batch: prompts generated at once (1 = one after another).")
 @click.option("--session-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where /save and /export write [default: ~/.local/share/gpt-from-scratch/sessions].")
 def main(ckpt: str, backend_name: str | None, onnx: Path | None, provider: str, device: str,
-         batch: BinaryIO | None, output: Path | None, fmt: str, session_dir: Path | None, unknown: str,
-         stop: tuple[str, ...], **knobs) -> None:
+         batch: BinaryIO | None, output: Path | None, fmt: str, parallel: int, session_dir: Path | None,
+         unknown: str, stop: tuple[str, ...], **knobs) -> None:
     """Generate text from a GPT checkpoint: live in the terminal, or in batch.
 
     \b
@@ -75,16 +77,16 @@ def main(ckpt: str, backend_name: str | None, onnx: Path | None, provider: str, 
     complete).
     """
     try:
-        _main(ckpt, backend_name, onnx, provider, device, batch, output, fmt, session_dir, unknown, stop,
-              **knobs)
+        _main(ckpt, backend_name, onnx, provider, device, batch, output, fmt, parallel, session_dir, unknown,
+              stop, **knobs)
     except KeyboardInterrupt:  # Ctrl+C while loading: no traceback, the usual code
         click.echo("interrupted", err=True)
         sys.exit(130)
 
 
 def _main(ckpt: str, backend_name: str | None, onnx: Path | None, provider: str, device: str,
-          batch: BinaryIO | None, output: Path | None, fmt: str, session_dir: Path | None, unknown: str,
-          stop: tuple[str, ...], **knobs) -> None:
+          batch: BinaryIO | None, output: Path | None, fmt: str, parallel: int, session_dir: Path | None,
+          unknown: str, stop: tuple[str, ...], **knobs) -> None:
     if batch is None and (output is not None or fmt != "auto"):
         raise click.UsageError("--output and --format only apply with --batch")
     if output is not None and not output.expanduser().resolve().parent.is_dir():
@@ -128,7 +130,8 @@ def _main(ckpt: str, backend_name: str | None, onnx: Path | None, provider: str,
     try:
         out = _output(output)
         summary = run_batch(backend, read_items(batch, fmt), settings, out, progress,
-                            checkpoint_sha256=file_sha256(info.path))
+                            checkpoint_sha256=file_sha256(info.path),
+                            batch_decoder=backend.batch_decoder(parallel) if parallel > 1 else None)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)

@@ -1,0 +1,60 @@
+"""The one-token step's variants (fixed shapes, compiled) give the eager step's logits and tokens."""
+
+import pytest
+import torch
+from test_engine import decode_logits
+
+from model.backend import Settings
+from model.engine import Generation
+from model.torch_backend import RecomputeDecoder, TorchDecoder
+
+
+def greedy(decoder, tokenizer, prompt="ROMEO:", steps=60):
+    settings = Settings(temperature=0.0, max_new_tokens=steps)
+    return [e.id for e in Generation(decoder, tokenizer, prompt, settings)]
+
+
+def steps_and_window(tiny_model):
+    g = torch.Generator().manual_seed(3)
+    V = tiny_model.config.vocab_size
+    prompt = torch.randint(0, V, (5,), generator=g).tolist()
+    tokens = torch.randint(0, V, (60,), generator=g).tolist()  # 5 + 60 > block 32: re-prefills
+    return prompt, tokens
+
+
+def test_the_fixed_shape_step_gives_the_eager_logits_and_tokens(tiny_model, char_tok):
+    prompt, tokens = steps_and_window(tiny_model)
+    eager = decode_logits(TorchDecoder(tiny_model, step="eager"), prompt, tokens)
+    static = decode_logits(TorchDecoder(tiny_model, step="static"), prompt, tokens)
+    for i, (a, b) in enumerate(zip(static, eager, strict=True)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=f"step {i}")
+    expect = greedy(RecomputeDecoder(tiny_model), char_tok)
+    assert greedy(TorchDecoder(tiny_model, step="static"), char_tok) == expect
+    assert greedy(TorchDecoder(tiny_model, step="eager"), char_tok) == expect
+
+
+def test_auto_is_eager_on_the_cpu_and_cuda_graphs_need_cuda(tiny_model):
+    assert TorchDecoder(tiny_model).step == "eager"
+    with pytest.raises(ValueError, match=r"step='cuda_graph' needs a CUDA device, not cpu; use 'eager'"):
+        TorchDecoder(tiny_model, step="cuda_graph")
+    refused = r"step must be auto, eager, static, cuda_graph or compile, not 'fast'"
+    with pytest.raises(ValueError, match=refused):
+        TorchDecoder(tiny_model, step="fast")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_cuda_graph_step_gives_the_eager_tokens(tiny_model, char_tok):
+    model = tiny_model.to("cuda")
+    assert greedy(TorchDecoder(model, step="cuda_graph"), char_tok) == greedy(
+        TorchDecoder(model, step="eager"), char_tok)
+
+
+@pytest.mark.slow
+def test_the_compiled_step_gives_the_eager_logits_and_tokens(tiny_model, char_tok):
+    prompt, tokens = steps_and_window(tiny_model)
+    eager = decode_logits(TorchDecoder(tiny_model, step="eager"), prompt, tokens)
+    compiled = decode_logits(TorchDecoder(tiny_model, step="compile"), prompt, tokens)
+    for i, (a, b) in enumerate(zip(compiled, eager, strict=True)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=f"step {i}")
+    assert greedy(TorchDecoder(tiny_model, step="compile"), char_tok) == greedy(
+        TorchDecoder(tiny_model, step="eager"), char_tok)
