@@ -23,7 +23,8 @@ StopReason = Literal["eot", "max_tokens", "stop_string", "stopped"]
 
 @dataclass(frozen=True)
 class Settings:
-    """Sampling controls. temperature 0 = greedy (argmax); top_k None = off; top_p 1.0 = off."""
+    """Sampling controls. temperature 0 = greedy (argmax); top_k None = off; top_p 1.0 = off;
+    min_p 0 = off; repetition_penalty 1.0 = off."""
 
     temperature: float = 0.8
     top_k: int | None = None
@@ -32,6 +33,9 @@ class Settings:
     seed: int | None = None  # None: fresh randomness each generation
     stop: tuple[str, ...] = ()  # stop once the output contains any of these
     unknown: Unknown = "reject"  # prompt characters outside the vocabulary: refuse, or replace them
+    min_p: float = 0.0  # drop tokens less likely than min_p x the likeliest (0 = off)
+    repetition_penalty: float = 1.0  # > 1 makes tokens seen lately less likely (1 = off)
+    repetition_window: int = 64  # how many of the latest tokens (prompt included) it looks at
 
     def __post_init__(self) -> None:
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)) \
@@ -47,6 +51,14 @@ class Settings:
             raise ValueError(f"stop must be a tuple of non-empty strings like ('\\n\\n',), not {self.stop!r}")
         if self.unknown not in ("reject", "replace"):
             raise ValueError(f"unknown must be 'reject' or 'replace', not {self.unknown!r}")
+        if not (isinstance(self.min_p, (int, float)) and 0.0 <= self.min_p < 1.0):
+            raise ValueError(f"min_p must be in [0, 1) (0 = off), got {self.min_p}")
+        if not (isinstance(self.repetition_penalty, (int, float)) and math.isfinite(self.repetition_penalty)
+                and self.repetition_penalty >= 1.0):
+            raise ValueError(f"repetition_penalty must be >= 1 (1 = off), got {self.repetition_penalty}")
+        if isinstance(self.repetition_window, bool) or not isinstance(self.repetition_window, int) \
+                or self.repetition_window < 1:
+            raise ValueError(f"repetition_window must be a whole number >= 1, got {self.repetition_window!r}")
 
 
 @dataclass(frozen=True)
