@@ -25,6 +25,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.actions import SkipAction
 from textual.reactive import reactive
 from textual.widgets import Footer, Static
 from textual.worker import get_current_worker
@@ -34,15 +35,20 @@ from tui import commands
 from tui import settings as settings_text
 from tui.backends import BackendFactory, Backends
 from tui.bars import StatsBar, TopBar
+from tui.clipboard import copy_text
 from tui.controls import Controls
+from tui.history import PromptHistory, default_history_path
 from tui.output import OutputView
+from tui.palette import AppCommands
 from tui.panels import ABPanel, AttentionPanel, NextTokenPanel, SidePanel, legend
+from tui.restore import restore_documents
 from tui.session import Session, record
-from tui.show import describe_model, describe_run_settings
+from tui.show import describe_model, describe_run_settings, describe_tokens
 from tui.stats import Clock, Timing
 from tui.step import StepMode
+from tui.stops import trim_stop
 from tui.streaming import RunFinished, TokensArrived, stream_run
-from tui.switch import BackendSwitch
+from tui.switch import BackendSwitch, ModelOpener
 from tui.transcript import Document, Run
 from tui.widgets import PromptArea
 
@@ -62,22 +68,29 @@ def freeze_heap() -> None:
 class GPTApp(App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "gpt-tui"
+    COMMANDS = App.COMMANDS | {AppCommands}
+    # the screen gets -narrow below 100 columns: the side panels then overlay the transcript
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
+    # the footer shows them in this order as far as they fit (80 columns: up to F4); all are in
+    # /help and the palette
     BINDINGS = [
         Binding("escape", "stop", "Stop"),
+        # priority, so it reaches a generation from anywhere; idle, it falls through (SkipAction)
+        Binding("ctrl+c", "interrupt", "Stop", show=False, priority=True),
+        Binding("f2", "toggle_panel('controls')", "Controls", priority=True),
+        Binding("f3", "toggle_panel('next-token')", "Next token", priority=True),
+        Binding("f4", "toggle_panel('attention')", "Attention", priority=True),
+        Binding("f5", "toggle_panel('ab')", "A/B", priority=True),
+        # priority: the prompt box (a TextArea) binds F6 and F7 to selecting
+        Binding("f6", "toggle_colours", "Confidence", priority=True),
+        Binding("f7", "toggle_step", "Step mode", priority=True),
+        Binding("f8", "step", "Step", priority=True),
+        Binding("f9", "undo", "Undo step", priority=True),
         Binding("ctrl+r", "regen", "Regenerate", priority=True),
         Binding("ctrl+n", "continue", "Continue", priority=True),
         Binding("ctrl+o", "copy_output", "Copy", priority=True),
-        Binding("ctrl+s", "save", "Save", priority=True),
-        Binding("ctrl+l", "clear", "Clear", priority=True),
-        Binding("f2", "toggle_panel('controls')", "Controls"),
-        Binding("f3", "toggle_panel('next-token')", "Next token", priority=True),
-        Binding("f4", "toggle_panel('attention')", "Attention", priority=True),
-        Binding("f5", "toggle_panel('ab')", "A/B", show=False, priority=True),
-        # priority: the prompt box (a TextArea) binds F6 and F7 to selecting
-        Binding("f6", "toggle_colours", "Confidence", priority=True),
-        Binding("f7", "toggle_step", "Step mode", show=False, priority=True),
-        Binding("f8", "step", "Step", show=False, priority=True),
-        Binding("f9", "undo", "Undo step", show=False, priority=True),
+        Binding("ctrl+s", "save", "Save", show=False, priority=True),
+        Binding("ctrl+l", "clear", "Clear", show=False, priority=True),
         Binding("alt+left", "token_cursor(-1)", "Previous token", show=False, priority=True),
         Binding("alt+right", "token_cursor(1)", "Next token", show=False, priority=True),
         Binding("ctrl+q", "quit", "Quit", priority=True),
@@ -94,14 +107,21 @@ class GPTApp(App[None]):
         clock: Clock = time.perf_counter,
         session_dir: Path | None = None,
         new_seed: Callable[[], int] = lambda: secrets.randbelow(2**31),
+        session_file: Path | None = None,
+        keep_stop: bool = False,
+        open_model: ModelOpener | None = None,
+        history_path: Path | None = None,
     ):
         super().__init__()
         self.backends = Backends(backend_name, backend, factories)  # loaded ones are reused on a switch
         self.set_reactive(GPTApp.settings, settings or Settings())
         self.clock = clock
         self.new_seed = new_seed
-        self.session = Session(session_dir)  # a record per finished generation, for /save and /export
+        self.session = Session(session_dir)  # a record per generation, saved after each one and on quit
+        self.session_file, self.keep_stop, self.open_model = session_file, keep_stop, open_model
+        self.history = PromptHistory(history_path or default_history_path())
         self.current: Run | None = None  # the latest generation (running or done, streamed or stepped)
+        self._step_recorded: Run | None = None  # the stepped text whose record is the session's last
         self._stats_shown = 0.0  # when the stats bar was last updated during a generation
 
     # ---- screen ----------------------------------------------------------------------------
@@ -112,15 +132,15 @@ class GPTApp(App[None]):
             with Vertical(id="main"):
                 yield Static(legend(), id="legend")
                 yield OutputView(id="output")
-                yield PromptArea(id="prompt", placeholder="Type a prompt; Enter sends, Ctrl+J adds a line, "
-                                                          "/help lists commands")
+                yield PromptArea(self.history, lambda line: commands.complete(line, self.backends.names),
+                                 id="prompt", placeholder="a prompt; Enter sends · /help · Ctrl+P palette")
             with Vertical(id="panels"):
                 yield Controls(tuple(sorted(self.backends.names)), self.backend_name, id="controls")
                 yield NextTokenPanel(id="next-token")
                 yield AttentionPanel(self.backends, id="attention")
                 yield ABPanel(self.backends, id="ab")
         yield StatsBar("ready", id="stats")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         # looked up once: a DOM query on every batch of tokens costs milliseconds of the UI thread
@@ -129,13 +149,16 @@ class GPTApp(App[None]):
         self.next_token = self.query_one(NextTokenPanel)
         self.stats = self.query_one(StatsBar)
         self.side_panels = list(self.query("#panels > *").results(SidePanel))
-        self.step = StepMode(self.output, self.next_token, self.notify_text, self._show_stats)
+        self.step = StepMode(self.output, self.next_token, self.notify_text, self._stepped)
         self.switch = BackendSwitch(self.backends, self.query_one(TopBar), self.controls, self.notify_text,
                                     self._end_current)
         legend_view = self.query_one("#legend")
         self.watch(self.output, "colours", lambda on: setattr(legend_view, "display", on), init=False)
         self.switch.show()
+        self.controls.display = self.size.width >= 100  # small terminals: the transcript first (F2)
         self.query_one(PromptArea).focus()
+        if self.session_file is not None:
+            self.action_load(str(self.session_file))
 
     @property
     def documents(self) -> list[Document]:
@@ -143,6 +166,21 @@ class GPTApp(App[None]):
 
     def _show_stats(self) -> None:
         self.stats.show_run(self.current)
+
+    def _stepped(self) -> None:
+        """A stepped text changed: its stats, and its record in the session (kept up to date)."""
+        self._show_stats()
+        run = self.current
+        if run is not None and run.generation is None:
+            self._record(run, replace_last=bool(self.session.history) and self._step_recorded is run)
+            self._step_recorded = run
+
+    def put_in_prompt(self, text: str) -> None:
+        """The palette's commands that need arguments: put them in the box to finish."""
+        prompt = self.query_one(PromptArea)
+        prompt.load_text(text)
+        prompt.move_cursor(prompt.document.end)
+        prompt.focus()
 
     def notify_text(self, message: str, severity: str = "information", timeout: float | None = None) -> None:
         """A notification whose text is shown as is (it may hold prompt characters or file paths)."""
@@ -162,6 +200,10 @@ class GPTApp(App[None]):
                 return
             action = getattr(self, f"action_{commands.COMMANDS[command.name].action}")
             action(*((command.settings,) if command.settings is not None else command.args))
+        elif line.startswith("//") and self.backend.unknown_chars("/") and self.settings.unknown == "reject":
+            self.notify_text("this model's vocabulary has no '/', so //text cannot send it; drop the /, or "
+                             "/set unknown replace to send its stand-in", "error", timeout=8)
+            event.prompt_area.restore(line)
         elif self.step.on and not line and self.step.stepper is not None:
             self.step.step()  # Enter on an empty line: the next token
         elif not (self._start_step if self.step.on else self.start)(commands.prompt_text(line)):
@@ -180,8 +222,8 @@ class GPTApp(App[None]):
         try:
             self.settings = settings_text.with_text(self.settings, event.field, event.text)
         except ValueError as e:
-            self.controls.mark_invalid(event.field)
-            self.notify_text(str(e), "error")
+            self.controls.refuse(event.field)  # shows the value in force again, marked
+            self.notify_text(f"{e}; still {settings_text.show(self.settings, event.field)}", "error")
 
     def action_set(self, settings: Settings) -> None:
         self.settings = settings
@@ -230,7 +272,8 @@ class GPTApp(App[None]):
         document = document or self.output.add_document(prompt)
         if replace and document.runs:
             document.runs.pop()
-        run = Run(context, settings, info, timing, generation, document, len(generation.prompt_ids))
+        run = Run(context, settings, info, timing, generation, document, len(generation.prompt_ids),
+                  prompt_ids=list(generation.prompt_ids))
         document.runs.append(run)
         tokenizer = self.backend.tokenizer
         self.next_token.decode = lambda i: tokenizer.decode([i])
@@ -280,15 +323,25 @@ class GPTApp(App[None]):
             return
         self._take(run, events)
         run.stop_reason = run.generation.stop_reason if error is None else None
+        if run.stop_reason == "stop_string" and not self.keep_stop:
+            run.text = trim_stop(run.text, run.generation.settings.stop)
         run.error = error
         run.done = True
         self.output.show(run.document)
         if run is self.current:
             self._show_stats()
-        self.session.history.append(record(run.context, run.text, run.stop_reason, run.generation.settings,
-                                   run.info, run.timing))
+        self._record(run)
         if error:
             self.notify_text(f"generation failed: {error}", "error", timeout=10)
+        if (failed := self.session.autosave()) is not None:
+            self.notify_text(f"autosave failed: {failed}", "warning")
+
+    def _record(self, run: Run, replace_last: bool = False) -> None:
+        settings = run.generation.settings if run.generation is not None else run.settings
+        rec = record(run.context, run.text, run.stop_reason, settings, run.info, run.timing)
+        rec |= {"document": run.document.number, "run": run.document.runs.index(run),
+                "fixed_seed": self.settings.seed is not None}
+        self.session.put(rec, replace_last)
 
     def _end_current(self) -> None:
         """Finish the running generation now, before another starts (its worker's last few tokens,
@@ -307,6 +360,12 @@ class GPTApp(App[None]):
         if self.current is not None and not self.current.done:
             self.current.generation.close()
 
+    def action_interrupt(self) -> None:
+        """Ctrl+C: stop a generation, as in llama.cpp and ollama; idle, Textual's own Ctrl+C."""
+        if self.current is None or self.current.done:
+            raise SkipAction()
+        self.action_stop()
+
     def action_regen(self) -> None:
         if not self.documents or not self.documents[-1].runs:
             self.notify_text("nothing to regenerate yet: type a prompt and press Enter", "warning")
@@ -320,12 +379,19 @@ class GPTApp(App[None]):
         self.start(self.documents[-1].prompt, self.documents[-1])
 
     def action_copy_output(self) -> None:
-        if not self.documents:
+        document = self.output.selected or (self.documents[-1] if self.documents else None)
+        if document is None:
             self.notify_text("nothing to copy yet", "warning")
             return
-        text = self.documents[-1].text
-        self.copy_to_clipboard(text)
-        self.notify_text(f"copied {len(text)} characters (through the terminal's clipboard)")
+        self.notify_text(*copy_text(document.text, self.copy_to_clipboard, self.session.folder))
+
+    def action_tokens(self) -> None:
+        run = self.current
+        if run is None:
+            self.notify_text("no text yet: /tokens shows the tokens of the last one", "warning")
+            return
+        decode = self.backend.tokenizer.decode
+        self.output.add_note(describe_tokens(run.prompt_ids, [e.id for e in run.events], decode))
 
     def action_clear(self) -> None:
         self._end_current()
@@ -336,6 +402,26 @@ class GPTApp(App[None]):
     def action_save(self, path: str | None = None) -> None:
         self._report(self.session.save, path)
 
+    def action_load(self, path: str | None = None) -> None:
+        target = Path(path).expanduser() if path else self.session.latest_other()
+        if target is None:
+            self.notify_text(f"no other session in {self.session.folder}; /load PATH", "warning")
+            return
+        self.session.autosave()  # this one stays on disk before another takes its place
+        try:
+            records = self.session.open(target)
+        except OSError as e:
+            self.notify_text(str(e), "error")
+            return
+        self.action_clear()
+        settings, backend = restore_documents(self.output, records, self.settings, self.backend.info())
+        self.settings = settings
+        self.current = self.documents[-1].runs[-1] if self.documents and self.documents[-1].runs else None
+        self._show_stats()
+        if backend in self.backends.names and backend != self.backend_name:
+            self.switch.to(backend)
+        self.notify_text(f"loaded {len(records)} generation(s) from {target}")
+
     def action_export(self, path: str | None = None) -> None:
         self._report(self.session.export, path)
 
@@ -345,10 +431,13 @@ class GPTApp(App[None]):
         except OSError as e:
             self.notify_text(str(e), "error")
 
-    def action_toggle_panel(self, panel_id: str) -> None:
+    def action_toggle_panel(self, panel_id: str, show: bool | None = None) -> None:
         panel = self.query_one(f"#{panel_id}", SidePanel)
-        panel.display = not panel.display
+        panel.display = not panel.display if show is None else show
         if panel.display:
+            if self.size.width < 120 or self.size.height < 30:  # small: one panel at a time
+                for other in self.side_panels:
+                    other.display = other is panel
             panel.catch_up(self.current)
 
     def action_toggle_colours(self) -> None:
@@ -378,11 +467,13 @@ class GPTApp(App[None]):
     def action_ab(self, prompt: str | None = None) -> None:
         if prompt is None:
             prompt = self.documents[-1].prompt if self.documents else ""
+        self.action_toggle_panel("ab", show=True)
         self.query_one(ABPanel).run(prompt, self._seeded())
 
     async def action_quit(self) -> None:
         self._end_current()
         self.workers.cancel_group(self, "generate")
+        self.session.autosave()  # Ctrl+Q never loses work
         self.exit()
 
     # ---- backends --------------------------------------------------------------------------
@@ -401,3 +492,9 @@ class GPTApp(App[None]):
 
     def action_backend(self, name: str) -> None:
         self.switch.to(name)
+
+    def action_model(self, path: str) -> None:
+        if self.open_model is None:
+            self.notify_text("/model needs the app started by gpt-tui", "error")
+            return
+        self.switch.open(path, self.open_model)

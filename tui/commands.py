@@ -9,6 +9,7 @@ line of text becomes a ``Command`` or a ``CommandError`` whose message says what
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,15 +26,18 @@ class Spec:
 
 # the order is the order /help lists them in
 COMMANDS: dict[str, Spec] = {
-    "set": Spec("NAME VALUE", "temperature, top-k, top-p, max-new-tokens, seed, stop, unknown", "set"),
+    "set": Spec("NAME VALUE", ", ".join(settings_text.NAMES), "set"),
     "show": Spec("[model]", "show the settings, backend and checkpoint; model: layers, vocabulary, training",
                  "show"),
     "clear": Spec("", "clear the output", "clear"),
     "regen": Spec("", "generate the last part again", "regen"),
     "continue": Spec("", "continue from where the text ends", "continue"),
-    "copy": Spec("", "copy the last prompt and its output", "copy_output"),
+    "copy": Spec("", "copy the selected (clicked) or last document", "copy_output"),
     "backend": Spec("torch|onnx", "switch the backend", "backend"),
-    "save": Spec("[PATH]", "save the session as JSONL", "save"),
+    "model": Spec("PATH", "open another checkpoint", "model"),
+    "tokens": Spec("", "the exact tokens and ids the model saw for the last text", "tokens"),
+    "save": Spec("[PATH]", "save the session as JSONL (it is also saved after each generation)", "save"),
+    "load": Spec("[PATH]", "reopen a saved session (default: the latest other one)", "load"),
     "export": Spec("[PATH]", "export the session as Markdown", "export"),
     "step": Spec("", "step mode on/off: one token at a time", "toggle_step"),
     "pick": Spec("N", "step mode: take candidate N (1 = most likely) instead of sampling", "pick"),
@@ -93,13 +97,38 @@ def parse(line: str, current: Settings, backends: tuple[str, ...] = ("torch", "o
         if len(args) != 1 or not args[0].isdigit() or int(args[0]) < 1:
             raise CommandError("usage: /pick N, N a rank in the next-token panel (1 = most likely)")
         return Command(name, args)
-    if name in ("save", "export", "ab"):
+    if name == "model" and not args:
+        raise CommandError("usage: /model PATH, a checkpoint file (or the name of a shipped one)")
+    if name in ("save", "export", "ab", "load", "model"):
         # a path or a prompt may hold spaces: keep the rest of the line as one argument
         rest = line.strip()[1 + len(words[0]):].strip()
         return Command(name, (rest,) if rest else ())
     if args:
         raise CommandError(f"/{name} takes no arguments")
     return Command(name)
+
+
+def complete(line: str, backends: tuple[str, ...] = ("torch", "onnx")) -> str | None:
+    """Tab in the prompt: ``line`` with its last word completed (a command name, a setting name
+    after /set, a backend after /backend) as far as the candidates agree; None when nothing fits."""
+    if not is_command(line) or "\n" in line:
+        return None
+    head, _, word = line[1:].rpartition(" ")
+    if not head:
+        choices: tuple[str, ...] = tuple(COMMANDS)
+    elif head.lower() == "set":
+        choices = settings_text.NAMES
+    elif head.lower() == "backend":
+        choices = backends
+    else:
+        return None
+    found = [c for c in choices if c.startswith(word.lower())]
+    if not found:
+        return None
+    common = os.path.commonprefix(found)
+    unique = len(found) == 1 and (head or COMMANDS[common].usage)  # a space when arguments follow
+    done = "/" + (f"{head} " if head else "") + common + (" " if unique else "")
+    return done if done != line else None
 
 
 def key_name(key: str) -> str:

@@ -133,7 +133,7 @@ class StepMode:
             return None
         document = self.output.add_document(prompt)
         run = Run(prompt, settings, backend.info(), timing, None, document,
-                  prompt_tokens=len(stepper.prompt_ids), done=True)
+                  prompt_tokens=len(stepper.prompt_ids), done=True, prompt_ids=stepper.prompt_ids)
         document.runs.append(run)
         self.stepper, self.run = stepper, run
         self._stepped()
@@ -153,6 +153,7 @@ class StepMode:
             self.stepper.next_logits()  # the panel shows the next step: fails on text it cannot read
         except StopIteration:  # end-of-text was taken: the text is finished, as a generation's is
             self.notify("end of text: the stepped text is finished; type a prompt for a new one")
+            self.run.stop_reason = "eot"
             self.end()
             self.changed()
             return
