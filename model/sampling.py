@@ -86,7 +86,8 @@ def recent_ids(ids: Sequence[int], settings: Settings) -> list[int]:
     return list(ids[-settings.repetition_window:])
 
 
-def choose(logits: torch.Tensor, generator: torch.Generator, settings: Settings, recent: Sequence[int] = ()) -> int:
+def choose(logits: torch.Tensor, generator: torch.Generator, settings: Settings,
+           recent: Sequence[int] = ()) -> int:
     """``sample`` with every knob of ``settings``; ``recent`` are the ids from ``recent_ids``."""
     s = settings
     return sample(penalize(logits, recent, s.repetition_penalty), generator, s.temperature, s.top_k, s.top_p,

@@ -22,10 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from textual import on, work
+from textual.actions import SkipAction
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.actions import SkipAction
 from textual.reactive import reactive
 from textual.widgets import Footer, Static
 from textual.worker import get_current_worker
@@ -71,12 +71,12 @@ class GPTApp(App[None]):
     COMMANDS = App.COMMANDS | {AppCommands}
     # the screen gets -narrow below 100 columns: the side panels then overlay the transcript
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
-    # the footer shows them in this order as far as they fit (80 columns: up to F4); all are in
-    # /help and the palette
+    # the footer shows the F-keys, Ctrl+C and Ctrl+Q as far as they fit; every key is in /help and
+    # the palette (Ctrl+P)
     BINDINGS = [
-        Binding("escape", "stop", "Stop"),
+        Binding("escape", "stop", "Stop", show=False),
         # priority, so it reaches a generation from anywhere; idle, it falls through (SkipAction)
-        Binding("ctrl+c", "interrupt", "Stop", show=False, priority=True),
+        Binding("ctrl+c", "interrupt", "Stop", priority=True),
         Binding("f2", "toggle_panel('controls')", "Controls", priority=True),
         Binding("f3", "toggle_panel('next-token')", "Next token", priority=True),
         Binding("f4", "toggle_panel('attention')", "Attention", priority=True),
@@ -86,9 +86,9 @@ class GPTApp(App[None]):
         Binding("f7", "toggle_step", "Step mode", priority=True),
         Binding("f8", "step", "Step", priority=True),
         Binding("f9", "undo", "Undo step", priority=True),
-        Binding("ctrl+r", "regen", "Regenerate", priority=True),
-        Binding("ctrl+n", "continue", "Continue", priority=True),
-        Binding("ctrl+o", "copy_output", "Copy", priority=True),
+        Binding("ctrl+r", "regen", "Regenerate", show=False, priority=True),
+        Binding("ctrl+n", "continue", "Continue", show=False, priority=True),
+        Binding("ctrl+o", "copy_output", "Copy", show=False, priority=True),
         Binding("ctrl+s", "save", "Save", show=False, priority=True),
         Binding("ctrl+l", "clear", "Clear", show=False, priority=True),
         Binding("alt+left", "token_cursor(-1)", "Previous token", show=False, priority=True),
@@ -333,8 +333,6 @@ class GPTApp(App[None]):
         self._record(run)
         if error:
             self.notify_text(f"generation failed: {error}", "error", timeout=10)
-        if (failed := self.session.autosave()) is not None:
-            self.notify_text(f"autosave failed: {failed}", "warning")
 
     def _record(self, run: Run, replace_last: bool = False) -> None:
         settings = run.generation.settings if run.generation is not None else run.settings
@@ -342,6 +340,8 @@ class GPTApp(App[None]):
         rec |= {"document": run.document.number, "run": run.document.runs.index(run),
                 "fixed_seed": self.settings.seed is not None}
         self.session.put(rec, replace_last)
+        if (failed := self.session.autosave()) is not None:  # after each generation and each step
+            self.notify_text(f"autosave failed: {failed}", "warning")
 
     def _end_current(self) -> None:
         """Finish the running generation now, before another starts (its worker's last few tokens,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, TextIO
 
 from model.backend import Backend, Settings
@@ -19,6 +19,7 @@ from model.tokenizer import UnknownCharactersError
 from tui import settings as settings_text
 from tui.session import record
 from tui.stats import STOP_NAMES, Clock, Timing
+from tui.stops import trim_stop
 
 Format = Literal["auto", "text", "jsonl"]
 EXIT_OK, EXIT_USAGE, EXIT_ITEMS_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 130
@@ -91,16 +92,20 @@ def run_batch(
     clock: Clock | None = None,
     new_seed: Callable[[], int] = lambda: secrets.randbelow(2**31),
     checkpoint_sha256: str | None = None,
+    keep_stop: bool = False,
 ) -> Summary:
     """Generate for each item in order, writing one JSON line per item to ``out`` as it finishes.
 
-    An item without a seed (nor a default one) gets a fresh seed that is written out, so any line
-    can be replayed. Ctrl+C stops after the lines already written; the summary says so.
+    An item without a seed of its own gets the base seed plus its index (0 for the first item), so
+    items differ yet the run repeats; without a base seed, a fresh one. Either way the seed is
+    written out, so any line can be replayed alone. A stop string is cut from the completion
+    unless ``keep_stop``. Ctrl+C stops after the lines already written; the summary says so.
     """
     summary = Summary()
     kwargs = {} if clock is None else {"clock": clock}
-    for item in _guard(items, summary):
-        result = _run_item(backend, item, settings, log, new_seed, checkpoint_sha256, kwargs)
+    for index, item in enumerate(_guard(items, summary)):
+        base = settings if settings.seed is None else replace(settings, seed=settings.seed + index)
+        result = _run_item(backend, item, base, log, new_seed, checkpoint_sha256, kwargs, keep_stop)
         if result is None:  # interrupted mid-item: its line is not written
             summary.interrupted = True
             break
@@ -126,7 +131,7 @@ def _guard(items: Iterable[Item], summary: Summary) -> Iterator[Item]:
 
 
 def _run_item(backend: Backend, item: Item, base: Settings, log: Callable[[str], None],
-              new_seed: Callable[[], int], sha: str | None, clock: dict) -> dict | None:
+              new_seed: Callable[[], int], sha: str | None, clock: dict, keep_stop: bool) -> dict | None:
     info = backend.info()
     timing = Timing(**clock)
     settings, error, completion, stop_reason = base, item.error, None, None
@@ -160,6 +165,8 @@ def _run_item(backend: Backend, item: Item, base: Settings, log: Callable[[str],
         except Exception as e:  # a bad prompt or a failing backend: this item fails, the rest run
             error = str(e) or type(e).__name__
         completion = "".join(pieces) if error is None or pieces else None
+        if completion is not None and stop_reason == "stop_string" and not keep_stop:
+            completion = trim_stop(completion, settings.stop)
     timing.finish()
     result = record(item.prompt, completion, stop_reason, settings, info, timing, sha)
     return {"id": item.id, **result, "error": error}

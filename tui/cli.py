@@ -73,7 +73,8 @@ def unescaped(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
                    "1.1-1.3 breaks loops).")
 @click.option("--repetition-window", default=64, type=click.IntRange(min=1),
               help="How many of the latest tokens the repetition penalty looks at.")
-@click.option("-n", "--max-new-tokens", default=500, type=click.IntRange(min=1), help="Tokens per generation.")
+@click.option("-n", "--max-new-tokens", default=500, type=click.IntRange(min=1),
+              help="Tokens per generation.")
 @click.option("--seed", type=int, help="Seed for sampling [default: a fresh one each time, recorded].")
 @click.option("--stop", multiple=True, callback=unescaped,
               help="Stop when the output contains this text (repeatable, each one whole, commas "
@@ -91,8 +92,8 @@ def unescaped(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
               help="Reopen a saved session (JSONL) and keep saving to it.")
 @click.option("--session-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where sessions are saved [default: ~/.local/share/gpt-from-scratch/sessions].")
-def main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | None, provider: str, device: str,
-         batch: TextIO | None, output: TextIO | None, fmt: str, session_file: Path | None,
+def main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | None, provider: str,
+         device: str, batch: TextIO | None, output: TextIO | None, fmt: str, session_file: Path | None,
          session_dir: Path | None, unknown: str, stop: tuple[str, ...], keep_stop: bool, **knobs) -> None:
     """Generate text from a GPT checkpoint: live in the terminal, one prompt, or in batch.
 

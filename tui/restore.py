@@ -36,7 +36,8 @@ def restore_documents(output: OutputView, records: list[dict], settings: Setting
 def _settings(rec: dict, fallback: Settings) -> Settings:
     saved = rec.get("settings")
     try:
-        changes = {k: v for k, v in saved.items() if k in settings_text.FIELDS} if isinstance(saved, dict) else {}
+        saved = saved if isinstance(saved, dict) else {}
+        changes = {k: v for k, v in saved.items() if k in settings_text.FIELDS}
         return settings_text.replace(fallback, changes | {"seed": rec.get("seed")})
     except (ValueError, TypeError):
         return fallback

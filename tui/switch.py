@@ -11,7 +11,6 @@ from tui.backends import BackendFactory, Backends
 from tui.bars import TopBar
 from tui.controls import Controls
 
-
 ModelOpener = Callable[[str], dict[str, BackendFactory]]  # a checkpoint path -> its backends' factories
 
 

@@ -65,7 +65,8 @@ class PromptArea(TextArea):
             event.prevent_default()
             self._show(done)
         elif event.key in ("up", "down") and self._at_edge(event.key):
-            recalled = self.prompt_history.previous(self.text) if event.key == "up" else self.prompt_history.next()
+            history = self.prompt_history
+            recalled = history.previous(self.text) if event.key == "up" else history.next()
             if recalled is not None:
                 event.stop()
                 event.prevent_default()
