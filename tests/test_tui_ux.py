@@ -12,7 +12,7 @@ from model.backend import Settings
 from tui.app import GPTApp
 from tui.widgets import PromptArea
 
-SIZE = (100, 30)
+SIZE = (120, 30)
 
 
 def prompt(app) -> PromptArea:

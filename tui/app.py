@@ -38,11 +38,12 @@ from tui.bars import StatsBar, TopBar
 from tui.clipboard import copy_text
 from tui.controls import Controls
 from tui.history import PromptHistory, default_history_path
+from tui.keys import BINDINGS
 from tui.output import OutputView
 from tui.palette import AppCommands
 from tui.panels import ABPanel, AttentionPanel, NextTokenPanel, SidePanel, legend
-from tui.restore import restore_documents
-from tui.session import Session, record
+from tui.restore import Recorder, restore_documents
+from tui.session import Session
 from tui.show import describe_model, describe_run_settings, describe_tokens
 from tui.stats import Clock, Timing
 from tui.step import StepMode
@@ -71,30 +72,7 @@ class GPTApp(App[None]):
     COMMANDS = App.COMMANDS | {AppCommands}
     # the screen gets -narrow below 100 columns: the side panels then overlay the transcript
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
-    # the footer shows the F-keys, Ctrl+C and Ctrl+Q as far as they fit; every key is in /help and
-    # the palette (Ctrl+P)
-    BINDINGS = [
-        Binding("escape", "stop", "Stop", show=False),
-        # priority, so it reaches a generation from anywhere; idle, it falls through (SkipAction)
-        Binding("ctrl+c", "interrupt", "Stop", priority=True),
-        Binding("f2", "toggle_panel('controls')", "Controls", priority=True),
-        Binding("f3", "toggle_panel('next-token')", "Next token", priority=True),
-        Binding("f4", "toggle_panel('attention')", "Attention", priority=True),
-        Binding("f5", "toggle_panel('ab')", "A/B", priority=True),
-        # priority: the prompt box (a TextArea) binds F6 and F7 to selecting
-        Binding("f6", "toggle_colours", "Confidence", priority=True),
-        Binding("f7", "toggle_step", "Step mode", priority=True),
-        Binding("f8", "step", "Step", priority=True),
-        Binding("f9", "undo", "Undo step", priority=True),
-        Binding("ctrl+r", "regen", "Regenerate", show=False, priority=True),
-        Binding("ctrl+n", "continue", "Continue", show=False, priority=True),
-        Binding("ctrl+o", "copy_output", "Copy", show=False, priority=True),
-        Binding("ctrl+s", "save", "Save", show=False, priority=True),
-        Binding("ctrl+l", "clear", "Clear", show=False, priority=True),
-        Binding("alt+left", "token_cursor(-1)", "Previous token", show=False, priority=True),
-        Binding("alt+right", "token_cursor(1)", "Next token", show=False, priority=True),
-        Binding("ctrl+q", "quit", "Quit", priority=True),
-    ]
+    BINDINGS = BINDINGS  # tui.keys: one table with the README's key table and /help
 
     settings: reactive[Settings] = reactive(Settings, init=False)  # for the next token and generation
 
@@ -121,7 +99,6 @@ class GPTApp(App[None]):
         self.session_file, self.keep_stop, self.open_model = session_file, keep_stop, open_model
         self.history = PromptHistory(history_path or default_history_path())
         self.current: Run | None = None  # the latest generation (running or done, streamed or stepped)
-        self._step_recorded: Run | None = None  # the stepped text whose record is the session's last
         self._stats_shown = 0.0  # when the stats bar was last updated during a generation
 
     # ---- screen ----------------------------------------------------------------------------
@@ -149,6 +126,7 @@ class GPTApp(App[None]):
         self.next_token = self.query_one(NextTokenPanel)
         self.stats = self.query_one(StatsBar)
         self.side_panels = list(self.query("#panels > *").results(SidePanel))
+        self.recorder = Recorder(self.session, self.notify_text)
         self.step = StepMode(self.output, self.next_token, self.notify_text, self._stepped)
         self.switch = BackendSwitch(self.backends, self.query_one(TopBar), self.controls, self.notify_text,
                                     self._end_current)
@@ -170,10 +148,8 @@ class GPTApp(App[None]):
     def _stepped(self) -> None:
         """A stepped text changed: its stats, and its record in the session (kept up to date)."""
         self._show_stats()
-        run = self.current
-        if run is not None and run.generation is None:
-            self._record(run, replace_last=bool(self.session.history) and self._step_recorded is run)
-            self._step_recorded = run
+        if self.current is not None and self.current.generation is None:
+            self.recorder.record(self.current, self.settings.seed is not None)
 
     def put_in_prompt(self, text: str) -> None:
         """The palette's commands that need arguments: put them in the box to finish."""
@@ -234,7 +210,7 @@ class GPTApp(App[None]):
 
     def action_help(self) -> None:
         keys = [(b.key, b.action, b.description) for b in self.BINDINGS if isinstance(b, Binding)]
-        self.output.add_note(commands.help_text(keys, PromptArea.KEYS))
+        self.output.add_note(commands.help_text(keys))
 
     def _seeded(self) -> Settings:
         """The settings for a new generation: with a fresh seed unless one is set."""
@@ -330,18 +306,9 @@ class GPTApp(App[None]):
         self.output.show(run.document)
         if run is self.current:
             self._show_stats()
-        self._record(run)
+        self.recorder.record(run, self.settings.seed is not None)
         if error:
             self.notify_text(f"generation failed: {error}", "error", timeout=10)
-
-    def _record(self, run: Run, replace_last: bool = False) -> None:
-        settings = run.generation.settings if run.generation is not None else run.settings
-        rec = record(run.context, run.text, run.stop_reason, settings, run.info, run.timing)
-        rec |= {"document": run.document.number, "run": run.document.runs.index(run),
-                "fixed_seed": self.settings.seed is not None}
-        self.session.put(rec, replace_last)
-        if (failed := self.session.autosave()) is not None:  # after each generation and each step
-            self.notify_text(f"autosave failed: {failed}", "warning")
 
     def _end_current(self) -> None:
         """Finish the running generation now, before another starts (its worker's last few tokens,
@@ -403,24 +370,15 @@ class GPTApp(App[None]):
         self._report(self.session.save, path)
 
     def action_load(self, path: str | None = None) -> None:
-        target = Path(path).expanduser() if path else self.session.latest_other()
-        if target is None:
-            self.notify_text(f"no other session in {self.session.folder}; /load PATH", "warning")
-            return
-        self.session.autosave()  # this one stays on disk before another takes its place
-        try:
-            records = self.session.open(target)
-        except OSError as e:
-            self.notify_text(str(e), "error")
+        records = self.recorder.open(path)
+        if records is None:
             return
         self.action_clear()
-        settings, backend = restore_documents(self.output, records, self.settings, self.backend.info())
-        self.settings = settings
+        self.settings, backend = restore_documents(self.output, records, self.settings, self.backend.info())
         self.current = self.documents[-1].runs[-1] if self.documents and self.documents[-1].runs else None
         self._show_stats()
         if backend in self.backends.names and backend != self.backend_name:
             self.switch.to(backend)
-        self.notify_text(f"loaded {len(records)} generation(s) from {target}")
 
     def action_export(self, path: str | None = None) -> None:
         self._report(self.session.export, path)

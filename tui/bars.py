@@ -21,11 +21,13 @@ class StatsBar(Static):
             self.update("ready")
             return
         self.set_class(run.stop_reason == "stopped" or run.error is not None, "-stopped")
-        short = self.size.width < 100  # 80 columns: every fact still fits
-        line = status_line(run.timing, run.stop_reason, run.context_used, run.info.block_size,
-                           run.settings.seed, not run.done, short)
         ppl = run.perplexity
-        line += f"{' · ' if short else '  ·  '}ppl {ppl:.2f}" if ppl is not None else ""
+        for short in (False, True):  # the short form when the long one does not fit (80 columns)
+            line = status_line(run.timing, run.stop_reason, run.context_used, run.info.block_size,
+                               run.settings.seed, not run.done, short)
+            line += f"{' · ' if short else '  ·  '}ppl {ppl:.2f}" if ppl is not None else ""
+            if len(line) <= self.size.width:
+                break
         # one line of fixed height: repaint it, never re-lay-out the screen for it; plain Content,
         # as a str would be parsed as markup on every update
         self.update(Content(line + (f"  ·  error: {run.error}" if run.error else "")), layout=False)

@@ -26,7 +26,9 @@ class Spec:
 
 # the order is the order /help lists them in
 COMMANDS: dict[str, Spec] = {
-    "set": Spec("NAME VALUE", ", ".join(settings_text.NAMES), "set"),
+    "set": Spec("NAME VALUE", f"change a setting: {', '.join(settings_text.NAMES)} (top-k and seed take "
+                              "`off`; stop: comma-separated, a quoted one may hold a comma, `\\n` is a "
+                              "newline)", "set"),
     "show": Spec("[model]", "show the settings, backend and checkpoint; model: layers, vocabulary, training",
                  "show"),
     "clear": Spec("", "clear the output", "clear"),
@@ -44,6 +46,41 @@ COMMANDS: dict[str, Spec] = {
     "undo": Spec("", "step mode: take back the last token", "undo"),
     "ab": Spec("[PROMPT]", "the same prompt, seed and settings through torch and onnx, compared", "ab"),
     "help": Spec("", "list the commands and keys", "help"),
+}
+# keys no binding of the app lists, (key, what, the README's longer text): the prompt box's own
+# (tui.widgets.PromptArea) and Textual's command palette
+FIXED_KEYS = (
+    ("Enter", "send", "send the prompt (an empty prompt starts from the model's start-of-text token)"),
+    ("Ctrl+J", "newline", "new line in the prompt (Shift+Enter too, where the terminal reports it)"),
+    ("↑/↓", "earlier prompts", "on the prompt's first / last line: earlier prompts and commands, kept "
+                               "across restarts in `~/.local/share/gpt-from-scratch/history.jsonl`"),
+    ("Tab", "complete a /command", "in a `/command`: complete the command, a setting name after `/set`, a "
+                                   "backend after `/backend`; elsewhere move between prompt, output and "
+                                   "controls (Shift+Tab back)"),
+    ("Ctrl+P", "palette", "the command palette: every command and key, searchable"),
+)
+# what a key bound to an action does, for the README's key table (else the binding's label)
+KEY_DOCS = {
+    "stop": "stop now; the text so far stays, marked `⏹ stopped`",
+    "interrupt": "stop now, as in llama.cpp and ollama (idle: copies the prompt's selection, as usual)",
+    "toggle_panel('controls')": "show or hide the controls panel (hidden at first below 100 columns)",
+    "toggle_panel('next-token')": "show or hide the next-token panel",
+    "toggle_panel('attention')": "show or hide the attention panel",
+    "toggle_panel('ab')": "show or hide the A/B panel (`/ab` fills it)",
+    "toggle_colours": "confidence colouring on/off",
+    "toggle_step": "step mode on/off",
+    "step": "step mode: take the next token",
+    "undo": "step mode: take back the last token",
+    "regen": "regenerate the last part (a new seed unless one is set)",
+    "continue": "continue from where the text ends",
+    "copy_output": "copy the selected document (click it; again to unselect), else the last one: sent "
+                   "with OSC 52 and written to `~/.local/share/gpt-from-scratch/sessions/clipboard.txt`",
+    "save": "save the session now (it is also saved after every generation and on quit)",
+    "clear": "clear the output",
+    "token_cursor(-1)": "move back over past tokens (colouring on): the next-token panel shows each "
+                        "one's alternatives",
+    "token_cursor(1)": "move forward over past tokens",
+    "quit": "quit (stops a running generation and saves the session first)",
 }
 # how /help writes a key: "ctrl+r" -> "Ctrl+R", "alt+left" -> "Alt+←"
 KEY_NAMES = {"escape": "Esc", "left": "←", "right": "→", "up": "↑", "down": "↓", "enter": "Enter"}
@@ -141,10 +178,28 @@ def _lower(label: str) -> str:
     return label if label[:2].isupper() else label[:1].lower() + label[1:]
 
 
-def help_text(keys: Sequence[tuple[str, str, str]] = (), fixed: tuple[tuple[str, str], ...] = ()) -> str:
+def command_table() -> str:
+    """README's command table, from COMMANDS (tests/test_commands.py checks README holds it)."""
+    rows = ["| command | does |", "|---|---|"]
+    rows += [f"| `{f'/{name} {spec.usage}'.rstrip()}` | {spec.help} |".replace("|onnx", "\\|onnx")
+             for name, spec in COMMANDS.items()]
+    rows.append("| `//text` | send a prompt that starts with `/` |")
+    return "\n".join(rows)
+
+
+def key_table(keys: Sequence[tuple[str, str, str]]) -> str:
+    """README's key table: the fixed keys, then the app's bindings ((key, action, label) as in
+    help_text), described by KEY_DOCS."""
+    rows = ["| key | does |", "|---|---|"] + [f"| {key} | {doc} |" for key, _, doc in FIXED_KEYS]
+    rows += [f"| {key_name(key)} | {KEY_DOCS.get(action, _lower(label))} |" for key, action, label in keys]
+    return "\n".join(rows)
+
+
+def help_text(keys: Sequence[tuple[str, str, str]] = (),
+              fixed: tuple[tuple[str, ...], ...] = FIXED_KEYS) -> str:
     """/help: every command (with the key for the same action), then every key. ``keys`` are the
     app's bindings as (key, action, description); ``fixed`` are (key, what) of keys no binding lists
-    (the prompt box's own)."""
+    (the prompt box's own, and the palette's)."""
     key_for: dict[str, str] = {}
     for key, action, _ in keys:
         key_for.setdefault(action, key_name(key))
@@ -152,7 +207,8 @@ def help_text(keys: Sequence[tuple[str, str, str]] = (), fixed: tuple[tuple[str,
              + (f" ({key_for[spec.action]})" if spec.action in key_for else "")
              for name, spec in COMMANDS.items()]
     lines.append("//text".ljust(22) + "send a prompt that starts with /")
-    listed = [*fixed, *((key_name(key), _lower(description)) for key, _, description in keys)]
+    listed = [*((key, what) for key, what, *_ in fixed),
+              *((key_name(key), _lower(description)) for key, _, description in keys)]
     if listed:
         lines += ["", "keys: " + " · ".join(f"{key} {what}" for key, what in listed)]
     return "\n".join(lines)

@@ -1,13 +1,53 @@
-"""A saved session back on screen: its records (tui.session) become documents and runs again."""
+"""The session's records of the app's runs: kept up to date as texts are generated or stepped, and
+read back (/load, --session) into documents and runs."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
 
 from model.backend import BackendInfo, Settings
 from tui import settings as settings_text
 from tui.output import OutputView
-from tui.session import documents
+from tui.session import Session, documents, record
 from tui.stats import Timing
 from tui.transcript import Run
+
+
+class Recorder:
+    """Writes each run into the session (a stepped text's record is replaced as it grows) and saves
+    the session after each; opens a saved one. ``notify(message, severity)`` tells the user."""
+
+    def __init__(self, session: Session, notify: Callable[..., None]):
+        self.session, self.notify = session, notify
+        self._last: Run | None = None  # the run whose record is the session's last
+
+    def record(self, run: Run, fixed_seed: bool) -> None:
+        settings = run.generation.settings if run.generation is not None else run.settings
+        rec = record(run.context, run.text, run.stop_reason, settings, run.info, run.timing)
+        rec |= {"document": run.document.number, "run": run.document.runs.index(run),
+                "fixed_seed": fixed_seed}
+        self.session.put(rec, replace_last=run.generation is None and self._last is run)
+        self._last = run
+        if (failed := self.session.autosave()) is not None:  # after each generation and each step
+            self.notify(f"autosave failed: {failed}", "warning")
+
+    def open(self, path: str | None) -> list[dict] | None:
+        """The records of the session at ``path`` (default: the latest other one), which becomes
+        this one (this one is saved first); None, with a notice, when there is none to read."""
+        target = Path(path).expanduser() if path else self.session.latest_other()
+        if target is None:
+            self.notify(f"no other session in {self.session.folder}; /load PATH", "warning")
+            return None
+        self.session.autosave()
+        try:
+            records = self.session.open(target)
+        except OSError as e:
+            self.notify(str(e), "error")
+            return None
+        self._last = None
+        self.notify(f"loaded {len(records)} generation(s) from {target}")
+        return records
 
 
 def restore_documents(output: OutputView, records: list[dict], settings: Settings,

@@ -32,9 +32,6 @@ class PromptArea(TextArea):
     """The multiline prompt: Enter sends; Shift+Enter or Ctrl+J adds a newline; Up and Down at the
     first and last line walk the prompt history; Tab completes a command (``complete``)."""
 
-    KEYS = (("Enter", "send"), ("Ctrl+J", "newline"), ("↑/↓", "earlier prompts"),
-            ("Tab", "complete a /command"))  # its own keys, for /help
-
     @dataclass
     class Submitted(Message):
         prompt_area: PromptArea
