@@ -9,8 +9,10 @@ the ONNX code is imported only when someone switches to it.
 
 The app wires views that own their state: the transcript with its colouring and token cursor
 (tui.output), the side panels in ``#panels`` (tui.controls, tui.panels: each gets the tokens while
-shown), step mode (tui.step). ``settings`` is one reactive the controls and panels watch; commands
-are a table (tui.commands) whose actions are the same ``action_*`` methods the keys run.
+shown), step mode (tui.step), the running generations (tui.runs), the session's records
+(tui.restore), the prompt's history (tui.history). ``settings`` is one reactive the controls and
+panels watch; commands are a table (tui.commands) whose actions are the same ``action_*`` methods
+the keys (tui.keys) and the palette (tui.palette) run.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from textual.reactive import reactive
 from textual.widgets import Footer, Static
 from textual.worker import get_current_worker
 
-from model.backend import Backend, Settings, TokenEvent
+from model.backend import Backend, Settings
 from tui import commands
 from tui import settings as settings_text
 from tui.backends import BackendFactory, Backends
@@ -43,19 +45,15 @@ from tui.output import OutputView
 from tui.palette import AppCommands
 from tui.panels import ABPanel, AttentionPanel, NextTokenPanel, SidePanel, legend
 from tui.restore import Recorder, restore_documents
+from tui.runs import Runs
 from tui.session import Session
 from tui.show import describe_model, describe_run_settings, describe_tokens
 from tui.stats import Clock, Timing
 from tui.step import StepMode
-from tui.stops import trim_stop
 from tui.streaming import RunFinished, TokensArrived, stream_run
 from tui.switch import BackendSwitch, ModelOpener
 from tui.transcript import Document, Run
 from tui.widgets import PromptArea
-
-# seconds between stats bar updates while tokens stream: a repaint at the bottom of the screen
-# while the text grows at the top makes the compositor redraw everything between the two
-STATS_EVERY = 0.25
 
 
 def freeze_heap() -> None:
@@ -98,8 +96,6 @@ class GPTApp(App[None]):
         self.session = Session(session_dir)  # a record per generation, saved after each one and on quit
         self.session_file, self.keep_stop, self.open_model = session_file, keep_stop, open_model
         self.history = PromptHistory(history_path or default_history_path())
-        self.current: Run | None = None  # the latest generation (running or done, streamed or stepped)
-        self._stats_shown = 0.0  # when the stats bar was last updated during a generation
 
     # ---- screen ----------------------------------------------------------------------------
 
@@ -128,8 +124,11 @@ class GPTApp(App[None]):
         self.side_panels = list(self.query("#panels > *").results(SidePanel))
         self.recorder = Recorder(self.session, self.notify_text)
         self.step = StepMode(self.output, self.next_token, self.notify_text, self._stepped)
+        self.runs = Runs(self.backends, self.output, self.side_panels, self.next_token, self.step,
+                         self.recorder, self.notify_text, self.stats.show_run, self._generate, self.clock,
+                         self.keep_stop, lambda: self.settings.seed is not None)
         self.switch = BackendSwitch(self.backends, self.query_one(TopBar), self.controls, self.notify_text,
-                                    self._end_current)
+                                    self.runs.end_current)
         legend_view = self.query_one("#legend")
         self.watch(self.output, "colours", lambda on: setattr(legend_view, "display", on), init=False)
         self.switch.show()
@@ -150,13 +149,6 @@ class GPTApp(App[None]):
         self._show_stats()
         if self.current is not None and self.current.generation is None:
             self.recorder.record(self.current, self.settings.seed is not None)
-
-    def put_in_prompt(self, text: str) -> None:
-        """The palette's commands that need arguments: put them in the box to finish."""
-        prompt = self.query_one(PromptArea)
-        prompt.load_text(text)
-        prompt.move_cursor(prompt.document.end)
-        prompt.focus()
 
     def notify_text(self, message: str, severity: str = "information", timeout: float | None = None) -> None:
         """A notification whose text is shown as is (it may hold prompt characters or file paths)."""
@@ -219,49 +211,8 @@ class GPTApp(App[None]):
 
     # ---- generation ------------------------------------------------------------------------
 
-    def start(self, prompt: str, document: Document | None = None, replace: bool = False) -> bool:
-        """Generate from ``prompt`` (a new document), or continue ``document`` (or regenerate its last
-        run when ``replace``). Returns False, with a notice, when the prompt cannot be used."""
-        context = prompt if document is None else document.text_before_last if replace else document.text
-        unknown = self.backend.unknown_chars(context)
-        if unknown and self.settings.unknown == "reject":
-            shown = " ".join(repr(c) for c in unknown)
-            self.notify_text(f"not in the model's vocabulary: {shown}; edit the prompt or "
-                             "/set unknown replace", "error", timeout=8)
-            return False
-        self._end_current()
-        settings = self._seeded()
-        timing = Timing(self.clock)
-        try:
-            generation = self.backend.stream(context, settings)
-        except Exception as e:  # a prompt the tokenizer refuses, a failing backend: say so, carry on
-            self.notify_text(str(e) or type(e).__name__, "error", timeout=8)
-            return False
-        if unknown:
-            shown = " ".join(repr(c) for c in unknown)
-            self.notify_text(f"replaced {len(unknown)} unknown character(s): {shown}", "warning")
-        info = self.backend.info()
-        if document is None and len(generation.prompt_ids) >= info.block_size:  # continuing: expected
-            self.notify_text(f"the prompt fills the context: the model sees only its last {info.block_size} "
-                             "tokens", "warning")
-        self.step.end()  # a normal generation ends a stepped one
-        document = document or self.output.add_document(prompt)
-        if replace and document.runs:
-            document.runs.pop()
-        run = Run(context, settings, info, timing, generation, document, len(generation.prompt_ids),
-                  prompt_ids=list(generation.prompt_ids))
-        document.runs.append(run)
-        tokenizer = self.backend.tokenizer
-        self.next_token.decode = lambda i: tokenizer.decode([i])
-        self.current = run
-        self.output.cursor = None
-        self.output.show(document)
-        self._show_stats()
-        self._generate(run)
-        return True
-
     def _start_step(self, prompt: str) -> bool:
-        self._end_current()
+        self.runs.end_current()
         run = self.step.start(self.backend, prompt, self._seeded(), Timing(self.clock))
         if run is not None:
             self.current = run
@@ -275,50 +226,22 @@ class GPTApp(App[None]):
 
     @on(TokensArrived)
     def _tokens_arrived(self, message: TokensArrived) -> None:
-        self._take(message.run, message.events)
-
-    def _take(self, run: Run, events: list[TokenEvent]) -> None:
-        if run.done:  # finished early by a newer generation: these tokens came too late
-            return
-        run.add(events)
-        for panel in self.side_panels:
-            if panel.display:  # hidden: no work at all
-                panel.show_tokens(run, events)
-        self.output.show(run.document)
-        now = time.perf_counter()  # not self.clock: tests' fake clocks count their reads
-        if run is self.current and now - self._stats_shown >= STATS_EVERY:
-            self._show_stats()
-            self._stats_shown = now
+        self.runs.take(message.run, message.events)
 
     @on(RunFinished)
     def _run_finished(self, message: RunFinished) -> None:
-        self._finish(message.run, message.events, message.error)
+        self.runs.finish(message.run, message.events, message.error)
 
-    def _finish(self, run: Run, events: list[TokenEvent], error: str | None) -> None:
-        if run.done:
-            return
-        self._take(run, events)
-        run.stop_reason = run.generation.stop_reason if error is None else None
-        if run.stop_reason == "stop_string" and not self.keep_stop:
-            run.text = trim_stop(run.text, run.generation.settings.stop)
-        run.error = error
-        run.done = True
-        self.output.show(run.document)
-        if run is self.current:
-            self._show_stats()
-        self.recorder.record(run, self.settings.seed is not None)
-        if error:
-            self.notify_text(f"generation failed: {error}", "error", timeout=10)
+    def start(self, prompt: str, document: Document | None = None, replace: bool = False) -> bool:
+        return self.runs.start(prompt, self._seeded(), document, replace)
 
-    def _end_current(self) -> None:
-        """Finish the running generation now, before another starts (its worker's last few tokens,
-        not yet handed over, are dropped: the new generation must see the text as it is now)."""
-        run = self.current
-        if run is not None and not run.done:
-            run.generation.close()
-            if run.timing.end is None:
-                run.timing.finish()
-            self._finish(run, [], None)
+    @property
+    def current(self) -> Run | None:
+        return self.runs.current
+
+    @current.setter
+    def current(self, run: Run | None) -> None:
+        self.runs.current = run
 
     # ---- actions: keys and commands --------------------------------------------------------
 
@@ -361,7 +284,7 @@ class GPTApp(App[None]):
         self.output.add_note(describe_tokens(run.prompt_ids, [e.id for e in run.events], decode))
 
     def action_clear(self) -> None:
-        self._end_current()
+        self.runs.end_current()
         self.output.clear()
         self.current = None
         self._show_stats()
@@ -429,7 +352,7 @@ class GPTApp(App[None]):
         self.query_one(ABPanel).run(prompt, self._seeded())
 
     async def action_quit(self) -> None:
-        self._end_current()
+        self.runs.end_current()
         self.workers.cancel_group(self, "generate")
         self.session.autosave()  # Ctrl+Q never loses work
         self.exit()

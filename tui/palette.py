@@ -11,6 +11,7 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.content import Content
 
 from tui import commands
+from tui.widgets import PromptArea
 
 Entry = tuple[str, str, Callable[[], object]]  # title, help, what choosing it does
 
@@ -21,13 +22,19 @@ class AppCommands(Provider):
         for name, spec in commands.COMMANDS.items():
             title = f"/{name} {spec.usage}".rstrip()
             if spec.usage and not spec.usage.startswith("["):  # arguments needed: finish it in the box
-                yield title, spec.help, lambda name=name: app.put_in_prompt(f"/{name} ")  # type: ignore[attr-defined]
+                yield title, spec.help, lambda name=name: self.finish_in_prompt(f"/{name} ")
             else:
                 yield title, spec.help, lambda action=spec.action: app.run_action(action)
         for binding in app.BINDINGS:
             key, action, description = binding.key, binding.action, binding.description  # type: ignore[union-attr]
             yield f"{commands.key_name(key)}  {description}", f"key: {description}", \
                 lambda action=action: app.run_action(action)
+
+    def finish_in_prompt(self, text: str) -> None:
+        prompt = self.app.query_one(PromptArea)
+        prompt.load_text(text)
+        prompt.move_cursor(prompt.document.end)
+        prompt.focus()
 
     async def discover(self) -> Hits:
         for title, help_text, run in self.entries():
