@@ -214,7 +214,7 @@ async def test_tokens_shows_what_the_model_saw():
     app = make_app(FakeBackend(block_size=8), settings=Settings(max_new_tokens=3, seed=1))
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "/tokens")
-        assert "no text yet" in app.notices[-1]
+        assert "no tokens to show" in app.notices[-1]
         await send(pilot, "To be, or not")  # cropped to the last 8 characters
         await until(pilot, done(app))
         await send(pilot, "/tokens")
@@ -249,13 +249,14 @@ async def test_model_opens_another_checkpoint_and_file_names_stay_literal():
     def open_model(path):
         opened.append(path)
         if path == "missing.pt":
-            raise ValueError("checkpoint missing.pt not found")
+            raise ValueError("checkpoint missing.pt not found\x1b[2J")
         return {"torch": lambda progress: other}
 
     app = make_app(open_model=open_model, settings=Settings(max_new_tokens=6, seed=1))
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "/model missing.pt")
         await until(pilot, lambda: "could not switch to missing.pt" in app.notices[-1])
+        assert app.notices[-1].endswith("not found␛[2J")  # a control sequence is shown, not sent
         await send(pilot, "/model runs/x/ckpt.pt")
         await until(pilot, lambda: app.backend is other)
         top = str(app.query_one("#topbar").content)

@@ -53,7 +53,7 @@ from tui.step import StepMode
 from tui.streaming import RunFinished, TokensArrived, stream_run
 from tui.switch import BackendSwitch, ModelOpener
 from tui.transcript import Document, Run
-from tui.widgets import PromptArea
+from tui.widgets import PromptArea, visible
 
 
 def freeze_heap() -> None:
@@ -151,8 +151,9 @@ class GPTApp(App[None]):
             self.recorder.record(self.current, self.settings.seed is not None)
 
     def notify_text(self, message: str, severity: str = "information", timeout: float | None = None) -> None:
-        """A notification whose text is shown as is (it may hold prompt characters or file paths)."""
-        self.notify(message, severity=severity, timeout=timeout, markup=False)  # type: ignore[arg-type]
+        """A notification whose text is shown as is (it may hold prompt characters or file paths:
+        no markup, and control characters made visible)."""
+        self.notify(visible(message), severity=severity, timeout=timeout, markup=False)  # type: ignore[arg-type]
 
     # ---- prompt, settings and commands -----------------------------------------------------
 
@@ -277,8 +278,9 @@ class GPTApp(App[None]):
 
     def action_tokens(self) -> None:
         run = self.current
-        if run is None:
-            self.notify_text("no text yet: /tokens shows the tokens of the last one", "warning")
+        if run is None or not run.prompt_ids:
+            self.notify_text("no tokens to show: /tokens shows those of the last text generated here (a "
+                             "reloaded session keeps the text only; Ctrl+R regenerates it)", "warning")
             return
         decode = self.backend.tokenizer.decode
         self.output.add_note(describe_tokens(run.prompt_ids, [e.id for e in run.events], decode))

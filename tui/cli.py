@@ -182,7 +182,7 @@ def run_prompt(backend, prompt: str, settings, keep_stop: bool, progress) -> Non
 
     if settings.seed is None:
         settings = replace(settings, {"seed": secrets.randbelow(2**31)})
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     try:
         run_oneshot(backend, prompt, settings, out, progress, keep_stop)
     except KeyboardInterrupt:
