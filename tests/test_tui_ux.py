@@ -144,12 +144,15 @@ async def test_min_p_and_repetition_penalty_from_set_and_the_panel():
         await send(pilot, "x")
         await until(pilot, done(app))
         assert app.current.text == "sosososo"[:6]
-        await send(pilot, "/set min-p 0.5")
-        await pilot.press("f3")
+        await pilot.press("f3")  # the last token, "o" after "s": the penalty moved greedy off "s"
         view = app.next_token.view
-        assert view is not None and view.kept == 1  # greedy keeps one; the panel follows the knobs
-        assert "min-p" in app.query_one("#controls").query_one("#set-min_p", Input).placeholder or True
-        assert app.query_one("#set-min_p", Input).value == "0.5"
+        assert [(r.text, r.kept) for r in view.rows[:2]] == [("s", False), ("o", True)]
+        await send(pilot, "/set temperature 1")
+        await send(pilot, "/set min-p 0.7")
+        view = app.next_token.view  # redrawn for the new knobs: "s" (penalized: 0.25 against 0.4) goes
+        assert view.kept == 1 and [r.kept for r in view.rows] == [False, True, False] + [False] * 7
+        assert "min-p 0.7 · repetition penalty 2 over 1" in str(app.query_one("#next-token-body").content)
+        assert app.query_one("#set-min_p", Input).value == "0.7"
 
 
 @run_async

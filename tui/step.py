@@ -189,4 +189,6 @@ class StepMode:
         run.timing.tokens = len(stepper.taken)
         self.output.show(run.document)
         self.panel.decode = stepper.decode
-        self.panel.show_next(stepper.next_logits(), f"step {len(stepper.taken) + 1}: Enter samples, /pick N")
+        history = stepper.generation.prompt_ids + stepper.generation.ids
+        self.panel.show_next(stepper.next_logits(), f"step {len(stepper.taken) + 1}: Enter samples, /pick N",
+                             history)
