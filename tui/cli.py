@@ -103,9 +103,9 @@ def main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | N
     gpt-tui -p "ROMEO:" -n 100               # one completion to stdout
     gpt-tui --batch prompts.txt --seed 1 > out.jsonl
 
-    Defaults can be saved in the config file (the flags' names as keys, e.g. `top-k = 40`); flags
-    override it. Batch and -p exit codes: 0 done, 1 the model could not be loaded, 2 usage error,
-    3 some items failed (each line carries its error), 130 interrupted.
+    Defaults can be saved in ~/.config/gpt-from-scratch/config.toml (the flags' names as keys, e.g.
+    `top-k = 40`); flags override it. Batch and -p exit codes: 0 done, 1 the model could not be
+    loaded, 2 usage error, 3 some items failed (each line carries its error), 130 interrupted.
     """
     if batch is None and (output is not None or fmt != "auto"):
         raise click.UsageError("--output and --format only apply with --batch")
