@@ -25,7 +25,7 @@ FIELDS = (
     ("max_new_tokens", "max new tokens", "500"),
     ("seed", "seed", "random"),
     ("min_p", "min-p (0 = off)", "0.0"),
-    ("repetition_penalty", "repetition penalty (1 = off)", "1.0"),
+    ("repetition_penalty", "repetition penalty", "1.0 (off)"),
     ("repetition_window", "repetition window", "64"),
 )
 
