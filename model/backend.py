@@ -23,7 +23,8 @@ StopReason = Literal["eot", "max_tokens", "stop_string", "stopped"]
 
 @dataclass(frozen=True)
 class Settings:
-    """Sampling controls. temperature 0 = greedy (argmax); top_k None = off; top_p 1.0 = off."""
+    """Sampling controls. temperature 0 = greedy (argmax); top_k None = off; top_p 1.0 = off;
+    min_p 0 = off; repetition_penalty 1.0 = off."""
 
     temperature: float = 0.8
     top_k: int | None = None
@@ -32,6 +33,9 @@ class Settings:
     seed: int | None = None  # None: fresh randomness each generation
     stop: tuple[str, ...] = ()  # stop once the output contains any of these
     unknown: Unknown = "reject"  # prompt characters outside the vocabulary: refuse, or replace them
+    min_p: float = 0.0  # drop tokens less likely than min_p x the likeliest (0 = off)
+    repetition_penalty: float = 1.0  # > 1 makes tokens seen lately less likely (1 = off)
+    repetition_window: int = 64  # how many of the latest tokens (prompt included) it looks at
 
     def __post_init__(self) -> None:
         # messages name the settings as people type them (flags, /set, batch items): top-k, off
@@ -51,6 +55,13 @@ class Settings:
             raise ValueError(f"stop must be a list of non-empty strings like ['\\n\\n'], not {self.stop!r}")
         if self.unknown not in ("reject", "replace"):
             raise ValueError(f"unknown must be 'reject' or 'replace', not {self.unknown!r}")
+        if not _number(self.min_p) or not 0.0 <= self.min_p < 1.0:
+            raise ValueError(f"min-p must be a number in [0, 1) (0 = off), not {self.min_p!r}")
+        if not _number(self.repetition_penalty) or self.repetition_penalty < 1.0:
+            raise ValueError(f"repetition-penalty must be a number >= 1 (1 = off), not "
+                             f"{self.repetition_penalty!r}")
+        if not _whole(self.repetition_window) or self.repetition_window < 1:
+            raise ValueError(f"repetition-window must be a whole number >= 1, not {self.repetition_window!r}")
 
 
 # A generation longer than this is a typo (the context window slides, so nothing else bounds it).

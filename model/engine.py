@@ -29,7 +29,7 @@ import torch
 from torch.nn import functional as F
 
 from model.backend import Candidate, Decoder, Settings, StopReason, TokenEvent
-from model.sampling import sample, top_candidates
+from model.sampling import choose, recent_ids, top_candidates
 from model.tokenizer import Tokenizer
 
 N_TOP = 5  # top candidates reported with every token (the TUI shows them)
@@ -79,12 +79,16 @@ class Generation:
             self._finish("max_tokens")
             raise StopIteration
         logits = self.next_logits()  # (V,) float32
-        token = sample(logits, self.generator, s.temperature, s.top_k, s.top_p)
+        token = choose(logits, self.generator, s, self.recent())
         event = self.accept(token)
         # stop strings are the stream's rule, not accept's: step mode takes tokens past them
         if event.text and any(stop in self.text[-(len(stop) + len(event.text)):] for stop in s.stop):
             self._finish("stop_string")
         return event
+
+    def recent(self) -> list[int]:
+        """The ids the repetition penalty looks at for the next token (the context's last ones)."""
+        return recent_ids(self.prompt_ids + self.ids, self.settings)
 
     def next_logits(self) -> torch.Tensor:
         """The raw logits (V,) for the next token: one forward pass, then cached until ``accept``.

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from model.backend import Settings
 from model.gpt import GPT
-from model.sampling import distribution
+from model.sampling import distribution, penalize
 
 
 @dataclass(frozen=True)
@@ -46,27 +46,30 @@ def _bits(probs: torch.Tensor) -> float:
     return float(-(p * p.log2()).sum())
 
 
-def knob_probs(logits: torch.Tensor, settings: Settings) -> torch.Tensor:
-    """What sampling draws from under ``settings``, spread back over the vocabulary: (V,)."""
+def knob_probs(logits: torch.Tensor, settings: Settings, recent: Sequence[int] = ()) -> torch.Tensor:
+    """What sampling draws from under ``settings``, spread back over the vocabulary: (V,).
+    ``recent``: the ids the repetition penalty looks at (model.sampling.recent_ids)."""
+    logits = penalize(logits, recent, settings.repetition_penalty)
     if settings.temperature == 0:  # greedy: all the mass on the argmax
         out = torch.zeros_like(logits)
         out[logits.argmax()] = 1.0
         return out
-    probs, ids = distribution(logits, settings.temperature, settings.top_k, settings.top_p)
+    probs, ids = distribution(logits, settings.temperature, settings.top_k, settings.top_p, settings.min_p)
     if ids is None:
         return probs
     return torch.zeros_like(logits).index_copy_(0, ids, probs)
 
 
 def explain(logits: torch.Tensor, decode: Callable[[int], str], settings: Settings,
-            chosen: int | None = None, n: int = 10) -> StepView:
-    """The n most likely next tokens from raw logits (V,), with what ``settings`` do to them.
+            chosen: int | None = None, n: int = 10, recent: Sequence[int] = ()) -> StepView:
+    """The n most likely next tokens from raw logits (V,), with what ``settings`` do to them
+    (``recent``: the ids the repetition penalty looks at).
 
     Costs one softmax and one top-k over V: cheap enough to redo whenever a knob moves, with no
     forward pass (the logits are the step's cached ones)."""
     logits = logits.float()
     probs = F.softmax(logits, dim=-1)  # (V,)
-    knob = knob_probs(logits, settings)  # (V,)
+    knob = knob_probs(logits, settings, recent)  # (V,)
     top = torch.topk(logits, min(n, logits.numel())).indices.tolist()
     ranks = {i: r + 1 for r, i in enumerate(top)}
 

@@ -71,3 +71,13 @@ def shakespeare_available() -> bool:
     if not (Path(os.environ.get("GPT_DATA_DIR", ".")) / "tinyshakespeare.txt").is_file():
         pytest.skip("Tiny Shakespeare not found; set GPT_DATA_DIR")
     return True
+
+
+@pytest.fixture(autouse=True)
+def user_folders(tmp_path_factory, monkeypatch):
+    """Every test gets its own data and config folders: the app's history, autosaved sessions and
+    config file never touch the user's."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    return home

@@ -44,8 +44,8 @@ class ScriptDecoder:
         self.pos += len(ids)
         if self.probs is not None:  # a scripted distribution, the same every step
             logits = torch.full((self.tokenizer.vocab_size,), -30.0)
-            for char, p in self.probs.items():
-                logits[self.tokenizer.stoi[char]] = math.log(p)
+            for char, p in self.probs.items():  # "" stands for end-of-text
+                logits[self.tokenizer.stoi[char] if char else self.tokenizer.eot_id] = math.log(p)
             self.fed += 1
             return logits
         logits = torch.zeros(self.tokenizer.vocab_size)

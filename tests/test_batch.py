@@ -68,7 +68,7 @@ def test_per_item_settings_and_errors_do_not_stop_the_rest():
     assert rows[0]["completion"] == "To " and rows[0]["error"] is None
     assert "not in the vocabulary: 'é'; remove them, or pass --unknown replace" in rows[1]["error"]
     assert rows[1]["completion"] is None
-    assert rows[2]["completion"] == "To be," and rows[2]["stop_reason"] == "stop_string"
+    assert rows[2]["completion"] == "To be" and rows[2]["stop_reason"] == "stop_string"  # the stop cut off
     assert "bad settings: top-p must be a number in (0, 1]" in rows[3]["error"]
     assert "backend failure" in rows[4]["error"]
     assert summary.failed == 3 and summary.exit_code == EXIT_ITEMS_FAILED
@@ -155,3 +155,20 @@ def test_lines_are_flushed_as_each_prompt_finishes(tiny_ckpt):
         assert proc.returncode == 0 and "2 item(s): 2 ok" in err
     finally:
         proc.kill()
+
+
+def test_a_base_seed_gives_each_item_its_own_seed_written_out():
+    backend = FakeBackend(script="x", margin=1.0)
+    text = '{"prompt": "a"}\n{"prompt": "a"}\n{"prompt": "a", "seed": 1}\n'
+    rows, _, _ = run(backend, text, Settings(max_new_tokens=30, seed=1))
+    assert [r["seed"] for r in rows] == [1, 2, 1]  # base + index; an item's own seed wins
+    assert rows[0]["completion"] != rows[1]["completion"]
+    assert rows[0]["completion"] == rows[2]["completion"]  # each line replays alone
+
+
+def test_stop_strings_are_cut_from_completions_unless_kept():
+    settings = Settings(max_new_tokens=30, seed=1, stop=(" or",))
+    cut, _, _ = run(FakeBackend(), "To\n", settings)
+    kept, _, _ = run(FakeBackend(), "To\n", settings, keep_stop=True)
+    assert (cut[0]["completion"], kept[0]["completion"]) == ("To be,", "To be, or")
+    assert cut[0]["stop_reason"] == "stop_string"

@@ -102,3 +102,11 @@ def test_a_full_disk_during_an_export_keeps_the_old_file(tiny_ckpt, tmp_path, mo
     assert result.output.splitlines()[-1] == \
         f"Error: could not write {out}: No space left on device; the old file is unchanged"
     assert out.read_bytes() == b"the previous export" and list(tmp_path.iterdir()) == [out]
+
+
+def test_gpt_tui_flag_bounds_are_the_settings_bounds():
+    # tui.cli repeats them so that --help imports no torch; they must not drift apart
+    import model.backend
+    import tui.cli
+
+    assert (tui.cli.MAX_NEW_TOKENS, tui.cli.MAX_SEED) == (model.backend.MAX_NEW_TOKENS, model.backend.MAX_SEED)

@@ -108,20 +108,38 @@ def test_session_jsonl_and_markdown(tmp_path):
 
 def test_commands_keys_help_and_readme_come_from_one_table():
     from tui.app import GPTApp
-    from tui.widgets import PromptArea
 
     for name, spec in commands.COMMANDS.items():  # every command runs an action of the app
         assert callable(getattr(GPTApp, f"action_{spec.action}", None)), name
     keys = [(b.key, b.action, b.description) for b in GPTApp.BINDINGS]
-    text = commands.help_text(keys, PromptArea.KEYS)
+    text = commands.help_text(keys)
     assert "/clear                clear the output (Ctrl+L)" in text  # the key bound to the same action
     assert "/step                 step mode on/off: one token at a time (F7)" in text
-    assert "keys: Enter send · Ctrl+J newline · Esc stop · Ctrl+R regenerate" in text
+    assert "keys: Enter send · Ctrl+J newline · ↑/↓ earlier prompts · Tab complete a /command · " \
+           "Ctrl+P palette · Esc stop · Ctrl+C stop · F2 controls" in text
     assert "F5 A/B · F6 confidence" in text and "Alt+← previous token · Alt+→ next token" in text
+    assert "Ctrl+P palette" in text
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    table = readme[readme.index("| key | does |"):]
-    table = table[:table.index("\n\n")]
-    for key, _, _ in keys:  # the README's key table names every binding
-        assert commands.key_name(key) in table, key
-    for name in commands.COMMANDS:  # and its command table every command
-        assert f"`/{name}" in readme, name
+    # README's tables are made from the same tables: paste these when they change
+    for table in (commands.key_table(keys), commands.command_table()):
+        assert table in readme, "README's table is out of date; it should read:\n" + table
+
+
+@pytest.mark.parametrize("line, completed", [
+    ("/se", "/set "), ("/st", "/step"), ("/s", None), ("/set rep", "/set repetition-"),
+    ("/set min", "/set min-p "), ("/backend o", "/backend onnx "), ("/x", None), ("hello", None),
+    ("/help", None), ("/set temperature 0", None),
+])
+def test_tab_completion(line, completed):
+    assert commands.complete(line) == completed
+
+
+def test_stop_strings_split_at_commas_unless_quoted():
+    assert settings_text.split_stops('"a, b",\\n\\n, c') == ("a, b", "\n\n", " c")
+    assert commands.parse('/set stop "x,y"', S).settings.stop == ("x,y",)
+    assert commands.parse("/set min-p 0.1", S).settings.min_p == 0.1
+    assert commands.parse("/set repetition-window 8", S).settings.repetition_window == 8
+    with pytest.raises(commands.CommandError, match="repetition-window must be a whole number"):
+        commands.parse("/set repetition-window 1.5", S)
+    with pytest.raises(commands.CommandError, match="usage: /model PATH"):
+        commands.parse("/model", S)

@@ -181,7 +181,7 @@ def test_cli_ctrl_c_while_loading_exits_130(tiny_ckpt, monkeypatch):
 
         return {"torch": make, "onnx": make}
 
-    monkeypatch.setattr("tui.cli.factories", interrupted)
+    monkeypatch.setattr("tui.backends.factories", interrupted)  # tui.cli imports it when it runs
     result = CliRunner().invoke(main, ["--ckpt", str(tiny_ckpt), "--batch", "-"], input=b"x\n")
     assert result.exit_code == 130 and result.output.strip() == "interrupted"
 

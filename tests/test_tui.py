@@ -17,7 +17,7 @@ from tui.output import OutputView
 from tui.session import load_jsonl
 from tui.widgets import START
 
-SIZE = (100, 30)
+SIZE = (120, 30)
 
 
 def run_async(test):

@@ -9,8 +9,10 @@ the ONNX code is imported only when someone switches to it.
 
 The app wires views that own their state: the transcript with its colouring and token cursor
 (tui.output), the side panels in ``#panels`` (tui.controls, tui.panels: each gets the tokens while
-shown), step mode (tui.step). ``settings`` is one reactive the controls and panels watch; commands
-are a table (tui.commands) whose actions are the same ``action_*`` methods the keys run.
+shown), step mode (tui.step), the running generations (tui.runs), the session's records
+(tui.restore), the prompt's history (tui.history). ``settings`` is one reactive the controls and
+panels watch; commands are a table (tui.commands) whose actions are the same ``action_*`` methods
+the keys (tui.keys) and the palette (tui.palette) run.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from textual import on, work
+from textual.actions import SkipAction
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -29,26 +32,28 @@ from textual.reactive import reactive
 from textual.widgets import Footer, Static
 from textual.worker import get_current_worker
 
-from model.backend import Backend, Settings, TokenEvent
+from model.backend import Backend, Settings
 from tui import commands
 from tui import settings as settings_text
 from tui.backends import BackendFactory, Backends
 from tui.bars import StatsBar, TopBar
+from tui.clipboard import copy_text
 from tui.controls import Controls
+from tui.history import PromptHistory, default_history_path
+from tui.keys import BINDINGS
 from tui.output import OutputView
+from tui.palette import AppCommands
 from tui.panels import ABPanel, AttentionPanel, NextTokenPanel, SidePanel, legend
-from tui.session import Session, record
-from tui.show import describe_model, describe_run_settings
+from tui.restore import Recorder, restore_documents
+from tui.runs import Runs
+from tui.session import Session
+from tui.show import describe_model, describe_run_settings, describe_tokens
 from tui.stats import Clock, Timing
 from tui.step import StepMode
 from tui.streaming import RunFinished, TokensArrived, stream_run
-from tui.switch import BackendSwitch
+from tui.switch import BackendSwitch, ModelOpener
 from tui.transcript import Document, Run
-from tui.widgets import PromptArea
-
-# seconds between stats bar updates while tokens stream: a repaint at the bottom of the screen
-# while the text grows at the top makes the compositor redraw everything between the two
-STATS_EVERY = 0.25
+from tui.widgets import PromptArea, visible
 
 
 def freeze_heap() -> None:
@@ -62,26 +67,10 @@ def freeze_heap() -> None:
 class GPTApp(App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "gpt-tui"
-    BINDINGS = [
-        Binding("escape", "stop", "Stop"),
-        Binding("ctrl+r", "regen", "Regenerate", priority=True),
-        Binding("ctrl+n", "continue", "Continue", priority=True),
-        Binding("ctrl+o", "copy_output", "Copy", priority=True),
-        Binding("ctrl+s", "save", "Save", priority=True),
-        Binding("ctrl+l", "clear", "Clear", priority=True),
-        Binding("f2", "toggle_panel('controls')", "Controls"),
-        Binding("f3", "toggle_panel('next-token')", "Next token", priority=True),
-        Binding("f4", "toggle_panel('attention')", "Attention", priority=True),
-        Binding("f5", "toggle_panel('ab')", "A/B", show=False, priority=True),
-        # priority: the prompt box (a TextArea) binds F6 and F7 to selecting
-        Binding("f6", "toggle_colours", "Confidence", priority=True),
-        Binding("f7", "toggle_step", "Step mode", show=False, priority=True),
-        Binding("f8", "step", "Step", show=False, priority=True),
-        Binding("f9", "undo", "Undo step", show=False, priority=True),
-        Binding("alt+left", "token_cursor(-1)", "Previous token", show=False, priority=True),
-        Binding("alt+right", "token_cursor(1)", "Next token", show=False, priority=True),
-        Binding("ctrl+q", "quit", "Quit", priority=True),
-    ]
+    COMMANDS = App.COMMANDS | {AppCommands}
+    # the screen gets -narrow below 100 columns: the side panels then overlay the transcript
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
+    BINDINGS = BINDINGS  # tui.keys: one table with the README's key table and /help
 
     settings: reactive[Settings] = reactive(Settings, init=False)  # for the next token and generation
 
@@ -94,15 +83,19 @@ class GPTApp(App[None]):
         clock: Clock = time.perf_counter,
         session_dir: Path | None = None,
         new_seed: Callable[[], int] = lambda: secrets.randbelow(2**31),
+        session_file: Path | None = None,
+        keep_stop: bool = False,
+        open_model: ModelOpener | None = None,
+        history_path: Path | None = None,
     ):
         super().__init__()
         self.backends = Backends(backend_name, backend, factories)  # loaded ones are reused on a switch
         self.set_reactive(GPTApp.settings, settings or Settings())
         self.clock = clock
         self.new_seed = new_seed
-        self.session = Session(session_dir)  # a record per finished generation, for /save and /export
-        self.current: Run | None = None  # the latest generation (running or done, streamed or stepped)
-        self._stats_shown = 0.0  # when the stats bar was last updated during a generation
+        self.session = Session(session_dir)  # a record per generation, saved after each one and on quit
+        self.session_file, self.keep_stop, self.open_model = session_file, keep_stop, open_model
+        self.history = PromptHistory(history_path or default_history_path())
 
     # ---- screen ----------------------------------------------------------------------------
 
@@ -112,15 +105,15 @@ class GPTApp(App[None]):
             with Vertical(id="main"):
                 yield Static(legend(), id="legend")
                 yield OutputView(id="output")
-                yield PromptArea(id="prompt", placeholder="Type a prompt; Enter sends, Ctrl+J adds a line, "
-                                                          "/help lists commands")
+                yield PromptArea(self.history, lambda line: commands.complete(line, self.backends.names),
+                                 id="prompt", placeholder="a prompt; Enter sends · /help · Ctrl+P palette")
             with Vertical(id="panels"):
                 yield Controls(tuple(sorted(self.backends.names)), self.backend_name, id="controls")
                 yield NextTokenPanel(id="next-token")
                 yield AttentionPanel(self.backends, id="attention")
                 yield ABPanel(self.backends, id="ab")
         yield StatsBar("ready", id="stats")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         # looked up once: a DOM query on every batch of tokens costs milliseconds of the UI thread
@@ -129,13 +122,20 @@ class GPTApp(App[None]):
         self.next_token = self.query_one(NextTokenPanel)
         self.stats = self.query_one(StatsBar)
         self.side_panels = list(self.query("#panels > *").results(SidePanel))
-        self.step = StepMode(self.output, self.next_token, self.notify_text, self._show_stats)
+        self.recorder = Recorder(self.session, self.notify_text)
+        self.step = StepMode(self.output, self.next_token, self.notify_text, self._stepped)
+        self.runs = Runs(self.backends, self.output, self.side_panels, self.next_token, self.step,
+                         self.recorder, self.notify_text, self.stats.show_run, self._generate, self.clock,
+                         self.keep_stop, lambda: self.settings.seed is not None)
         self.switch = BackendSwitch(self.backends, self.query_one(TopBar), self.controls, self.notify_text,
-                                    self._end_current)
+                                    self.runs.end_current)
         legend_view = self.query_one("#legend")
         self.watch(self.output, "colours", lambda on: setattr(legend_view, "display", on), init=False)
         self.switch.show()
+        self.controls.display = self.size.width >= 100  # small terminals: the transcript first (F2)
         self.query_one(PromptArea).focus()
+        if self.session_file is not None:
+            self.action_load(str(self.session_file))
 
     @property
     def documents(self) -> list[Document]:
@@ -144,9 +144,16 @@ class GPTApp(App[None]):
     def _show_stats(self) -> None:
         self.stats.show_run(self.current)
 
+    def _stepped(self) -> None:
+        """A stepped text changed: its stats, and its record in the session (kept up to date)."""
+        self._show_stats()
+        if self.current is not None and self.current.generation is None:
+            self.recorder.record(self.current, self.settings.seed is not None)
+
     def notify_text(self, message: str, severity: str = "information", timeout: float | None = None) -> None:
-        """A notification whose text is shown as is (it may hold prompt characters or file paths)."""
-        self.notify(message, severity=severity, timeout=timeout, markup=False)  # type: ignore[arg-type]
+        """A notification whose text is shown as is (it may hold prompt characters or file paths:
+        no markup, and control characters made visible)."""
+        self.notify(visible(message), severity=severity, timeout=timeout, markup=False)  # type: ignore[arg-type]
 
     # ---- prompt, settings and commands -----------------------------------------------------
 
@@ -162,6 +169,10 @@ class GPTApp(App[None]):
                 return
             action = getattr(self, f"action_{commands.COMMANDS[command.name].action}")
             action(*((command.settings,) if command.settings is not None else command.args))
+        elif line.startswith("//") and self.backend.unknown_chars("/") and self.settings.unknown == "reject":
+            self.notify_text("this model's vocabulary has no '/', so //text cannot send it; drop the /, or "
+                             "/set unknown replace to send its stand-in", "error", timeout=8)
+            event.prompt_area.restore(line)
         elif self.step.on and not line and self.step.stepper is not None:
             self.step.step()  # Enter on an empty line: the next token
         elif not (self._start_step if self.step.on else self.start)(commands.prompt_text(line)):
@@ -180,8 +191,8 @@ class GPTApp(App[None]):
         try:
             self.settings = settings_text.with_text(self.settings, event.field, event.text)
         except ValueError as e:
-            self.controls.mark_invalid(event.field)
-            self.notify_text(str(e), "error")
+            self.controls.refuse(event.field)  # shows the value in force again, marked
+            self.notify_text(f"{e}; still {settings_text.show(self.settings, event.field)}", "error")
 
     def action_set(self, settings: Settings) -> None:
         self.settings = settings
@@ -192,7 +203,7 @@ class GPTApp(App[None]):
 
     def action_help(self) -> None:
         keys = [(b.key, b.action, b.description) for b in self.BINDINGS if isinstance(b, Binding)]
-        self.output.add_note(commands.help_text(keys, PromptArea.KEYS))
+        self.output.add_note(commands.help_text(keys))
 
     def _seeded(self) -> Settings:
         """The settings for a new generation: with a fresh seed unless one is set."""
@@ -201,48 +212,8 @@ class GPTApp(App[None]):
 
     # ---- generation ------------------------------------------------------------------------
 
-    def start(self, prompt: str, document: Document | None = None, replace: bool = False) -> bool:
-        """Generate from ``prompt`` (a new document), or continue ``document`` (or regenerate its last
-        run when ``replace``). Returns False, with a notice, when the prompt cannot be used."""
-        context = prompt if document is None else document.text_before_last if replace else document.text
-        unknown = self.backend.unknown_chars(context)
-        if unknown and self.settings.unknown == "reject":
-            shown = " ".join(repr(c) for c in unknown)
-            self.notify_text(f"not in the model's vocabulary: {shown}; edit the prompt or "
-                             "/set unknown replace", "error", timeout=8)
-            return False
-        self._end_current()
-        settings = self._seeded()
-        timing = Timing(self.clock)
-        try:
-            generation = self.backend.stream(context, settings)
-        except Exception as e:  # a prompt the tokenizer refuses, a failing backend: say so, carry on
-            self.notify_text(str(e) or type(e).__name__, "error", timeout=8)
-            return False
-        if unknown:
-            shown = " ".join(repr(c) for c in unknown)
-            self.notify_text(f"replaced {len(unknown)} unknown character(s): {shown}", "warning")
-        info = self.backend.info()
-        if document is None and len(generation.prompt_ids) >= info.block_size:  # continuing: expected
-            self.notify_text(f"the prompt fills the context: the model sees only its last {info.block_size} "
-                             "tokens", "warning")
-        self.step.end()  # a normal generation ends a stepped one
-        document = document or self.output.add_document(prompt)
-        if replace and document.runs:
-            document.runs.pop()
-        run = Run(context, settings, info, timing, generation, document, len(generation.prompt_ids))
-        document.runs.append(run)
-        tokenizer = self.backend.tokenizer
-        self.next_token.decode = lambda i: tokenizer.decode([i])
-        self.current = run
-        self.output.cursor = None
-        self.output.show(document)
-        self._show_stats()
-        self._generate(run)
-        return True
-
     def _start_step(self, prompt: str) -> bool:
-        self._end_current()
+        self.runs.end_current()
         run = self.step.start(self.backend, prompt, self._seeded(), Timing(self.clock))
         if run is not None:
             self.current = run
@@ -256,49 +227,22 @@ class GPTApp(App[None]):
 
     @on(TokensArrived)
     def _tokens_arrived(self, message: TokensArrived) -> None:
-        self._take(message.run, message.events)
-
-    def _take(self, run: Run, events: list[TokenEvent]) -> None:
-        if run.done:  # finished early by a newer generation: these tokens came too late
-            return
-        run.add(events)
-        for panel in self.side_panels:
-            if panel.display:  # hidden: no work at all
-                panel.show_tokens(run, events)
-        self.output.show(run.document)
-        now = time.perf_counter()  # not self.clock: tests' fake clocks count their reads
-        if run is self.current and now - self._stats_shown >= STATS_EVERY:
-            self._show_stats()
-            self._stats_shown = now
+        self.runs.take(message.run, message.events)
 
     @on(RunFinished)
     def _run_finished(self, message: RunFinished) -> None:
-        self._finish(message.run, message.events, message.error)
+        self.runs.finish(message.run, message.events, message.error)
 
-    def _finish(self, run: Run, events: list[TokenEvent], error: str | None) -> None:
-        if run.done:
-            return
-        self._take(run, events)
-        run.stop_reason = run.generation.stop_reason if error is None else None
-        run.error = error
-        run.done = True
-        self.output.show(run.document)
-        if run is self.current:
-            self._show_stats()
-        self.session.history.append(record(run.context, run.text, run.stop_reason, run.generation.settings,
-                                   run.info, run.timing))
-        if error:
-            self.notify_text(f"generation failed: {error}", "error", timeout=10)
+    def start(self, prompt: str, document: Document | None = None, replace: bool = False) -> bool:
+        return self.runs.start(prompt, self._seeded(), document, replace)
 
-    def _end_current(self) -> None:
-        """Finish the running generation now, before another starts (its worker's last few tokens,
-        not yet handed over, are dropped: the new generation must see the text as it is now)."""
-        run = self.current
-        if run is not None and not run.done:
-            run.generation.close()
-            if run.timing.end is None:
-                run.timing.finish()
-            self._finish(run, [], None)
+    @property
+    def current(self) -> Run | None:
+        return self.runs.current
+
+    @current.setter
+    def current(self, run: Run | None) -> None:
+        self.runs.current = run
 
     # ---- actions: keys and commands --------------------------------------------------------
 
@@ -306,6 +250,12 @@ class GPTApp(App[None]):
         """Stop the running generation; its worker posts the text so far, marked as stopped."""
         if self.current is not None and not self.current.done:
             self.current.generation.close()
+
+    def action_interrupt(self) -> None:
+        """Ctrl+C: stop a generation, as in llama.cpp and ollama; idle, Textual's own Ctrl+C."""
+        if self.current is None or self.current.done:
+            raise SkipAction()
+        self.action_stop()
 
     def action_regen(self) -> None:
         if not self.documents or not self.documents[-1].runs:
@@ -320,21 +270,40 @@ class GPTApp(App[None]):
         self.start(self.documents[-1].prompt, self.documents[-1])
 
     def action_copy_output(self) -> None:
-        if not self.documents:
+        document = self.output.selected or (self.documents[-1] if self.documents else None)
+        if document is None:
             self.notify_text("nothing to copy yet", "warning")
             return
-        text = self.documents[-1].text
-        self.copy_to_clipboard(text)
-        self.notify_text(f"copied {len(text)} characters (through the terminal's clipboard)")
+        self.notify_text(*copy_text(document.text, self.copy_to_clipboard, self.session.folder))
+
+    def action_tokens(self) -> None:
+        run = self.current
+        if run is None or not run.prompt_ids:
+            self.notify_text("no tokens to show: /tokens shows those of the last text generated here (a "
+                             "reloaded session keeps the text only; Ctrl+R regenerates it)", "warning")
+            return
+        decode = self.backend.tokenizer.decode
+        self.output.add_note(describe_tokens(run.prompt_ids, [e.id for e in run.events], decode))
 
     def action_clear(self) -> None:
-        self._end_current()
+        self.runs.end_current()
         self.output.clear()
         self.current = None
         self._show_stats()
 
     def action_save(self, path: str | None = None) -> None:
         self._report(self.session.save, path)
+
+    def action_load(self, path: str | None = None) -> None:
+        records = self.recorder.open(path)
+        if records is None:
+            return
+        self.action_clear()
+        self.settings, backend = restore_documents(self.output, records, self.settings, self.backend.info())
+        self.current = self.documents[-1].runs[-1] if self.documents and self.documents[-1].runs else None
+        self._show_stats()
+        if backend in self.backends.names and backend != self.backend_name:
+            self.switch.to(backend)
 
     def action_export(self, path: str | None = None) -> None:
         self._report(self.session.export, path)
@@ -345,10 +314,13 @@ class GPTApp(App[None]):
         except OSError as e:
             self.notify_text(str(e), "error")
 
-    def action_toggle_panel(self, panel_id: str) -> None:
+    def action_toggle_panel(self, panel_id: str, show: bool | None = None) -> None:
         panel = self.query_one(f"#{panel_id}", SidePanel)
-        panel.display = not panel.display
+        panel.display = not panel.display if show is None else show
         if panel.display:
+            if self.size.width < 120 or self.size.height < 30:  # small: one panel at a time
+                for other in self.side_panels:
+                    other.display = other is panel
             panel.catch_up(self.current)
 
     def action_toggle_colours(self) -> None:
@@ -378,11 +350,13 @@ class GPTApp(App[None]):
     def action_ab(self, prompt: str | None = None) -> None:
         if prompt is None:
             prompt = self.documents[-1].prompt if self.documents else ""
+        self.action_toggle_panel("ab", show=True)
         self.query_one(ABPanel).run(prompt, self._seeded())
 
     async def action_quit(self) -> None:
-        self._end_current()
+        self.runs.end_current()
         self.workers.cancel_group(self, "generate")
+        self.session.autosave()  # Ctrl+Q never loses work
         self.exit()
 
     # ---- backends --------------------------------------------------------------------------
@@ -401,3 +375,9 @@ class GPTApp(App[None]):
 
     def action_backend(self, name: str) -> None:
         self.switch.to(name)
+
+    def action_model(self, path: str) -> None:
+        if self.open_model is None:
+            self.notify_text("/model needs the app started by gpt-tui", "error")
+            return
+        self.switch.open(path, self.open_model)

@@ -112,6 +112,16 @@ class Backends:
     def names(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys([*self.loaded, *self.factories]))
 
+    def replace(self, name: str, backend: Backend, factories: dict[str, BackendFactory]) -> None:
+        """Another model: ``backend`` becomes the active one and the only one loaded (the others
+        are closed: their generation processes end)."""
+        from tui.remote import RemoteBackend  # the one kind that holds a process
+
+        for old in self.loaded.values():
+            if isinstance(old, RemoteBackend) and old is not backend:
+                old.close()
+        self.active, self.loaded, self.factories = name, {name: backend}, dict(factories)
+
     def get(self, name: str, progress: Progress = lambda message: None) -> Backend:
         """The backend called ``name``, made on first use (slow: call it from a worker thread)."""
         if name in self.loaded:

@@ -10,6 +10,7 @@ from textual.widgets import Static
 from model.backend import BackendInfo
 from tui.stats import status_line
 from tui.transcript import Run
+from tui.widgets import visible
 
 
 class StatsBar(Static):
@@ -20,10 +21,13 @@ class StatsBar(Static):
             self.update("ready")
             return
         self.set_class(run.stop_reason == "stopped" or run.error is not None, "-stopped")
-        line = status_line(run.timing, run.stop_reason, run.context_used, run.info.block_size,
-                           run.settings.seed, not run.done)
         ppl = run.perplexity
-        line += f"  ·  ppl {ppl:.2f}" if ppl is not None else ""
+        for short in (False, True):  # the short form when the long one does not fit (80 columns)
+            line = status_line(run.timing, run.stop_reason, run.context_used, run.info.block_size,
+                               run.settings.seed, not run.done, short)
+            line += f"{' · ' if short else '  ·  '}ppl {ppl:.2f}" if ppl is not None else ""
+            if len(line) <= self.size.width:
+                break
         # one line of fixed height: repaint it, never re-lay-out the screen for it; plain Content,
         # as a str would be parsed as markup on every update
         self.update(Content(line + (f"  ·  error: {run.error}" if run.error else "")), layout=False)
@@ -33,6 +37,13 @@ class TopBar(Static):
     """The checkpoint, backend and device: one line at the top, with a backend's loading progress."""
 
     def show_backend(self, info: BackendInfo, loading: str = "") -> None:
-        text = f"{Path(info.path).name}  ·  backend {info.backend}  ·  device {info.device}  ·  " \
+        text = f"{run_name(info.path)}  ·  backend {info.backend}  ·  device {info.device}  ·  " \
                f"block {info.block_size}  ·  vocab {info.vocab_size}"
-        self.update(text + (f"  ·  {loading}" if loading else ""))
+        # Content, not a str: a file name such as "[@click=app.quit]x.pt" must not become markup
+        self.update(Content(visible(text + (f"  ·  {loading}" if loading else ""))))
+
+
+def run_name(path: str) -> str:
+    """A checkpoint as people tell them apart: its run folder too (out/sc/ckpt.pt -> sc/ckpt.pt)."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name

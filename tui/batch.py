@@ -23,7 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, TextIO
 
 from model.backend import Backend, Settings
@@ -33,6 +33,7 @@ from model.tokenizer import UnknownCharactersError
 from tui import settings as settings_text
 from tui.session import record
 from tui.stats import STOP_NAMES, Clock, Timing
+from tui.stops import trim_stop
 from tui.widgets import visible
 
 Format = Literal["auto", "text", "jsonl"]
@@ -190,6 +191,7 @@ def run_batch(
     new_seed: Callable[[], int] = lambda: secrets.randbelow(2**31),
     checkpoint_sha256: str | None = None,
     batch_decoder: BatchDecoder | None = None,
+    keep_stop: bool = False,
 ) -> Summary:
     """Generate for each item in order, writing one JSON line per item to ``out`` as it finishes.
 
@@ -197,18 +199,20 @@ def run_batch(
     at once (model.batched): a row that ends takes the next item, and each line is written as soon
     as it and every line before it are done. The completions are those of one item at a time.
 
-    An item without a seed (nor a default one) gets a fresh seed that is written out, so any line
-    can be replayed. Ctrl+C stops after the lines already written; the summary says so.
+    An item without a seed of its own gets the base seed plus its index (0 for the first item), so
+    items differ yet the run repeats; without a base seed, a fresh one. Either way the seed is
+    written out, so any line can be replayed alone. A stop string is cut from the completion
+    unless ``keep_stop``. Ctrl+C stops after the lines already written; the summary says so.
     """
     summary = Summary()
     kwargs = {} if clock is None else {"clock": clock}
     started = (clock or time.perf_counter)()
+    run = _Run(settings, new_seed, checkpoint_sha256, kwargs, keep_stop, log)
+    indexed = enumerate(_guard(items, summary))
     if batch_decoder is None:
-        results = (_run_item(backend, item, settings, log, new_seed, checkpoint_sha256, kwargs)
-                   for item in _guard(items, summary))
+        results = (_run_item(backend, item, index, run) for index, item in indexed)
     else:
-        results = _run_batched(backend, batch_decoder, _guard(items, summary), settings, log, new_seed,
-                               checkpoint_sha256, kwargs)
+        results = _run_batched(backend, batch_decoder, indexed, run)
     for result in results:
         if result is None:  # interrupted mid-item: its line is not written
             summary.interrupted = True
@@ -239,20 +243,57 @@ def _guard(items: Iterable[Item], summary: Summary) -> Iterator[Item]:
         summary.interrupted = True
 
 
-def _run_item(backend: Backend, item: Item, base: Settings, log: Callable[[str], None],
-              new_seed: Callable[[], int], sha: str | None, clock: dict) -> dict | None:
+@dataclass(frozen=True)
+class _Run:
+    """What every item of one run shares: the flags' settings and how its lines are made."""
+
+    base: Settings
+    new_seed: Callable[[], int]
+    sha: str | None
+    clock: dict
+    keep_stop: bool
+    log: Callable[[str], None]
+
+    def settings(self, item: Item, index: int) -> tuple[Settings, str | None]:
+        """The item's settings (the flags; its base seed + index; its own changes; a fresh seed if
+        there is none) and its error."""
+        base = self.base if self.base.seed is None else replace(self.base, seed=self.base.seed + index)
+        settings, error = base, item.error
+        if error is None:
+            try:
+                settings = settings_text.replace(base, item.changes)
+            except ValueError as e:
+                error = f"bad settings: {e}"
+        if settings.seed is None:
+            settings = settings_text.replace(settings, {"seed": self.new_seed()})
+        return settings, error
+
+    def result(self, item: Item, info, settings: Settings, timing: Timing, pieces: list[str],
+               stop_reason: str | None, error: str | None) -> dict:
+        timing.finish()
+        completion = "".join(pieces) if error is None or pieces else None
+        if completion is not None and stop_reason == "stop_string" and not self.keep_stop:
+            completion = trim_stop(completion, settings.stop)
+        fields = record(item.prompt, completion, stop_reason, settings, info, timing, self.sha)
+        return {"id": item.id, **fields, "error": error}
+
+    def fills_context(self, item: Item, generation, block_size: int) -> None:
+        if len(generation.prompt_ids) >= block_size:
+            self.log(visible(f"[{item.id}]") + " the prompt fills the context; the model sees its last "
+                     f"{block_size} tokens")
+
+
+def _run_item(backend: Backend, item: Item, index: int, run: _Run) -> dict | None:
     info = backend.info()
-    timing = Timing(**clock)
-    settings, error = _item_settings(item, base, new_seed)
-    completion, stop_reason = None, None
+    timing = Timing(**run.clock)
+    settings, error = run.settings(item, index)
+    stop_reason = None
+    pieces: list[str] = []
     if error is None:
         generation = None
-        pieces: list[str] = []
         try:
             generation = backend.stream(item.prompt or "", settings)
-            if len(generation.prompt_ids) >= info.block_size:
-                log(visible(f"[{item.id}]") + " the prompt fills the context; the model sees its last "
-                    f"{info.block_size} tokens")
+            run.fills_context(item, generation, info.block_size)
             for event in generation:
                 timing.token()
                 pieces.append(event.text)
@@ -263,23 +304,7 @@ def _run_item(backend: Backend, item: Item, base: Settings, log: Callable[[str],
             return None
         except Exception as e:  # a bad prompt or a failing backend: this item fails, the rest run
             error = _error_text(e)
-        completion = "".join(pieces) if error is None or pieces else None
-    timing.finish()
-    result = record(item.prompt, completion, stop_reason, settings, info, timing, sha)
-    return {"id": item.id, **result, "error": error}
-
-
-def _item_settings(item: Item, base: Settings, new_seed: Callable[[], int]) -> tuple[Settings, str | None]:
-    """The item's settings (the flags, its changes, a fresh seed if it has none) and its error."""
-    settings, error = base, item.error
-    if error is None:
-        try:
-            settings = settings_text.replace(base, item.changes)
-        except ValueError as e:
-            error = f"bad settings: {e}"
-    if settings.seed is None:
-        settings = settings_text.replace(settings, {"seed": new_seed()})
-    return settings, error
+    return run.result(item, info, settings, timing, pieces, stop_reason, error)
 
 
 def _error_text(e: Exception) -> str:
@@ -304,7 +329,7 @@ class _Job:
 _END = object()  # the reader's last word: the input is exhausted
 
 
-def _read_ahead(items: Iterable[Item]) -> queue.SimpleQueue:
+def _read_ahead(items: Iterable) -> queue.SimpleQueue:
     """Items read by a daemon thread into a queue (then _END, or the exception that stopped it), so
     free rows take items that have arrived while a pipe that waits for an answer never blocks us."""
     inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -321,11 +346,10 @@ def _read_ahead(items: Iterable[Item]) -> queue.SimpleQueue:
     return inbox
 
 
-def _run_batched(backend: Backend, decoder: BatchDecoder, items: Iterable[Item], base: Settings,
-                 log: Callable[[str], None], new_seed: Callable[[], int], sha: str | None,
-                 clock: dict) -> Iterator[dict | None]:
-    """The results of ``items`` in input order, generated up to ``decoder.rows`` at a time; None
-    (and nothing after it) on Ctrl+C."""
+def _run_batched(backend: Backend, decoder: BatchDecoder, items: Iterable[tuple[int, Item]],
+                 run: _Run) -> Iterator[dict | None]:
+    """The results of ``items`` (index, item) in input order, generated up to ``decoder.rows`` at a
+    time; None (and nothing after it) on Ctrl+C."""
     info = backend.info()
     batch = Batch(decoder, backend.tokenizer)
     inbox = _read_ahead(items)
@@ -334,10 +358,8 @@ def _run_batched(backend: Backend, decoder: BatchDecoder, items: Iterable[Item],
     exhausted = False
 
     def finish(job: _Job, stop_reason: str | None) -> None:
-        job.timing.finish()
-        completion = "".join(job.pieces) if job.error is None or job.pieces else None
-        result = record(job.item.prompt, completion, stop_reason, job.settings, info, job.timing, sha)
-        job.result = {"id": job.item.id, **result, "error": job.error}
+        job.result = run.result(job.item, info, job.settings, job.timing, job.pieces, stop_reason,
+                                job.error)
 
     try:
         while True:
@@ -353,8 +375,9 @@ def _run_batched(backend: Backend, decoder: BatchDecoder, items: Iterable[Item],
                     break
                 if isinstance(item, BaseException):
                     raise item
-                settings, error = _item_settings(item, base, new_seed)
-                job = _Job(item, settings, Timing(**clock), error)
+                index, item = item
+                settings, error = run.settings(item, index)
+                job = _Job(item, settings, Timing(**run.clock), error)
                 jobs.append(job)
                 if error is None:
                     try:
@@ -365,9 +388,7 @@ def _run_batched(backend: Backend, decoder: BatchDecoder, items: Iterable[Item],
                     finish(job, None)
                     continue
                 running[id(job.generation)] = job
-                if len(job.generation.prompt_ids) >= info.block_size:
-                    log(visible(f"[{item.id}]") + " the prompt fills the context; the model sees its "
-                        f"last {info.block_size} tokens")
+                run.fills_context(item, job.generation, info.block_size)
             if not len(batch) and exhausted and not jobs:
                 return
             try:

@@ -1,4 +1,10 @@
-"""`gpt-tui`: open the app on a checkpoint, or run prompts from a file with --batch."""
+"""`gpt-tui`: open the app on a checkpoint, complete one prompt with -p, or run prompts from a file
+with --batch.
+
+Nothing heavy is imported at module level (PyTorch, Textual): `gpt-tui --help` and `--version`
+answer at once, and each mode imports what it needs when it runs. Defaults come from the config file
+(tui.config) where it sets them; flags override it.
+"""
 
 from __future__ import annotations
 
@@ -9,26 +15,48 @@ from typing import BinaryIO
 
 import click
 
-from model import checkpoint
-from model.backend import MAX_NEW_TOKENS, MAX_SEED, Settings
-from model.checkpoint import CheckpointError
-from tui.backends import BackendError, factories
-from tui.remote import offloaded
-from tui.settings import unescape
-from tui.widgets import visible
+from tui.config import ConfigError, config_path, load_defaults
+
+# model.backend's bounds, repeated so that --help imports no torch (tests/test_cli.py holds them equal)
+MAX_NEW_TOKENS = 100_000
+MAX_SEED = 2**63 - 1
+
+
+class ConfiguredCommand(click.Command):
+    """A command whose defaults are read from the user's config file when it is invoked."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        if "default_map" not in extra:
+            try:
+                extra["default_map"] = load_defaults()
+            except ConfigError as e:
+                raise click.ClickException(str(e)) from None
+        return super().make_context(info_name, args, parent, **extra)
 
 
 def resolve_ckpt(name: str) -> Path:
     """model.checkpoint.resolve_ckpt, with a miss reported as a usage error (exit code 2)."""
+    from model import checkpoint
+    from tui.widgets import visible
+
     try:
         return checkpoint.resolve_ckpt(Path(name).expanduser())
-    except CheckpointError as e:
+    except checkpoint.CheckpointError as e:
         raise click.BadParameter(visible(str(e)), param_hint="'--ckpt'") from None
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+def unescaped(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    from tui.settings import unescape
+
+    return tuple(unescape(v) for v in values)
+
+
+@click.command(cls=ConfiguredCommand, context_settings={"help_option_names": ["-h", "--help"],
+                                                        "show_default": True})
+@click.version_option(package_name="gpt-from-scratch", prog_name="gpt-tui")
 @click.option("--ckpt", default="shakespeare.pt",
               help="Checkpoint: a path, or the name of a shipped one in checkpoints/.")
+@click.option("-p", "--prompt", help="Complete this prompt, print the text to stdout and exit (no app).")
 @click.option("--backend", "backend_name", type=click.Choice(["torch", "onnx"]),
               help="Start on PyTorch or ONNX Runtime [default: onnx with --onnx, else torch].")
 @click.option("--onnx", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -44,12 +72,21 @@ def resolve_ckpt(name: str) -> Path:
               help="Sample from the k likeliest tokens [default: off].")
 @click.option("--top-p", default=1.0, type=click.FloatRange(0, 1, min_open=True),
               help="Sample from the smallest set holding this probability (1 = off).")
-@click.option("--max-new-tokens", default=500, type=click.IntRange(1, MAX_NEW_TOKENS),
+@click.option("--min-p", default=0.0, type=click.FloatRange(0, 1, max_open=True),
+              help="Drop tokens less likely than this times the likeliest (0 = off).")
+@click.option("--repetition-penalty", default=1.0, type=click.FloatRange(min=1),
+              help="Make tokens seen in the last --repetition-window tokens less likely (1 = off; "
+                   "1.1-1.3 breaks loops).")
+@click.option("--repetition-window", default=64, type=click.IntRange(min=1),
+              help="How many of the latest tokens the repetition penalty looks at.")
+@click.option("-n", "--max-new-tokens", default=500, type=click.IntRange(1, MAX_NEW_TOKENS),
               help="Tokens per generation.")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED),
               help="Seed for sampling [default: a fresh one each time, recorded].")
-@click.option("--stop", multiple=True,
-              help="Stop when the output contains this text (repeatable; \\n for a newline).")
+@click.option("--stop", multiple=True, callback=unescaped,
+              help="Stop when the output contains this text (repeatable, each one whole, commas "
+                   "included; \\n for a newline).")
+@click.option("--keep-stop", is_flag=True, help="Keep the stop string at the end of the output.")
 @click.option("--unknown", default="reject", type=click.Choice(["reject", "replace"]),
               help="Prompt characters the model does not know: refuse the prompt, or replace them.")
 @click.option("--batch", type=click.File("rb"), metavar="FILE",
@@ -58,44 +95,57 @@ def resolve_ckpt(name: str) -> Path:
               help="With --batch: write the JSON lines here [default: stdout].")
 @click.option("--format", "fmt", default="auto", type=click.Choice(["auto", "text", "jsonl"]),
               help="With --batch: input format; auto = JSONL if the first line starts with '{'.")
-@click.option("--parallel", default=8, show_default=True, type=click.IntRange(min=1),
+@click.option("--parallel", default=8, type=click.IntRange(min=1),
               help="With --batch: prompts generated at once (1 = one after another).")
+@click.option("--session", "session_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Reopen a saved session (JSONL) and keep saving to it.")
 @click.option("--session-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where /save and /export write [default: ~/.local/share/gpt-from-scratch/sessions].")
-def main(ckpt: str, backend_name: str | None, onnx: Path | None, provider: str, device: str,
-         batch: BinaryIO | None, output: Path | None, fmt: str, parallel: int, session_dir: Path | None,
-         unknown: str, stop: tuple[str, ...], **knobs) -> None:
-    """Generate text from a GPT checkpoint: live in the terminal, or in batch.
+              help="Where sessions are saved [default: ~/.local/share/gpt-from-scratch/sessions].")
+def main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | None, provider: str,
+         device: str, batch: BinaryIO | None, output: Path | None, fmt: str, parallel: int,
+         session_file: Path | None, session_dir: Path | None, unknown: str, stop: tuple[str, ...],
+         keep_stop: bool, **knobs) -> None:
+    """Generate text from a GPT checkpoint: live in the terminal, one prompt, or in batch.
 
     \b
     gpt-tui                                  # the app, on checkpoints/shakespeare.pt
     gpt-tui --ckpt out/ckpt.pt --backend onnx
+    gpt-tui -p "ROMEO:" -n 100               # one completion to stdout
     gpt-tui --batch prompts.txt --seed 1 > out.jsonl
 
-    Batch exit codes: 0 all items done, 1 the model or the output failed, 2 usage error, 3 some
-    items failed (each line carries its error), 130 interrupted (the lines already written are
-    complete).
+    Defaults can be saved in ~/.config/gpt-from-scratch/config.toml (the flags' names as keys, e.g.
+    `top-k = 40`); flags override it. Batch and -p exit codes: 0 done, 1 the model could not be
+    loaded or the output failed, 2 usage error, 3 some items failed (each line carries its error),
+    130 interrupted (the lines already written are complete).
     """
     try:
-        _main(ckpt, backend_name, onnx, provider, device, batch, output, fmt, parallel, session_dir, unknown,
-              stop, **knobs)
+        _main(ckpt, prompt, backend_name, onnx, provider, device, batch, output, fmt, parallel, session_file,
+              session_dir, unknown, stop, keep_stop, **knobs)
     except KeyboardInterrupt:  # Ctrl+C while loading: no traceback, the usual code
         click.echo("interrupted", err=True)
         sys.exit(130)
 
 
-def _main(ckpt: str, backend_name: str | None, onnx: Path | None, provider: str, device: str,
-          batch: BinaryIO | None, output: Path | None, fmt: str, parallel: int, session_dir: Path | None,
-          unknown: str, stop: tuple[str, ...], **knobs) -> None:
+def _main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | None, provider: str,
+          device: str, batch: BinaryIO | None, output: Path | None, fmt: str, parallel: int,
+          session_file: Path | None, session_dir: Path | None, unknown: str, stop: tuple[str, ...],
+          keep_stop: bool, **knobs) -> None:
     if batch is None and (output is not None or fmt != "auto"):
         raise click.UsageError("--output and --format only apply with --batch")
+    if prompt is not None and (batch is not None or session_file is not None):
+        raise click.UsageError("-p/--prompt runs one prompt: leave out --batch and --session")
     if output is not None and not output.expanduser().resolve().parent.is_dir():
-        raise click.BadParameter(visible(f"the folder of {output} does not exist; create it first"),
+        raise click.BadParameter(f"the folder of {output} does not exist; create it first",
                                  param_hint="'--output'")
+    from model.backend import Settings
+    from model.checkpoint import CheckpointError
+    from tui.backends import BackendError, factories
+    from tui.widgets import visible
+
     try:
-        settings = Settings(stop=tuple(unescape(s) for s in stop), unknown=unknown, **knobs)
-    except ValueError as e:
-        raise click.UsageError(visible(str(e))) from None
+        settings = Settings(stop=stop, unknown=unknown, **knobs)  # type: ignore[arg-type]
+    except ValueError as e:  # from the config file: flags are checked by their types already
+        raise click.UsageError(visible(f"{e} (check {config_path()})")) from None
     backend_name = backend_name or ("onnx" if onnx else "torch")
     try:
         ckpt_path = resolve_ckpt(ckpt)
@@ -104,33 +154,46 @@ def _main(ckpt: str, backend_name: str | None, onnx: Path | None, provider: str,
             raise
         ckpt_path = None  # an .onnx alone is enough; there is just no PyTorch backend to switch to
     makers = factories(ckpt_path, device, onnx, provider)
-    if batch is None:  # the app generates in a child process: rendering never stalls the model
+    app = batch is None and prompt is None
+    if app:  # the app generates in a child process: rendering never stalls the model
+        from tui.remote import offloaded
+
         makers = offloaded(makers)
 
     def progress(message: str) -> None:
         click.echo(visible(message), err=True)  # it may hold file names, ids, a model's text
 
     try:
-        backend = makers[backend_name](progress)
+        backend = makers[backend_name](progress if not prompt else lambda m: None)
     except (CheckpointError, BackendError, ValueError) as e:
         raise click.ClickException(visible(str(e))) from None
 
-    if batch is None:
+    if app:
         from tui.app import GPTApp, freeze_heap
 
-        app = GPTApp(backend, backend_name, makers, settings, session_dir=session_dir)
+        def open_model(path: str) -> dict:
+            return offloaded(factories(resolve_ckpt(path), device, None, provider))
+
+        gpt_app = GPTApp(backend, backend_name, makers, settings, session_dir=session_dir,
+                         session_file=session_file, keep_stop=keep_stop, open_model=open_model)
         freeze_heap()
-        app.run()
+        gpt_app.run()
         return
 
-    from tui.batch import EXIT_INTERRUPTED, OutputError, read_items, run_batch
+    from tui.batch import EXIT_INTERRUPTED
+
+    if prompt is not None:
+        run_prompt(backend, prompt, settings, keep_stop, progress)
+        return
+
+    from tui.batch import OutputError, read_items, run_batch
     from tui.session import file_sha256
 
     info = backend.info()
     try:
         out = _output(output)
         summary = run_batch(backend, read_items(batch, fmt), settings, out, progress,
-                            checkpoint_sha256=file_sha256(info.path),
+                            checkpoint_sha256=file_sha256(info.path), keep_stop=keep_stop,
                             batch_decoder=backend.batch_decoder(parallel) if parallel > 1 else None)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
@@ -154,3 +217,27 @@ def _output(path: Path | None):
         return sys.stdout
     sys.stdout.flush()
     return LineFile(fd, "stdout")
+
+
+def run_prompt(backend, prompt: str, settings, keep_stop: bool, progress) -> None:
+    """-p: the completion on stdout; a refused prompt is a one-line error (exit 1)."""
+    import secrets
+
+    from tui.batch import EXIT_INTERRUPTED
+    from tui.oneshot import run_oneshot
+    from tui.settings import replace
+
+    if settings.seed is None:
+        settings = replace(settings, {"seed": secrets.randbelow(2**31)})
+    out = sys.stdout
+    try:
+        run_oneshot(backend, prompt, settings, out, progress, keep_stop)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as e:  # unknown characters, a failing backend: one line, not a traceback
+        from tui.widgets import visible
+
+        raise click.ClickException(visible(str(e) or type(e).__name__)) from None
+    if out.isatty():
+        out.write("\n")

@@ -9,6 +9,7 @@ line of text becomes a ``Command`` or a ``CommandError`` whose message says what
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,21 +26,61 @@ class Spec:
 
 # the order is the order /help lists them in
 COMMANDS: dict[str, Spec] = {
-    "set": Spec("NAME VALUE", "temperature, top-k, top-p, max-new-tokens, seed, stop, unknown", "set"),
+    "set": Spec("NAME VALUE", f"change a setting: {', '.join(settings_text.NAMES)} (top-k and seed take "
+                              "`off`; stop: comma-separated, a quoted one may hold a comma, `\\n` is a "
+                              "newline)", "set"),
     "show": Spec("[model]", "show the settings, backend and checkpoint; model: layers, vocabulary, training",
                  "show"),
     "clear": Spec("", "clear the output", "clear"),
     "regen": Spec("", "generate the last part again", "regen"),
     "continue": Spec("", "continue from where the text ends", "continue"),
-    "copy": Spec("", "copy the last prompt and its output", "copy_output"),
+    "copy": Spec("", "copy the selected (clicked) or last document", "copy_output"),
     "backend": Spec("torch|onnx", "switch the backend", "backend"),
-    "save": Spec("[PATH]", "save the session as JSONL", "save"),
+    "model": Spec("PATH", "open another checkpoint", "model"),
+    "tokens": Spec("", "the exact tokens and ids the model saw for the last text", "tokens"),
+    "save": Spec("[PATH]", "save the session as JSONL (it is also saved after each generation)", "save"),
+    "load": Spec("[PATH]", "reopen a saved session (default: the latest other one)", "load"),
     "export": Spec("[PATH]", "export the session as Markdown", "export"),
     "step": Spec("", "step mode on/off: one token at a time", "toggle_step"),
     "pick": Spec("N", "step mode: take candidate N (1 = most likely) instead of sampling", "pick"),
     "undo": Spec("", "step mode: take back the last token", "undo"),
     "ab": Spec("[PROMPT]", "the same prompt, seed and settings through torch and onnx, compared", "ab"),
     "help": Spec("", "list the commands and keys", "help"),
+}
+# keys no binding of the app lists, (key, what, the README's longer text): the prompt box's own
+# (tui.widgets.PromptArea) and Textual's command palette
+FIXED_KEYS = (
+    ("Enter", "send", "send the prompt (an empty prompt starts from the model's start-of-text token)"),
+    ("Ctrl+J", "newline", "new line in the prompt (Shift+Enter too, where the terminal reports it)"),
+    ("↑/↓", "earlier prompts", "on the prompt's first / last line: earlier prompts and commands, kept "
+                               "across restarts in `~/.local/share/gpt-from-scratch/history.jsonl`"),
+    ("Tab", "complete a /command", "in a `/command`: complete the command, a setting name after `/set`, a "
+                                   "backend after `/backend`; elsewhere move between prompt, output and "
+                                   "controls (Shift+Tab back)"),
+    ("Ctrl+P", "palette", "the command palette: every command and key, searchable"),
+)
+# what a key bound to an action does, for the README's key table (else the binding's label)
+KEY_DOCS = {
+    "stop": "stop now; the text so far stays, marked `⏹ stopped`",
+    "interrupt": "stop now, as in llama.cpp and ollama (idle: copies the prompt's selection, as usual)",
+    "toggle_panel('controls')": "show or hide the controls panel (hidden at first below 100 columns)",
+    "toggle_panel('next-token')": "show or hide the next-token panel",
+    "toggle_panel('attention')": "show or hide the attention panel",
+    "toggle_panel('ab')": "show or hide the A/B panel (`/ab` fills it)",
+    "toggle_colours": "confidence colouring on/off",
+    "toggle_step": "step mode on/off",
+    "step": "step mode: take the next token",
+    "undo": "step mode: take back the last token",
+    "regen": "regenerate the last part (a new seed unless one is set)",
+    "continue": "continue from where the text ends",
+    "copy_output": "copy the selected document (click it; again to unselect), else the last one: sent "
+                   "with OSC 52 and written to `~/.local/share/gpt-from-scratch/sessions/clipboard.txt`",
+    "save": "save the session now (it is also saved after every generation and on quit)",
+    "clear": "clear the output",
+    "token_cursor(-1)": "move back over past tokens (colouring on): the next-token panel shows each "
+                        "one's alternatives",
+    "token_cursor(1)": "move forward over past tokens",
+    "quit": "quit (stops a running generation and saves the session first)",
 }
 # how /help writes a key: "ctrl+r" -> "Ctrl+R", "alt+left" -> "Alt+←"
 KEY_NAMES = {"escape": "Esc", "left": "←", "right": "→", "up": "↑", "down": "↓", "enter": "Enter"}
@@ -93,13 +134,38 @@ def parse(line: str, current: Settings, backends: tuple[str, ...] = ("torch", "o
         if len(args) != 1 or not args[0].isdigit() or int(args[0]) < 1:
             raise CommandError("usage: /pick N, N a rank in the next-token panel (1 = most likely)")
         return Command(name, args)
-    if name in ("save", "export", "ab"):
+    if name == "model" and not args:
+        raise CommandError("usage: /model PATH, a checkpoint file (or the name of a shipped one)")
+    if name in ("save", "export", "ab", "load", "model"):
         # a path or a prompt may hold spaces: keep the rest of the line as one argument
         rest = line.strip()[1 + len(words[0]):].strip()
         return Command(name, (rest,) if rest else ())
     if args:
         raise CommandError(f"/{name} takes no arguments")
     return Command(name)
+
+
+def complete(line: str, backends: tuple[str, ...] = ("torch", "onnx")) -> str | None:
+    """Tab in the prompt: ``line`` with its last word completed (a command name, a setting name
+    after /set, a backend after /backend) as far as the candidates agree; None when nothing fits."""
+    if not is_command(line) or "\n" in line:
+        return None
+    head, _, word = line[1:].rpartition(" ")
+    if not head:
+        choices: tuple[str, ...] = tuple(COMMANDS)
+    elif head.lower() == "set":
+        choices = settings_text.NAMES
+    elif head.lower() == "backend":
+        choices = backends
+    else:
+        return None
+    found = [c for c in choices if c.startswith(word.lower())]
+    if not found:
+        return None
+    common = os.path.commonprefix(found)
+    unique = len(found) == 1 and (head or COMMANDS[common].usage)  # a space when arguments follow
+    done = "/" + (f"{head} " if head else "") + common + (" " if unique else "")
+    return done if done != line else None
 
 
 def key_name(key: str) -> str:
@@ -112,10 +178,28 @@ def _lower(label: str) -> str:
     return label if label[:2].isupper() else label[:1].lower() + label[1:]
 
 
-def help_text(keys: Sequence[tuple[str, str, str]] = (), fixed: tuple[tuple[str, str], ...] = ()) -> str:
+def command_table() -> str:
+    """README's command table, from COMMANDS (tests/test_commands.py checks README holds it)."""
+    rows = ["| command | does |", "|---|---|"]
+    rows += [f"| `{f'/{name} {spec.usage}'.rstrip()}` | {spec.help} |".replace("|onnx", "\\|onnx")
+             for name, spec in COMMANDS.items()]
+    rows.append("| `//text` | send a prompt that starts with `/` |")
+    return "\n".join(rows)
+
+
+def key_table(keys: Sequence[tuple[str, str, str]]) -> str:
+    """README's key table: the fixed keys, then the app's bindings ((key, action, label) as in
+    help_text), described by KEY_DOCS."""
+    rows = ["| key | does |", "|---|---|"] + [f"| {key} | {doc} |" for key, _, doc in FIXED_KEYS]
+    rows += [f"| {key_name(key)} | {KEY_DOCS.get(action, _lower(label))} |" for key, action, label in keys]
+    return "\n".join(rows)
+
+
+def help_text(keys: Sequence[tuple[str, str, str]] = (),
+              fixed: tuple[tuple[str, ...], ...] = FIXED_KEYS) -> str:
     """/help: every command (with the key for the same action), then every key. ``keys`` are the
     app's bindings as (key, action, description); ``fixed`` are (key, what) of keys no binding lists
-    (the prompt box's own)."""
+    (the prompt box's own, and the palette's)."""
     key_for: dict[str, str] = {}
     for key, action, _ in keys:
         key_for.setdefault(action, key_name(key))
@@ -123,7 +207,8 @@ def help_text(keys: Sequence[tuple[str, str, str]] = (), fixed: tuple[tuple[str,
              + (f" ({key_for[spec.action]})" if spec.action in key_for else "")
              for name, spec in COMMANDS.items()]
     lines.append("//text".ljust(22) + "send a prompt that starts with /")
-    listed = [*fixed, *((key_name(key), _lower(description)) for key, _, description in keys)]
+    listed = [*((key, what) for key, what, *_ in fixed),
+              *((key_name(key), _lower(description)) for key, _, description in keys)]
     if listed:
         lines += ["", "keys: " + " · ".join(f"{key} {what}" for key, what in listed)]
     return "\n".join(lines)

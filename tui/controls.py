@@ -24,6 +24,9 @@ FIELDS = (
     ("top_p", "top-p", "1.0"),
     ("max_new_tokens", "max new tokens", "500"),
     ("seed", "seed", "random"),
+    ("min_p", "min-p (0 = off)", "0.0"),
+    ("repetition_penalty", "repetition penalty", "1.0 (off)"),
+    ("repetition_window", "repetition window", "64"),
 )
 
 
@@ -81,8 +84,11 @@ class Controls(SidePanel):
             with select.prevent(Select.Changed):
                 select.value = name
 
-    def mark_invalid(self, field: str) -> None:
-        self.query_one(f"#set-{field}", Input).add_class("-invalid")
+    def refuse(self, field: str) -> None:
+        """A value the app refused: show the one in force again, marked until the next change."""
+        box = self.query_one(f"#set-{field}", Input)
+        box.value = _text(self._settings, field)
+        box.add_class("-invalid")
 
     @on(Input.Submitted)
     @on(Input.Blurred)

@@ -7,6 +7,7 @@ which token of the last document the cursor is on. Moving the cursor or hovering
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 from textual.containers import VerticalScroll
@@ -47,12 +48,14 @@ class OutputView(VerticalScroll):
         super().__init__(**kwargs)
         self.documents: list[Document] = []
         self.cursor: int | None = None  # the token of the last document whose alternatives are shown
+        self.selected: Document | None = None  # clicked: what Ctrl+O copies (else the last one)
+        self.numbers = itertools.count()  # each document's number in the session
 
     def on_mount(self) -> None:
         self.anchor()
 
     def add_document(self, prompt: str) -> Document:
-        document = Document(prompt, DocumentView(classes="document"))
+        document = Document(prompt, DocumentView(classes="document"), number=next(self.numbers))
         self.mount(document.view)
         self.documents.append(document)
         self.cursor = None
@@ -63,8 +66,15 @@ class OutputView(VerticalScroll):
 
     def clear(self) -> None:
         self.documents.clear()
-        self.cursor = None
+        self.cursor = self.selected = None
         self.remove_children()
+
+    def on_document_view_clicked(self, message: DocumentView.Clicked) -> None:
+        """Select the clicked document (click it again: none), for Ctrl+O."""
+        document = next((d for d in self.documents if d.view is message.view), None)
+        self.selected = None if document is self.selected else document
+        for d in self.documents:
+            d.view.set_class(d is self.selected, "-selected")
 
     def show(self, document: Document) -> None:
         """Draw ``document`` as it is now (after new tokens, a stop, a change of colouring)."""

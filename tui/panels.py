@@ -23,6 +23,7 @@ from textual.worker import get_current_worker
 from model.backend import Settings, TokenEvent
 from model.compare import ABResult, compare_backends
 from model.insight import StepView, attention_weights, explain
+from model.sampling import recent_ids
 from tui.backends import Backends
 from tui.widgets import visible
 
@@ -62,9 +63,17 @@ def bar(fraction: float, width: int = BAR) -> str:
 
 
 def describe_knobs(s: Settings) -> str:
+    extra = f" · min-p {s.min_p:g}" if s.min_p else ""
+    if s.repetition_penalty != 1:
+        extra += f" · repetition penalty {s.repetition_penalty:g} over {s.repetition_window}"
     if s.temperature == 0:
-        return "greedy (temperature 0)"
-    return f"temperature {s.temperature:g} · top-k {s.top_k or 'off'} · top-p {s.top_p:g}"
+        return "greedy (temperature 0)" + extra
+    return f"temperature {s.temperature:g} · top-k {s.top_k or 'off'} · top-p {s.top_p:g}" + extra
+
+
+def run_history(run: Run, index: int) -> list[int]:
+    """The ids the model had seen before generated token ``index`` of ``run``."""
+    return run.prompt_ids + [e.id for e in run.events[:index]]
 
 
 class SidePanel(VerticalScroll, can_focus=False):
@@ -90,6 +99,7 @@ class NextTokenPanel(SidePanel):
         self.chosen: int | None = None
         self.title = ""
         self.event: TokenEvent | None = None  # a past step without logits: its top candidates
+        self.history: list[int] = []  # the ids before the step shown, for the repetition penalty
         self.view: StepView | None = None  # what is on screen, for tests
 
     def compose(self) -> ComposeResult:
@@ -101,20 +111,24 @@ class NextTokenPanel(SidePanel):
     def show_tokens(self, run: Run, events: list[TokenEvent]) -> None:
         last = events[-1] if events else None
         if last is not None:
-            self.show_event(last, f"token {last.index + 1}")
+            self.show_event(last, f"token {last.index + 1}", run_history(run, last.index))
 
     def catch_up(self, run: Run | None) -> None:
         # a stepped run keeps this panel on its next step, shown or not
         if run is not None and run.generation is not None and run.events:
-            self.show_event(run.events[-1], f"token {run.events[-1].index + 1}")
+            last = run.events[-1]
+            self.show_event(last, f"token {last.index + 1}", run_history(run, last.index))
 
-    def show_event(self, event: TokenEvent, title: str) -> None:
+    def show_event(self, event: TokenEvent, title: str, history: list[int] | None = None) -> None:
+        """A step taken; ``history``: the ids before it (None: unknown, the penalty is not shown)."""
         self.event, self.logits, self.chosen, self.title = event, event.logits, event.id, title
+        self.history = history or []
         self.render_step()
 
-    def show_next(self, logits: torch.Tensor, title: str) -> None:
+    def show_next(self, logits: torch.Tensor, title: str, history: list[int] | None = None) -> None:
         """The step about to be taken (step mode): nothing chosen yet."""
         self.event, self.logits, self.chosen, self.title = None, logits, None, title
+        self.history = history or []
         self.render_step()
 
     def preview(self, settings: Settings) -> None:
@@ -132,7 +146,8 @@ class NextTokenPanel(SidePanel):
                 lines += [Content(f"  {token_label(c.text):<6} {c.prob:6.1%}") for c in self.event.top]
                 body.update(Content("\n").join(lines))
             return
-        view = self.view = explain(self.logits, self.decode, self.settings, self.chosen, N_ROWS)
+        recent = recent_ids(self.history, self.settings)
+        view = self.view = explain(self.logits, self.decode, self.settings, self.chosen, N_ROWS, recent)
         lines = [Content.assemble((self.title, "bold"), ("  " + describe_knobs(self.settings), "dim"))]
         if view.chosen is not None:
             lines.append(Content(f"took {token_label(view.chosen.text)} (rank {view.chosen.rank}, "

@@ -74,12 +74,57 @@ def save_jsonl(records: Iterable[dict], path: str | Path) -> Path:
 
 
 class Session:
-    """The app's generations so far, one record each, and where /save and /export write them."""
+    """The app's generations so far, one record each, and where /save and /export write them.
+
+    The app's records also say which document (``document``, numbered from 0 in the session) and
+    which part of it (``run``: 0 the first generation, then continuations) they are; a regenerated
+    part is recorded again with the same numbers, so ``documents`` can rebuild the transcript."""
 
     def __init__(self, folder: Path | None = None):
         started = datetime.now()
-        self.path = (folder or default_session_dir()) / f"session-{started:%Y%m%d-%H%M%S}.jsonl"
+        self.folder = folder or default_session_dir()
+        self.path = self.folder / f"session-{started:%Y%m%d-%H%M%S}.jsonl"
         self.history: list[dict] = []
+
+    def put(self, rec: dict, replace_last: bool = False) -> None:
+        """Add a record; ``replace_last``: it supersedes the last one (a stepped text, growing)."""
+        if replace_last and self.history:
+            self.history[-1] = rec
+        else:
+            self.history.append(rec)
+
+    def autosave(self) -> str | None:
+        """Save to the session's own file if there is anything to save; an error message or None."""
+        if not self.history:
+            return None
+        try:
+            self.save()
+        except OSError as e:
+            return str(e)
+        return None
+
+    def latest_other(self) -> Path | None:
+        """The newest session file in the folder other than this one (for /load without a path)."""
+        try:
+            found = [p for p in self.folder.glob("session-*.jsonl") if p != self.path]
+        except OSError:
+            return None
+        return max(found, key=lambda p: (p.stat().st_mtime, p.name), default=None)
+
+    def open(self, path: Path) -> list[dict]:
+        """Read a saved session and make it this one: its records, and its file for later saves."""
+        try:
+            records = load_jsonl(path)
+        except OSError as e:
+            raise OSError(f"could not load {path}: {e.strerror or e}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise OSError(f"could not load {path}: not a JSONL session file ({e})") from None
+        if not all(isinstance(r, dict) and isinstance(r.get("prompt"), str)
+                   and isinstance(r.get("completion") or "", str) for r in records):
+            raise OSError(f"could not load {path}: its lines are not gpt-tui records with a prompt")
+        self.history, self.path = records, path
+        return records
+
 
     def save(self, path: str | None = None) -> str:
         """Write the session as JSONL (to ``path``, else its own file); a line saying where."""
@@ -92,13 +137,29 @@ class Session:
 
     def _write(self, save: Callable[[list[dict], Path], object], target: Path, done: str, verb: str) -> str:
         # each record with its checkpoint's hash (computed once per file, when saving)
-        records = [r | {"checkpoint_sha256": file_sha256(r["checkpoint"])} for r in self.history]
+        records = [r | {"checkpoint_sha256": file_sha256(r["checkpoint"])} if r.get("checkpoint") else r
+                   for r in self.history]
         try:
             save(records, target)
         except OSError as e:
             raise OSError(f"could not {verb} to {target}: {e}") from None
         return f"{done} {len(self.history)} generation(s) to {target}"
 
+
+def documents(records: list[dict]) -> list[tuple[str, list[dict]]]:
+    """The transcript a session's records make: (prompt, the record of each part) per document, in
+    order; of a part recorded twice (regenerated) the later record. A record without numbers (a
+    batch line) is a document of its own."""
+    parts: dict[object, dict[int, dict]] = {}
+    for i, r in enumerate(records):
+        key = r.get("document", f"line {i}")
+        run = r.get("run", 0)
+        parts.setdefault(key, {})[run if isinstance(run, int) else 0] = r
+    out = []
+    for runs in parts.values():
+        ordered = [runs[k] for k in sorted(runs)]
+        out.append((ordered[0]["prompt"], ordered))
+    return out
 
 def load_jsonl(path: str | Path) -> list[dict]:
     with open(path, encoding="utf-8") as f:

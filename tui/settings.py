@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import re
 from collections.abc import Mapping
@@ -21,8 +22,16 @@ ALIASES = {
     "seed": "seed",
     "stop": "stop",
     "unknown": "unknown",
+    "min-p": "min_p", "min_p": "min_p", "minp": "min_p",
+    "repetition-penalty": "repetition_penalty", "repetition_penalty": "repetition_penalty",
+    "repeat-penalty": "repetition_penalty", "rep": "repetition_penalty",
+    "repetition-window": "repetition_window", "repetition_window": "repetition_window",
+    "repeat-last-n": "repetition_window",
 }
-FIELDS = ("temperature", "top_k", "top_p", "max_new_tokens", "seed", "stop", "unknown")
+FIELDS = ("temperature", "top_k", "top_p", "max_new_tokens", "seed", "stop", "unknown", "min_p",
+          "repetition_penalty", "repetition_window")
+NAMES = tuple(f.replace("_", "-") for f in FIELDS)  # as /set and Tab completion spell them
+_FLOATS = ("temperature", "top_p", "min_p", "repetition_penalty")
 OFF = ("none", "off", "random", "")  # for top_k and seed: no limit / fresh randomness
 UNKNOWN = {"reject": "reject", "replace": "replace"}
 _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
@@ -34,8 +43,7 @@ def field_name(name: str) -> str:
         return ALIASES[name.strip().lower()]
     except KeyError:
         raise ValueError(
-            f"unknown setting {name!r}; use one of temperature, top-k, top-p, max-new-tokens, seed, "
-            "stop, unknown"
+            f"unknown setting {name!r}; use one of {', '.join(NAMES)}"
         ) from None
 
 
@@ -43,25 +51,30 @@ def parse_value(field: str, raw: str) -> object:
     """Text -> the typed value of a Settings field (not yet range-checked: Settings does that)."""
     text = raw.strip()
     try:
-        if field == "temperature" or field == "top_p":
+        if field in _FLOATS:
             return float(text)
         if field in ("top_k", "seed"):
             return None if text.lower() in OFF else int(text)
-        if field == "max_new_tokens":
+        if field in ("max_new_tokens", "repetition_window"):
             return int(text)
     except ValueError:
-        kind = "a number" if field in ("temperature", "top_p") else "a whole number"
+        kind = "a number" if field in _FLOATS else "a whole number"
         extra = " or 'off'" if field in ("top_k", "seed") else ""
         raise ValueError(f"{field.replace('_', '-')} must be {kind}{extra}, not {raw!r}") from None
     if field == "stop":
-        parts = unescape(text).split(",")  # comma-separated
-        return tuple(p for p in parts if p) if text.lower() not in OFF else ()
+        return split_stops(text) if text.lower() not in OFF else ()
     if field == "unknown":
         try:
             return UNKNOWN[text.lower()]
         except KeyError:
             raise ValueError(f"unknown must be 'reject' or 'replace', not {raw!r}") from None
     raise ValueError(f"unknown setting {field!r}")
+
+
+def split_stops(text: str) -> tuple[str, ...]:
+    """Comma-separated stop strings; one holding a comma is quoted: `"a, b",\\n` -> ('a, b', '\\n')."""
+    parts = next(csv.reader([text]), [])  # spaces are kept: " ROMEO" is a stop string of its own
+    return tuple(unescape(p) for p in parts if p)
 
 
 def unescape(text: str) -> str:
@@ -84,7 +97,7 @@ def replace(settings: Settings, changes: Mapping[str, object]) -> Settings:
         changes["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
     if isinstance(changes.get("unknown"), str):
         changes["unknown"] = UNKNOWN.get(changes["unknown"], changes["unknown"])
-    for key in ("top_k", "seed"):  # "off" in a JSON item, as in /set
+    for key in ("top_k", "max_new_tokens", "seed", "repetition_window"):
         value = changes.get(key)
         if isinstance(value, str) and value.strip().lower() in OFF:
             changes[key] = None
@@ -101,16 +114,18 @@ def to_dict(settings: Settings) -> dict:
     return d
 
 
+def show(settings: Settings, field: str) -> str:
+    """One setting's value for people: `off`, `random`, the stop strings quoted."""
+    value = getattr(settings, field)
+    if field in ("top_k", "seed") and value is None:
+        return "off" if field == "top_k" else "random"
+    if field == "stop":
+        return ", ".join(repr(s) for s in value) or "none"
+    if field == "min_p" and not value or field == "repetition_penalty" and value == 1.0:
+        return f"{value} (off)"
+    return str(value)
+
+
 def describe(settings: Settings) -> str:
     """One line per setting, as `/show` prints them."""
-    def show(field: str) -> str:
-        value = getattr(settings, field)
-        if field in ("top_k", "seed") and value is None:
-            return "off" if field == "top_k" else "random"
-        if field == "stop":
-            return ", ".join(repr(s) for s in value) or "none"
-        if field == "unknown":
-            return value
-        return str(value)
-
-    return "\n".join(f"{f.replace('_', '-'):>15}  {show(f)}" for f in FIELDS)
+    return "\n".join(f"{f.replace('_', '-'):>18}  {show(settings, f)}" for f in FIELDS)

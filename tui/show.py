@@ -3,6 +3,8 @@ architecture, vocabulary and training facts of the loaded checkpoint."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from model.backend import Backend, BackendInfo, Settings
@@ -16,6 +18,16 @@ def describe_run_settings(settings: Settings, info: BackendInfo) -> str:
     """/show: the settings, then where they run."""
     return (f"{settings_text.describe(settings)}\n{'backend':>15}  {info.backend} on {info.device}\n"
             f"{'checkpoint':>15}  {info.path}")
+
+
+def describe_tokens(prompt_ids: list[int], generated: list[int], decode: Callable[[list[int]], str]) -> str:
+    """/tokens: the ids the model was fed (after replacing unknown characters and cropping to the
+    window) and those it generated, each with its text."""
+    def line(ids: list[int]) -> str:
+        return " ".join(f"{i}:{visible(repr(decode([i]))[1:-1])}" for i in ids) or "-"
+
+    return (f"fed {len(prompt_ids)} token(s) (id:text): {line(prompt_ids)}\n"
+            f"generated {len(generated)}: {line(generated)}")
 
 
 def describe_model(backend: Backend) -> str:

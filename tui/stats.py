@@ -63,16 +63,18 @@ STOP_NAMES = {"eot": "end of text", "max_tokens": "max tokens", "stop_string": "
 
 
 def status_line(timing: Timing, stop_reason: str | None, context: int, block_size: int,
-                seed: int | None, generating: bool) -> str:
-    """The stats bar: state, tokens, tokens/s, time to first token, context used, seed."""
+                seed: int | None, generating: bool, short: bool = False) -> str:
+    """The stats bar: state, tokens, tokens/s, time to first token, context used, seed; ``short``
+    for a narrow terminal (the same facts in fewer words)."""
     state = "generating" if generating else STOP_NAMES.get(stop_reason or "", "done")
     rate = timing.tokens_per_s
     ttft = timing.ttft
-    return "  ·  ".join([
+    first = "ttft" if short else "first token"
+    return (" · " if short else "  ·  ").join([
         state,
-        f"{timing.tokens} tokens",
-        f"{rate:.1f} tok/s" if rate is not None else "- tok/s",
-        f"first token {ttft * 1000:.0f} ms" if ttft is not None else "first token -",
-        f"context {min(context, block_size)}/{block_size}",
+        f"{timing.tokens} {'tok' if short else 'tokens'}",
+        f"{rate:.1f} {'t/s' if short else 'tok/s'}" if rate is not None else "- tok/s",
+        f"{first} {ttft * 1000:.0f}{'' if short else ' '}ms" if ttft is not None else f"{first} -",
+        f"{'ctx' if short else 'context'} {min(context, block_size)}/{block_size}",
         f"seed {seed}",
     ])

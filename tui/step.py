@@ -21,7 +21,7 @@ import torch
 
 from model.backend import Backend, Settings, TokenEvent
 from model.engine import Generation
-from model.sampling import sample
+from model.sampling import choose
 from tui.output import OutputView
 from tui.panels import NextTokenPanel
 from tui.stats import Timing
@@ -68,8 +68,7 @@ class Stepper:
         """Take ``token`` (None: sample it with the current settings) as the next one."""
         logits = self.next_logits()
         state = self.generator.get_state()
-        s = self.settings
-        chosen = sample(logits, self.generator, s.temperature, s.top_k, s.top_p) if token is None else token
+        chosen = choose(logits, self.generator, self.settings, self.recent()) if token is None else token
         try:
             event = self.generation.accept(chosen)
         except Exception:
@@ -88,6 +87,11 @@ class Stepper:
         self.generation = self._generation()  # the model is fed the shorter text when next asked
         self._logits = last.event.logits  # the step it was taken at comes back as the next one
         return last.event
+
+    def recent(self) -> list[int]:
+        """The ids the repetition penalty looks at for the next step."""
+        self.generation.settings = self.settings
+        return self.generation.recent()
 
     def _generation(self) -> Generation:
         return Generation(self._decoder, self.backend.tokenizer, self.prompt + self.text, self.settings)
@@ -129,7 +133,7 @@ class StepMode:
             return None
         document = self.output.add_document(prompt)
         run = Run(prompt, settings, backend.info(), timing, None, document,
-                  prompt_tokens=len(stepper.prompt_ids), done=True)
+                  prompt_tokens=len(stepper.prompt_ids), done=True, prompt_ids=stepper.prompt_ids)
         document.runs.append(run)
         self.stepper, self.run = stepper, run
         self._stepped()
@@ -149,6 +153,7 @@ class StepMode:
             self.stepper.next_logits()  # the panel shows the next step: fails on text it cannot read
         except StopIteration:  # end-of-text was taken: the text is finished, as a generation's is
             self.notify("end of text: the stepped text is finished; type a prompt for a new one")
+            self.run.stop_reason = "eot"
             self.end()
             self.changed()
             return
@@ -184,4 +189,6 @@ class StepMode:
         run.timing.tokens = len(stepper.taken)
         self.output.show(run.document)
         self.panel.decode = stepper.decode
-        self.panel.show_next(stepper.next_logits(), f"step {len(stepper.taken) + 1}: Enter samples, /pick N")
+        history = stepper.generation.prompt_ids + stepper.generation.ids
+        self.panel.show_next(stepper.next_logits(), f"step {len(stepper.taken) + 1}: Enter samples, /pick N",
+                             history)

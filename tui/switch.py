@@ -7,9 +7,11 @@ from collections.abc import Callable
 
 from textual.worker import get_current_worker
 
-from tui.backends import Backends
+from tui.backends import BackendFactory, Backends
 from tui.bars import TopBar
 from tui.controls import Controls
+
+ModelOpener = Callable[[str], dict[str, BackendFactory]]  # a checkpoint path -> its backends' factories
 
 
 class BackendSwitch:
@@ -37,6 +39,34 @@ class BackendSwitch:
         else:
             self.show(loading=f"loading {name}…")
             self.topbar.run_worker(lambda: self._load(name), thread=True, exclusive=True, group="backend")
+
+    def open(self, path: str, opener: ModelOpener) -> None:
+        """/model PATH: the same backend on another checkpoint, made in a worker thread; the old
+        model stays until the new one is ready (and stays if it fails)."""
+        self.show(loading=f"opening {path}…")
+        self.topbar.run_worker(lambda: self._open(path, opener), thread=True, exclusive=True, group="backend")
+
+    def _open(self, path: str, opener: ModelOpener) -> None:
+        worker = get_current_worker()
+        app = self.topbar.app
+        name = self.backends.active
+        try:
+            makers = opener(path)
+            if name not in makers:
+                raise ValueError(f"no {name} backend for it")
+            backend = makers[name](lambda message: app.call_from_thread(self._progress, message))
+        except Exception as e:  # a missing or damaged checkpoint: say so, keep the current model
+            if not worker.is_cancelled:
+                app.call_from_thread(self._failed, path, str(e) or type(e).__name__)
+            return
+        if not worker.is_cancelled:
+            app.call_from_thread(self._replace, name, backend, makers)
+
+    def _replace(self, name: str, backend, makers: dict[str, BackendFactory]) -> None:
+        self.leaving()
+        self.backends.replace(name, backend, makers)
+        self.show()
+        self.notify(f"opened {backend.info().path} ({name})")
 
     def _load(self, name: str) -> None:
         """In the worker thread: make the backend, then hand it to the UI thread."""

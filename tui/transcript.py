@@ -33,6 +33,7 @@ class Run:
     error: str | None = None
     done: bool = False
     events: list[TokenEvent] = field(default_factory=list)  # logits dropped for a large vocabulary
+    prompt_ids: list[int] = field(default_factory=list)  # the context as the model saw it (/tokens)
 
     @property
     def perplexity(self) -> float | None:
@@ -58,6 +59,7 @@ class Document:
     prompt: str
     view: DocumentView
     runs: list[Run] = field(default_factory=list)
+    number: int = 0  # its place in the session (0, 1, ...), kept in the session's records
 
     @property
     def text(self) -> str:

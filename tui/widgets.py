@@ -7,6 +7,7 @@ control characters made visible, so a stray escape sequence cannot drive the ter
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from textual import events
@@ -15,6 +16,8 @@ from textual.message import Message
 from textual.style import Style
 from textual.widget import Widget
 from textual.widgets import Static, TextArea
+
+from tui.history import PromptHistory
 
 # C0 controls and DEL -> their Unicode "control picture" (ESC -> ␛), keeping newline and tab; C1
 # controls (U+0080-U+009F: a terminal may take U+009B as ESC [) and lone surrogates (which no
@@ -31,14 +34,19 @@ def visible(text: str) -> str:
 
 
 class PromptArea(TextArea):
-    """The multiline prompt: Enter sends; Shift+Enter or Ctrl+J adds a newline."""
-
-    KEYS = (("Enter", "send"), ("Ctrl+J", "newline"))  # its own keys, for /help
+    """The multiline prompt: Enter sends; Shift+Enter or Ctrl+J adds a newline; Up and Down at the
+    first and last line walk the prompt history; Tab completes a command (``complete``)."""
 
     @dataclass
     class Submitted(Message):
         prompt_area: PromptArea
         text: str
+
+    def __init__(self, history: PromptHistory | None = None,
+                 complete: Callable[[str], str | None] = lambda line: None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.prompt_history = history or PromptHistory()
+        self.complete = complete  # a line -> the line completed, or None
 
     async def _on_key(self, event: events.Key) -> None:
         if event.key == "enter":
@@ -47,21 +55,41 @@ class PromptArea(TextArea):
             # clear now, not when the app gets the message: keys typed meanwhile belong to the next one
             text = self.text
             self.clear()
+            self.prompt_history.add(text)
             self.post_message(self.Submitted(self, text))
         elif event.key in ("shift+enter", "ctrl+j"):
             event.stop()
             event.prevent_default()
             start, end = self.selection
             self.replace("\n", start, end, maintain_selection_offset=False)
+        elif event.key == "tab" and self.text.startswith("/") and (done := self.complete(self.text)):
+            event.stop()
+            event.prevent_default()
+            self._show(done)
+        elif event.key in ("up", "down") and self._at_edge(event.key):
+            history = self.prompt_history
+            recalled = history.previous(self.text) if event.key == "up" else history.next()
+            if recalled is not None:
+                event.stop()
+                event.prevent_default()
+                self._show(recalled)
         else:
             await super()._on_key(event)
 
+    def _at_edge(self, key: str) -> bool:
+        row = self.cursor_location[0]
+        return row == 0 if key == "up" else row == self.document.line_count - 1
+
+    def _show(self, text: str) -> None:
+        self.load_text(text)
+        self.move_cursor(self.document.end)
 
     def restore(self, text: str) -> None:
-        """Put back a submitted text the app could not use (unless the user already typed anew)."""
+        """Put back a submitted text the app could not use (unless the user already typed anew),
+        selected, so typing replaces it rather than gluing a new command to it."""
         if not self.text:
             self.load_text(text)
-            self.move_cursor(self.document.end)
+            self.select_all()
 
 
 Part = str | tuple[str, str | Style]  # a piece of text and its style, as Content.assemble takes
@@ -89,6 +117,10 @@ class DocumentView(Widget):
 
         view: DocumentView
         index: int
+
+    @dataclass
+    class Clicked(Message):
+        view: DocumentView
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -148,6 +180,9 @@ class DocumentView(Widget):
                 view.styles.min_height = height if generating else None
         view.update(content, layout=height is None or height != self._height)
         self._height = height
+
+    def on_click(self) -> None:
+        self.post_message(self.Clicked(self))
 
     def on_mouse_move(self, event: events.MouseMove) -> None:
         index = self.screen.get_style_at(*event.screen_offset).meta.get("token")

@@ -1,0 +1,59 @@
+"""gpt-tui's command line: --help and --version without PyTorch, one-shot -p, the config file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from tests.conftest import REPO
+from tui.cli import main
+from tui.config import config_path
+
+
+def test_help_and_version_answer_without_importing_torch_or_textual():
+    code = ("import sys; from tui.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print('heavy:', [m for m in ('torch', 'textual.app') if m in sys.modules])")
+    for flag in ("--help", "--version"):
+        out = subprocess.run([sys.executable, "-c", code, flag], capture_output=True, text=True, cwd=REPO,
+                             timeout=60, env={"PYTHONPATH": str(REPO), "PATH": ""}).stdout
+        assert out.rstrip().endswith("heavy: []"), out
+    assert "gpt-tui, version" in CliRunner().invoke(main, ["--version"]).output
+    assert "--repetition-penalty" in CliRunner().invoke(main, ["--help"]).output
+
+
+def test_one_shot_prints_the_completion_and_cuts_the_stop(tiny_ckpt):
+    runner = CliRunner()
+    base = ["--ckpt", str(tiny_ckpt), "-n", "40", "--seed", "1", "--temperature", "0"]
+    full = runner.invoke(main, [*base, "-p", "ROMEO:"])
+    assert full.exit_code == 0, full.output
+    text = full.output
+    assert 0 < len(text) <= 40  # greedy on a random tiny model: some characters, no prompt echo
+    stop = text[5:7]
+    cut = runner.invoke(main, [*base, "-p", "ROMEO:", "--stop", stop])
+    kept = runner.invoke(main, [*base, "-p", "ROMEO:", "--stop", stop, "--keep-stop"])
+    assert cut.output == text[:text.index(stop)] and kept.output == text[:text.index(stop) + len(stop)]
+    refused = runner.invoke(main, [*base, "-p", "café"])
+    assert refused.exit_code == 1 and "é" in refused.output and "Traceback" not in refused.output
+    assert runner.invoke(main, [*base, "-p", "x", "--batch", "-"]).exit_code == 2
+
+
+def test_the_config_file_sets_defaults_that_flags_override(tiny_ckpt):
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'ckpt = "{tiny_ckpt}"\ntemperature = 0\nmax-new-tokens = 12\nseed = 5\n',
+                    encoding="utf-8")
+    runner = CliRunner()
+    configured = runner.invoke(main, ["-p", "ROMEO:"])
+    flagged = runner.invoke(main, ["--ckpt", str(tiny_ckpt), "--temperature", "0", "-n", "12",
+                                   "-p", "ROMEO:"])
+    assert configured.exit_code == 0 and configured.output == flagged.output
+    assert runner.invoke(main, ["-p", "ROMEO:", "-n", "3"]).output == flagged.output[:3]  # a flag wins
+    path.write_text("colour = 'blue'\n", encoding="utf-8")
+    bad = runner.invoke(main, ["--help"])
+    assert bad.exit_code == 1 and "unknown key 'colour'" in bad.output and str(path) in bad.output
+    path.write_text("temperature = -2\n", encoding="utf-8")
+    refused = runner.invoke(main, ["-p", "x", "--ckpt", str(tiny_ckpt)])
+    assert "-2.0 is not in the range x>=0" in refused.output
