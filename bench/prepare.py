@@ -42,7 +42,8 @@ from model.paths import RANKS_ENV, ranks_path
 from model.prepare import PrepareConfig, ShardWriter, prepare
 from model.shards import FORMAT, MANIFEST, dtype_for, open_prepared
 from model.tokenizer import BPETokenizer, CharTokenizer
-from model.train import TrainConfig, Trainer, make_optimizer, train_step
+from model.train import TrainConfig, make_optimizer, train_step
+from model.train_state import Trainer
 
 DOC_CHARS = 8_000
 BATCH, STEPS = 16, 3

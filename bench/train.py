@@ -23,7 +23,8 @@ from model.config import GPTConfig, preset
 from model.data import Splits
 from model.device import cpu_has_bf16
 from model.gpt import build_model, count_params
-from model.train import TrainConfig, Trainer, make_optimizer, train_step
+from model.train import TrainConfig, make_optimizer, train_step
+from model.train_state import Trainer
 
 # nanoGPT's batch for train_shakespeare_char; the shipped run's batch comes from its checkpoint
 NANOGPT_BATCH = 64

@@ -138,7 +138,7 @@ def main(preset_name: str, out_dir: str, resume: bool, overwrite: bool, **flags)
         else:
             cfg = fresh(preset_name, given | {"out_dir": out_dir, "overwrite": overwrite})
             if cfg.init_from:  # the model is the checkpoint's, with the few changes it allows
-                from model.train import init_config  # reads the checkpoint: needs torch
+                from model.init_from import init_config  # reads the checkpoint: needs torch
 
                 changes = {k: v for k, v in given.items() if k in MODEL_FIELDS}
                 cfg = cfg.replace(model=init_config(cfg.init_from, changes))

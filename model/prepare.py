@@ -1,33 +1,36 @@
 """Tokenize a corpus once into memory-mappable shards (``gpt-prepare``; model.shards reads them).
 
-Sources are text files, folders (every ``*.txt`` below them), globs, or Hugging Face datasets
-(``hf:ID[:CONFIG][@SPLIT]``, streamed; needs the optional ``datasets`` package). Each file or
-dataset row is one document; an end-of-text token goes between documents. Text is read in pieces
-of about a MiB and the pieces are encoded on all cores at once (tiktoken's Rust encoder releases
-the GIL, as in its ``encode_ordinary_batch``); the main thread reads, decodes and writes meanwhile.
+The sources (model.sources: files, folders, globs, Hugging Face datasets) are read as documents; an
+end-of-text token goes between documents. Their text is encoded in pieces on every core
+(model.encoders) while this module writes the tokens into shards in a temp folder, then puts the
+finished folder in place of the old one.
 """
 
 from __future__ import annotations
 
-import codecs
-import glob
 import hashlib
-import io
 import json
 import os
 import re
 import shutil
 import tempfile
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from model.atomic import atomic_write
-from model.paths import ranks_path
+from model.encoders import (
+    bpe_cut,
+    char_cut,
+    char_vocabulary,
+    encode_stream,
+    encoder_for,
+    pieces,
+    resolve_tokenizer,
+    tokenizer_identity,
+)
 from model.shards import (
     FORMAT,
     MANIFEST,
@@ -38,11 +41,8 @@ from model.shards import (
     edge_digest,
     read_manifest,
 )
-from model.tokenizer import BPETokenizer, CharTokenizer, Tokenizer, tokenizer_from_dict
-
-PIECE_CHARS = 1 << 20  # text per unit of parallel work: large enough to amortise a task, small in memory
-READ_BYTES = 1 << 20
-HF_PREFIX = "hf:"
+from model.sources import documents, expand, fingerprint
+from model.tokenizer import CharTokenizer, Tokenizer
 
 
 @dataclass(frozen=True)
@@ -65,241 +65,6 @@ class PrepareConfig:
             raise ValueError(f"val fraction must be between 0 and 1, got {self.val_fraction}")
         if self.shard_tokens < 1:
             raise ValueError(f"shard tokens must be at least 1, got {self.shard_tokens}")
-
-
-# -- sources -------------------------------------------------------------------------------------
-
-Document = Iterator[tuple[str, int]]  # one document as (text, bytes read) chunks
-
-
-@dataclass(frozen=True)
-class HFSource:
-    dataset: str
-    config: str | None
-    split: str
-
-    @classmethod
-    def parse(cls, src: str) -> HFSource:
-        spec, _, split = src.removeprefix(HF_PREFIX).partition("@")
-        dataset, _, config = spec.partition(":")
-        if not dataset:
-            raise DataError(f"{src}: write a Hugging Face source as hf:ID[:CONFIG][@SPLIT]")
-        return cls(dataset, config or None, split or "train")
-
-
-def expand(sources: Iterable[str]) -> list[Path | HFSource]:
-    """Files as given, folders as every *.txt below them, globs as their matches (sorted)."""
-    found: list[Path | HFSource] = []
-    for src in sources:
-        if src.startswith(HF_PREFIX):
-            found.append(HFSource.parse(src))
-            continue
-        path = Path(src)
-        if path.is_dir():
-            matches = sorted(p for p in path.rglob("*.txt") if p.is_file())
-        elif path.is_file():
-            matches = [path]
-        else:
-            matches = sorted(Path(p) for p in glob.glob(src, recursive=True) if Path(p).is_file())
-        if not matches:
-            raise DataError(f"{src} matches no text file; give files, folders of *.txt, globs or hf:DATASET")
-        found.extend(matches)
-    return found
-
-
-def fingerprint(sources: list[Path | HFSource], cfg: PrepareConfig) -> list[dict]:
-    """What identifies the input: each file's path, size and modification time; each dataset's name."""
-    out = []
-    for s in sources:
-        if isinstance(s, HFSource):
-            out.append({"dataset": s.dataset, "config": s.config, "split": s.split,
-                        "text_field": cfg.text_field, "max_documents": cfg.max_documents})
-        else:
-            st = s.stat()
-            out.append({"path": str(s.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns})
-    return out
-
-
-def read_file(path: Path) -> Document:
-    """UTF-8 text in chunks, newlines translated as Python's text mode does (\\r\\n -> \\n)."""
-    decoder = io.IncrementalNewlineDecoder(codecs.getincrementaldecoder("utf-8")(), translate=True)
-    done = 0
-    with open(path, "rb") as f:
-        while True:
-            raw = f.read(READ_BYTES)
-            try:
-                text = decoder.decode(raw, final=not raw)
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path} is not UTF-8 text ({e.reason} near byte {done + e.start}); "
-                                "convert it or leave it out") from None
-            done += len(raw)
-            yield text, len(raw)
-            if not raw:
-                return
-
-
-def hf_documents(src: HFSource, text_field: str, limit: int | None) -> Iterator[Document]:
-    try:
-        import datasets
-    except ImportError:
-        raise DataError(f"{HF_PREFIX}{src.dataset} needs the datasets package: "
-                        "pip install 'gpt-from-scratch[hf]'") from None
-    try:
-        rows = iter(datasets.load_dataset(src.dataset, src.config, split=src.split, streaming=True))
-        first = next(rows, None)
-    except Exception as e:  # offline, unknown name, gated dataset: many exception types
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise DataError(f"cannot stream Hugging Face dataset {src.dataset} ({reason}); check the name "
-                        "and that this machine is online, or prepare local text files") from None
-    if first is None:
-        return
-    if text_field not in first:
-        raise DataError(f"{src.dataset} rows have no {text_field!r} field (they have {sorted(first)}); "
-                        "pass --text-field")
-    for i, row in enumerate(_chain(first, rows, src)):
-        if limit is not None and i >= limit:
-            return
-        text = row[text_field]
-        yield iter([(text, len(text.encode("utf-8", "surrogatepass")))])
-
-
-def _chain(first: dict, rest: Iterator[dict], src: HFSource) -> Iterator[dict]:
-    yield first
-    n = 1
-    try:
-        for row in rest:
-            yield row
-            n += 1
-    except Exception as e:  # the connection dropped mid-stream, most likely
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise DataError(f"the stream of {src.dataset} failed after {n:,} documents ({reason}); run the "
-                        "command again (the output folder is as it was)") from None
-
-
-def documents(sources: list[Path | HFSource], cfg: PrepareConfig) -> Iterator[Document]:
-    for s in sources:
-        if isinstance(s, HFSource):
-            yield from hf_documents(s, cfg.text_field, cfg.max_documents)
-        else:
-            yield read_file(s)
-
-
-# -- pieces: documents cut where the tokenizer gives the same tokens as for the whole ------------
-
-@dataclass(frozen=True)
-class Piece:
-    text: str
-    starts_document: bool
-    nbytes: int
-
-
-# GPT-2's pre-tokenizer never joins text across these cuts: before a space between two non-spaces
-# (the space starts the next word's piece, ` ?\p{L}+`), and after a newline between two non-spaces
-# (a lone newline is its own piece). Elsewhere (inside a run of spaces or newlines) it might.
-BPE_CUT = re.compile(r"(?<=\S)(?= \S)|(?<=\S\n)(?=\S)")
-CUT_WINDOW = 1 << 16
-
-
-def bpe_cut(text: str) -> int | None:
-    """The last place in ``text`` where it can be cut without changing its BPE tokens, or None."""
-    base = max(0, len(text) - CUT_WINDOW)
-    last = None
-    for m in BPE_CUT.finditer(text, base):
-        last = m.start()
-    if last is None and base > 0:  # no cut near the end: look further back
-        for m in BPE_CUT.finditer(text):
-            last = m.start()
-    return last or None  # a cut at 0 would make an empty piece
-
-
-def char_cut(text: str) -> int:
-    return len(text)  # characters are independent: any cut is safe
-
-
-def pieces(docs: Iterable[Document], cut: Callable[[str], int | None],
-           piece_chars: int | None = None) -> Iterator[Piece]:
-    """Each document's text in pieces of about ``piece_chars``, cut only where ``cut`` allows."""
-    piece_chars = piece_chars or PIECE_CHARS
-    for doc in docs:
-        buf, nbytes, first = "", 0, True
-        for text, n in doc:
-            buf, nbytes = buf + text, nbytes + n
-            while len(buf) >= piece_chars and (at := cut(buf[: 2 * piece_chars])):
-                yield Piece(buf[:at], first, nbytes)
-                buf, nbytes, first = buf[at:], 0, False
-        if buf or nbytes:
-            yield Piece(buf, first, nbytes)
-
-
-# -- tokenizers ----------------------------------------------------------------------------------
-
-class CharEncoder:
-    """Characters -> ids through a lookup table over all code points: NumPy speed, no Python loop.
-    Characters outside the vocabulary become the tokenizer's replacement (as training always did)."""
-
-    def __init__(self, tok: CharTokenizer):
-        self.table = np.full(0x110000, tok.stoi[tok.replacement], dtype=np.uint32)
-        for c, i in tok.stoi.items():
-            self.table[ord(c)] = i
-
-    def __call__(self, text: str) -> np.ndarray:
-        return self.table[np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)]
-
-
-class BPEEncoder:
-    def __init__(self, tok: BPETokenizer):
-        self.encoding = tok.encoding
-
-    def __call__(self, text: str) -> np.ndarray:
-        # encode_ordinary into a NumPy buffer: text that spells <|endoftext|> is not the token
-        return self.encoding.encode_to_numpy(text, disallowed_special=())
-
-
-class TokenizerEncoder:
-    """Any other tokenizer (a byte-level BPE carried as data, as imported from Hugging Face): its own
-    encode, piece by piece."""
-
-    def __init__(self, tok: Tokenizer):
-        self.tok = tok
-
-    def __call__(self, text: str) -> np.ndarray:
-        # as the other encoders: text that spells <|endoftext|> is text, not the token
-        return np.asarray(self.tok.encode(text, "replace"), dtype=np.uint32)
-
-
-def encoder_for(tok: Tokenizer) -> Callable[[str], np.ndarray]:
-    if isinstance(tok, BPETokenizer):
-        return BPEEncoder(tok)
-    return CharEncoder(tok) if isinstance(tok, CharTokenizer) else TokenizerEncoder(tok)
-
-
-def tokenizer_identity(tok: Tokenizer) -> dict:
-    """The tokenizer as stored, plus the ranks file's checksum for BPE (the dict names no file)."""
-    d = tok.to_dict()
-    if isinstance(tok, BPETokenizer):
-        d = d | {"ranks_sha256": hashlib.sha256(Path(tok.ranks_path).read_bytes()).hexdigest()}
-    return d
-
-
-def resolve_tokenizer(spec: str) -> Tokenizer | None:
-    """``gpt2`` -> the BPE tokenizer; a checkpoint path -> its tokenizer; ``char`` -> None (built
-    from the corpus)."""
-    if spec == "char":
-        return None
-    if spec == "gpt2":
-        try:
-            return BPETokenizer()
-        except FileNotFoundError as e:
-            raise DataError(str(e)) from None
-    path = Path(spec)
-    if not path.is_file():
-        raise DataError(f"--tokenizer {spec}: not char, gpt2 or an existing checkpoint file")
-    from model.checkpoint import load  # only when a checkpoint is named: it imports the model
-
-    try:
-        return tokenizer_from_dict(load(path)["tokenizer"], ranks_path())
-    except (ValueError, FileNotFoundError) as e:
-        raise DataError(f"--tokenizer {spec}: {e}") from None
 
 
 # -- progress ------------------------------------------------------------------------------------
@@ -370,32 +135,6 @@ class ShardWriter:
         return self.shards
 
 
-def encode_stream(parts: Iterable[Piece], encode: Callable[[str], np.ndarray], workers: int
-                  ) -> Iterator[tuple[Piece, np.ndarray]]:
-    """Encode pieces on ``workers`` threads, in order, at most 2 x workers pieces ahead of the reader."""
-    with ThreadPoolExecutor(workers) as pool:
-        pending: deque = deque()
-        for piece in parts:
-            pending.append((piece, pool.submit(encode, piece.text)))
-            if len(pending) >= 2 * workers:
-                piece, future = pending.popleft()
-                yield piece, future.result()
-        while pending:
-            piece, future = pending.popleft()
-            yield piece, future.result()
-
-
-def char_vocabulary(docs: Iterable[Document], tick: Callable[[int, int], None]) -> CharTokenizer:
-    """One streaming pass: the sorted set of characters (what CharTokenizer.from_text builds)."""
-    chars: set[str] = set()
-    for piece in pieces(docs, char_cut):
-        chars.update(piece.text)
-        tick(piece.nbytes, 0)
-    if not chars:
-        raise DataError("the sources hold no text; training needs some")
-    return CharTokenizer("".join(sorted(chars)))
-
-
 # -- the whole preparation -----------------------------------------------------------------------
 
 def is_fresh(out: Path, wanted: dict) -> bool:
@@ -418,7 +157,8 @@ def prepare(cfg: PrepareConfig, log: Callable[[str], None] = print,
     out = Path(cfg.out)
     train_src, val_src = expand(cfg.sources), expand(cfg.val_sources)
     tok = tokenizer or resolve_tokenizer(cfg.tokenizer)
-    wanted = {"train": fingerprint(train_src, cfg), "val": fingerprint(val_src, cfg),
+    wanted = {"train": fingerprint(train_src, cfg.text_field, cfg.max_documents),
+              "val": fingerprint(val_src, cfg.text_field, cfg.max_documents),
               "tokenizer": tokenizer_identity(tok) if tok else "char",
               "val_fraction": None if val_src else cfg.val_fraction, "shard_tokens": cfg.shard_tokens,
               "format": FORMAT}
@@ -435,7 +175,8 @@ def prepare(cfg: PrepareConfig, log: Callable[[str], None] = print,
     try:
         with PrepareProgress(total, cfg.progress) as bar:
             if tok is None:
-                tok = char_vocabulary(documents(train_src + val_src, cfg), bar.task("vocabulary"))
+                tok = char_vocabulary(documents(train_src + val_src, cfg.text_field, cfg.max_documents),
+                                      bar.task("vocabulary"))
             writer = ShardWriter(staging, dtype_for(tok.vocab_size), cfg.shard_tokens)
             tick = bar.task("tokenize")
             counts = {}
@@ -443,7 +184,8 @@ def prepare(cfg: PrepareConfig, log: Callable[[str], None] = print,
                 start, docs = writer.tokens, 0
                 # every BPE here pre-tokenizes as GPT-2 does
                 cut = char_cut if isinstance(tok, CharTokenizer) else bpe_cut
-                for piece, ids in encode_stream(pieces(documents(src, cfg), cut), encoder_for(tok), workers):
+                source_docs = documents(src, cfg.text_field, cfg.max_documents)
+                for piece, ids in encode_stream(pieces(source_docs, cut), encoder_for(tok), workers):
                     if piece.starts_document:
                         if docs:  # between documents, not before the first
                             writer.write(np.array([tok.eot_id]))

@@ -125,7 +125,7 @@ class BPETokenizer:
 
     @property
     def encoding(self) -> tiktoken.Encoding:
-        """The tiktoken encoding itself, for batch and NumPy encoding (model.prepare)."""
+        """The tiktoken encoding itself, for batch and NumPy encoding (model.encoders)."""
         return self._enc
 
     def unknown_chars(self, text: str) -> list[str]:

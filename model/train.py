@@ -1,9 +1,11 @@
 """Training: AdamW, warmup + cosine decay, clipping, accumulation, evaluation, checkpoints, resume.
 
 ``train(TrainConfig)`` is the whole run; ``train_step`` is one optimizer step that tests can drive.
-The CLI (model.cli) only builds a TrainConfig (model.train_config). A run holds its folder's lock
-(model.run_folder) for its whole life, and never writes a checkpoint it could not continue from:
-an evaluation or weights that are not finite stop the run with the last good file in place.
+The CLI (model.cli) only builds a TrainConfig (model.train_config). What a checkpoint saves and a
+resumed run gets back is model.train_state; starting from another checkpoint's weights is
+model.init_from. A run holds its folder's lock (model.run_folder) for its whole life, and never
+writes a checkpoint it could not continue from: an evaluation or weights that are not finite stop
+the run with the last good file in place.
 
 Under ``torchrun`` the same loop runs on every rank with DDP (model.distributed): each rank samples
 its own batches, DDP averages the gradients, evaluation is sharded across ranks, and rank 0 alone
@@ -18,21 +20,29 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from model import checkpoint, distributed, run_folder
 from model.atomic import WriteError
-from model.config import GPTConfig
-from model.data import Splits, TokenData, get_batch, open_corpus
+from model.data import open_corpus
 from model.device import autocast, resolve_device, resolve_dtype
 from model.distributed import Dist
 from model.gpt import build_model, count_params
+from model.init_from import start_from
 from model.progress import StepStats, TrainProgress, flops_per_token, peak_flops
 from model.tokenizer import tokenizer_from_dict
-from model.train_config import MODEL_FIELDS, TRAIN_FIELDS, SettingsError, TrainConfig, check_data, resumed
+from model.train_config import SettingsError, TrainConfig, check_data
+from model.train_state import (
+    Trainer,
+    checkpoint_path,
+    load_for_resume,
+    plain,
+    restore_training,
+    save_training,
+    saved_rng,
+)
 
 __all__ = ["NonFiniteError", "SettingsError", "TrainConfig", "TrainingInterrupted", "train", "train_step"]
 
@@ -71,34 +81,6 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     return torch.optim.AdamW(
         groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda"
     )
-
-
-@dataclass
-class Trainer:
-    """The state one run carries from step to step."""
-
-    cfg: TrainConfig
-    model: torch.nn.Module  # the raw module (checkpoints, eval)
-    forward: Callable  # model, compiled and/or wrapped in DDP: what training calls
-    optimizer: torch.optim.Optimizer
-    splits: Splits | TokenData  # TokenData: memory-mapped shards (model.shards)
-    device: torch.device
-    amp_dtype: torch.dtype
-    batch_gen: torch.Generator  # data sampling; saved in checkpoints so resume is exact
-    scaler: torch.amp.GradScaler | None = None
-    step: int = 0
-    best_val: float = float("inf")
-    dist: Dist = distributed.SINGLE
-    origin: dict = field(default_factory=dict)  # the checkpoint --init-from started from, if any
-    skipped: int = 0  # fp16 steps the scaler skipped in a row
-    saved: tuple[int, float] | None = None  # (step, val loss) of the checkpoint on disk
-
-    def batch(self, split: str = "train", gen: torch.Generator | None = None):
-        x, y = get_batch(
-            self.splits.split(split), self.cfg.batch_size, self.model.config.block_size,
-            gen or self.batch_gen,
-        )
-        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
 def train_step(tr: Trainer) -> tuple[float, float]:
@@ -172,99 +154,6 @@ def evaluate(tr: Trainer, iters: int | None = None) -> dict[str, float]:
     return out
 
 
-def checkpoint_path(cfg: TrainConfig) -> Path:
-    return Path(cfg.out_dir) / "ckpt.pt"
-
-
-def rng_state(tr: Trainer) -> dict:
-    """This rank's random state: batch sampling, and dropout on the CPU or its GPU."""
-    return {
-        "batch": tr.batch_gen.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(tr.device) if tr.device.type == "cuda" else None,
-    }
-
-
-def set_rng_state(tr: Trainer, state: dict) -> None:
-    tr.batch_gen.set_state(state["batch"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and tr.device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], tr.device)
-
-
-def save_training(tr: Trainer, tokenizer, meta: dict) -> None:
-    """Rank 0 writes the full state, with every rank's RNG state; all ranks must call it. A sharded
-    (FSDP) run's weights and optimizer state are gathered first, so the file loads in one process."""
-    weights, optimizer_state = distributed.full_state(tr.model, tr.optimizer)
-    rngs = distributed.gather(rng_state(tr), tr.dist)
-    if not tr.dist.is_main:
-        return
-    state = checkpoint.payload(tr.model, tokenizer, meta) | {"model": weights}
-    state["train"] = {
-        "step": tr.step,
-        "best_val": tr.best_val,
-        "optimizer": optimizer_state,
-        "world_size": tr.dist.world_size,
-        "rng": rngs,  # one dict per rank, in rank order
-        "scaler": tr.scaler.state_dict() if tr.scaler else None,  # fp16: its scale, for exact resume
-        # the model as built (vocabulary from the tokenizer), so the config describes the run
-        "config": _plain(dataclasses.asdict(tr.cfg.replace(model=tr.model.config))),
-    }
-    checkpoint.save(state, checkpoint_path(tr.cfg))
-
-
-def saved_rng(t: dict, world_size: int, path: Path) -> list[dict]:
-    """The per-rank RNG states of a checkpoint's ``train`` dict, checked against this run's size."""
-    if "rng" not in t or "world_size" not in t:
-        raise checkpoint.CheckpointError(f"{path} holds no per-process random state, so it cannot be "
-                                         "resumed exactly; start a new run in another --out folder")
-    if t["world_size"] != world_size:
-        raise checkpoint.CheckpointError(
-            f"{path} was written by {t['world_size']} process(es) and this run has {world_size}; "
-            f"resume it with {t['world_size']} in all (torchrun --nnodes x --nproc-per-node), so every "
-            "rank continues its own random stream"
-        )
-    return t["rng"]
-
-
-def _plain(d: dict) -> dict:
-    return json.loads(json.dumps(d))
-
-
-# what --init-from may change: the rest is fixed by the weights
-INIT_CHANGES = ("block_size", "dropout", "attention")
-
-
-def init_config(path: str | Path, changes: dict) -> GPTConfig:
-    """The model config for ``--init-from path``: the checkpoint's, with ``changes`` from the flags
-    (only INIT_CHANGES; block_size may only shrink, cropping the learned positions)."""
-    config = GPTConfig.from_dict(checkpoint.load(path)["config"])
-    fixed = sorted(set(changes) - set(INIT_CHANGES))
-    if fixed:
-        flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
-        raise ValueError(f"{flags} cannot change with --init-from {path}: its weights fix them; "
-                         "drop the flag")
-    if changes.get("block_size", 0) > config.block_size:
-        raise ValueError(f"--block-size {changes['block_size']} exceeds the {config.block_size} positions "
-                         f"{path} learned; --init-from can only crop")
-    return config.replace(**changes)
-
-
-def start_from(src: dict, cfg: TrainConfig) -> torch.nn.Module:
-    """The model of checkpoint ``src`` under ``cfg.model``: same weights, positions cropped."""
-    model, _ = checkpoint.restore_model(src, cfg.init_from)
-    same = cfg.model.replace(**{k: getattr(model.config, k) for k in INIT_CHANGES})
-    if same != model.config:
-        raise ValueError(f"--init-from {cfg.init_from}: the model config differs from the checkpoint's "
-                         "beyond block size, dropout and attention; build it with model.train.init_config")
-    state = model.state_dict()
-    if "wpe.weight" in state:
-        state["wpe.weight"] = state["wpe.weight"][: cfg.model.block_size]  # (block, C): the first rows
-    cropped = build_model(cfg.model)
-    cropped.load_state_dict(state)
-    return cropped
-
-
 def setup(
     cfg: TrainConfig, log: Callable[[str], None] = print, dist: Dist = distributed.SINGLE,
     ckpt: dict | None = None,
@@ -308,44 +197,11 @@ def setup(
         tr.origin = {"path": str(cfg.init_from), "source": was.get("source"), "steps": was.get("steps")}
         log(f"starting from the weights of {cfg.init_from} with a fresh optimizer")
     elif ckpt:
-        tr.origin = ckpt.get("meta", {}).get("init_from", {})
-    if ckpt:
-        t = ckpt["train"]
-        distributed.load_optimizer(model, optimizer, t["optimizer"])
-        if scaler is not None and t.get("scaler"):
-            scaler.load_state_dict(t["scaler"])
-        tr.step, tr.best_val = t["step"], t["best_val"]
-        tr.saved = (t["step"], ckpt.get("meta", {}).get("val_loss", float("nan")))
-        set_rng_state(tr, rngs[dist.rank])
-        log(f"resumed from {checkpoint_path(cfg)} at step {tr.step}")
+        restore_training(tr, ckpt, rngs[dist.rank], log)
     # compile the inner module, then wrap it: torch.compile does not trace DDP's hooks well
     tr.forward = model if cfg.fsdp else distributed.wrap(torch.compile(model) if cfg.compile else model,
                                                          dist, device)
     return tr, tokenizer
-
-
-def load_for_resume(cfg: TrainConfig, given: dict | None, named: dict[str, str] | None,
-                    log: Callable[[str], None]) -> tuple[TrainConfig, dict]:
-    """The checkpoint in ``cfg.out_dir`` and the run's config: its stored settings, with the
-    ``given`` fields applied where a resumed run may change them (None: every field of ``cfg``
-    counts as given). Each change is logged once; any other difference is a SettingsError."""
-    path = checkpoint_path(cfg)
-    ckpt = checkpoint.load(path)
-    t = ckpt.get("train")
-    if not isinstance(t, dict) or not isinstance(t.get("config"), dict) or "step" not in t:
-        raise checkpoint.CheckpointError(f"{path} holds no training state (an inference-only "
-                                          "checkpoint?), so it cannot be resumed; start a new run")
-    try:
-        model = GPTConfig.from_dict(ckpt["config"])
-    except (TypeError, ValueError) as e:
-        raise checkpoint.CheckpointError(f"{path} has an unusable model config: {e}") from None
-    if given is None:  # vocab_size comes from the tokenizer, never from the caller
-        given = {k: getattr(cfg, k) for k in TRAIN_FIELDS} | {
-            k: getattr(cfg.model, k) for k in MODEL_FIELDS if k != "vocab_size"}
-    resumed_cfg, notes = resumed(t["config"], model, given, cfg.out_dir, t["step"], path, named)
-    for note in notes:
-        log(note)
-    return resumed_cfg, ckpt
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print, given: dict | None = None,
@@ -416,7 +272,7 @@ def _loop(tr: Trainer, tokenizer, log: Callable[[str], None]) -> None:
         name = torch.cuda.get_device_name(tr.device) if tr.device.type == "cuda" else ""
         peak, what = peak_flops(tr.device.type, name, tr.amp_dtype)
         log(f"MFU is per process, relative to {what}")
-    settings = _plain({k: v for k, v in dataclasses.asdict(cfg).items() if k != "model"})
+    settings = plain({k: v for k, v in dataclasses.asdict(cfg).items() if k != "model"})
     settings["world_size"] = dist.world_size
     metrics_path = out / run_folder.METRICS
     if dist.is_main:  # every rank has read what it needs (the process group met): now write

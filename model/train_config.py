@@ -54,7 +54,7 @@ class TrainConfig:
     compile: bool = False
     fsdp: bool = False  # shard parameters, gradients and optimizer state over ranks (FSDP2), not DDP
     # start from this checkpoint's weights and tokenizer (fresh optimizer); model comes from
-    # model.train.init_config, so only block_size (cropped), dropout and attention may differ
+    # model.init_from.init_config, so only block_size (cropped), dropout and attention may differ
     init_from: str | None = None
     resume: bool = False  # continue OUT/ckpt.pt
     overwrite: bool = False  # start afresh in an OUT that holds a run, replacing its files

@@ -109,4 +109,5 @@ def test_gpt_tui_flag_bounds_are_the_settings_bounds():
     import model.backend
     import tui.cli
 
-    assert (tui.cli.MAX_NEW_TOKENS, tui.cli.MAX_SEED) == (model.backend.MAX_NEW_TOKENS, model.backend.MAX_SEED)
+    assert tui.cli.MAX_NEW_TOKENS == model.backend.MAX_NEW_TOKENS
+    assert tui.cli.MAX_SEED == model.backend.MAX_SEED

@@ -16,7 +16,8 @@ from model.checkpoint import CheckpointError
 from model.config import GPTConfig
 from model.data import get_batch
 from model.distributed import SINGLE, Dist, batch_generator, from_env
-from model.train import TrainConfig, saved_rng, setup, train_step
+from model.train import TrainConfig, setup, train_step
+from model.train_state import saved_rng
 from tests.conftest import REPO, TEXT
 
 STEPS, BATCH, ACCUM, BLOCK = 6, 4, 2, 16

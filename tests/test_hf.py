@@ -259,7 +259,8 @@ def test_bigram_does_not_export(tmp_path):
 
 @pytest.mark.slow  # a few training steps on Tiny Shakespeare
 def test_init_from_an_imported_gpt2_lowers_its_loss_and_records_where_it_started(imported, tmp_path):
-    from model.train import TrainConfig, evaluate, init_config, setup, train, train_step
+    from model.init_from import init_config
+    from model.train import TrainConfig, evaluate, setup, train, train_step
 
     model_config = init_config(imported, {"block_size": 32, "dropout": 0.0})
     cfg = TrainConfig(model=model_config, init_from=str(imported), out_dir=str(tmp_path / "ft"),
@@ -300,7 +301,7 @@ def test_gpt_train_init_from_flag(imported, tmp_path):
 
 
 def test_init_from_refuses_shape_flags_and_a_longer_block(imported):
-    from model.train import init_config
+    from model.init_from import init_config
 
     with pytest.raises(ValueError, match="--n-layer cannot change with --init-from"):
         init_config(imported, {"n_layer": 4})

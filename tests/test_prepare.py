@@ -94,7 +94,7 @@ def test_bpe_tokens_equal_encoding_each_document_whole(tmp_path, monkeypatch):
     texts = ["".join(rng.choice(words) + rng.choice(gaps) for _ in range(3000)) for _ in range(2)]
     for i, text in enumerate(texts):
         (tmp_path / f"{i}.txt").write_text(text)
-    monkeypatch.setattr("model.prepare.PIECE_CHARS", 500)  # many cuts per document
+    monkeypatch.setattr("model.encoders.PIECE_CHARS", 500)  # many cuts per document
     manifest, _, data = run(tmp_path, tmp_path / "0.txt", tmp_path / "1.txt", tokenizer="gpt2", workers=2)
     tok = BPETokenizer(ranks)
     whole = [tok.encoding.encode_ordinary(t) for t in texts]  # the spelled-out EOT is ordinary text
