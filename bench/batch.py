@@ -1,6 +1,6 @@
 """Batch mode: prompts one at a time against model.batched (rows sharing each forward pass).
 
-    python bench/batch.py [--parallel 8] [--runs 3] [--backends torch,onnx] [--quick]
+    python bench/batch.py [--parallel 16] [--runs 3] [--backends torch,onnx] [--quick]
 
 16 and 64 prompts of 4..60 characters with varied settings (greedy and sampled with a seed each,
 top-k, top-p, a stop string on some, 40..200 new tokens), on the shipped model (or shakespeare-char
@@ -81,7 +81,7 @@ def compare(name: str, backend, n: int, args) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parallel", type=int, default=8, help="rows of the batched path")
+    parser.add_argument("--parallel", type=int, default=16, help="rows of the batched path")
     parser.add_argument("--runs", type=int, default=3, help="runs per path, alternating (median)")
     parser.add_argument("--backends", default="torch,onnx", help="comma-separated: torch, onnx")
     parser.add_argument("--sizes", default="16,64", help="comma-separated prompt counts")

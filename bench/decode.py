@@ -192,8 +192,9 @@ def bench_hf(name: str, model: GPT, tokenizer, ckpt_path: Path, args) -> dict:
     result = dict(hf_tok_s=hf, torch_vs_hf=cached / hf)
     onnx = onnx_tok_s(ckpt_path, tokenizer, sub)
     if onnx is not None:
-        print(f"  onnx (CPU)   {onnx:8.1f} tok/s   {onnx / hf:.2f}x transformers", flush=True)
-        result["onnx_vs_hf"] = onnx / hf
+        for kind, rate in onnx.items():  # fp32, int8, int4
+            print(f"  onnx {kind:<7} {rate:8.1f} tok/s   {rate / hf:.2f}x transformers", flush=True)
+        result |= dict(onnx_vs_hf=onnx["fp32"] / hf, onnx_int4_vs_hf=onnx["int4"] / hf)
     return result
 
 
@@ -229,7 +230,7 @@ def main() -> None:
             checkpoint.save(checkpoint.payload(model, tokenizer), path)
             result |= bench_hf(f"GPT-2 {args.hf_shape} (random weights)", model, tokenizer, path, args)
     last = ("onnx_int8_tok_s", "int8_vs_fp32", "onnx_int4_tok_s", "int4_vs_fp32",
-            "hf_tok_s", "torch_vs_hf", "onnx_vs_hf")
+            "hf_tok_s", "torch_vs_hf", "onnx_vs_hf", "onnx_int4_vs_hf")
     print(" ".join(f"{k}={v:.2f}" for k, v in result.items() if k not in last))
     print(" ".join(f"{k}={result[k]:.2f}" for k in last if k in result))
 

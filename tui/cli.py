@@ -95,7 +95,7 @@ def unescaped(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
               help="With --batch: write the JSON lines here [default: stdout].")
 @click.option("--format", "fmt", default="auto", type=click.Choice(["auto", "text", "jsonl"]),
               help="With --batch: input format; auto = JSONL if the first line starts with '{'.")
-@click.option("--parallel", default=8, type=click.IntRange(min=1),
+@click.option("--parallel", default=16, type=click.IntRange(min=1),
               help="With --batch: prompts generated at once (1 = one after another).")
 @click.option("--session", "session_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Reopen a saved session (JSONL) and keep saving to it.")
