@@ -12,10 +12,12 @@ from pathlib import Path
 
 import click
 
+from model.terminal import CommandError, CommandUsageError, visible
+
 DEFAULT_CKPT = "shakespeare.pt"  # model.checkpoint.DEFAULT_CKPT, named here without importing torch
 
 
-class UsageError(click.ClickException):
+class UsageError(CommandUsageError):
     """A usage error (a missing checkpoint) told in one line, with click's usage exit code."""
 
     exit_code = 2
@@ -79,8 +81,8 @@ def onnx(ckpt: str, out: str | None, opset: int | None, no_validate: bool, quant
     try:
         with console.status("exporting") as status:
             def say(message: str) -> None:
-                console.log(message, markup=False, highlight=False)
-                status.update(message)
+                console.log(visible(message), markup=False, highlight=False)
+                status.update(visible(message))
 
             if folder:
                 written = export_folder(path, out, opset, say, not no_validate) / MODEL_FILE
@@ -92,7 +94,7 @@ def onnx(ckpt: str, out: str | None, opset: int | None, no_validate: bool, quant
             else:
                 written = export_onnx(path, out, opset, say, validate=not no_validate)
     except (CheckpointError, OnnxModelError, ValidationError, WriteError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+        raise CommandError(str(e)) from None
     size = written.stat().st_size / 2**20
     beside = " and the files Optimum and GenAI read beside it" if folder else ""
     click.echo(f"wrote {written} ({size:.1f} MiB){beside} in {time.perf_counter() - start:.0f} s")
@@ -119,7 +121,7 @@ def hf(ckpt: str, out: str) -> None:
     try:
         written = export_hf(path, out)
     except (CheckpointError, WriteError) as e:
-        raise click.ClickException(str(e)) from None
+        raise CommandError(str(e)) from None
     click.echo(f"wrote {written}/: {', '.join(sorted(p.name for p in written.iterdir()))}")
 
 

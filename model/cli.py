@@ -15,6 +15,7 @@ from click.core import ParameterSource
 
 from model.config import PRESETS
 from model.paths import DATA_DIR_ENV
+from model.terminal import CommandError, CommandUsageError, visible
 from model.train_config import (
     MAX_LEARNING_RATE,
     MAX_SEED,
@@ -31,7 +32,7 @@ EXIT_INTERRUPTED = 130  # as a shell reports a process ended by SIGINT, and as g
 VERSION = {"package_name": "gpt-from-scratch"}
 
 
-class Refused(click.ClickException):
+class Refused(CommandUsageError):
     """A usage error told in one line: the command line cannot run as given (exit code 2)."""
 
     exit_code = 2
@@ -158,19 +159,19 @@ def run(cfg: TrainConfig, given: dict | None, named: dict[str, str] | None) -> N
         from model.train import NonFiniteError, TrainingInterrupted, train
 
         try:
-            train(cfg, log=lambda m: click.echo(m, err=True), given=given, named=named)
+            train(cfg, log=lambda m: click.echo(visible(m), err=True), given=given, named=named)
         except SettingsError as e:
             raise Refused(_on_rank(str(e))) from None
         except (ValueError, DataError, CheckpointError, NonFiniteError, RunLockedError, WriteError) as e:
-            raise click.ClickException(_on_rank(str(e))) from None
+            raise CommandError(_on_rank(str(e))) from None
         except TrainingInterrupted as e:
-            click.echo(str(e), err=True)
+            click.echo(visible(str(e)), err=True)
             raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
         except RuntimeError as e:
             if not lost_peer(e):
                 raise
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise click.ClickException(_on_rank(f"lost contact with the other processes ({first}); "
+            raise CommandError(_on_rank(f"lost contact with the other processes ({first}); "
                                                 "the first rank to fail says why")) from None
     except KeyboardInterrupt:  # while importing torch: nothing was touched
         click.echo("interrupted before training started; nothing was written", err=True)
@@ -239,7 +240,7 @@ def report_losses(ckpt: str, data: str) -> None:
         with bar:
             losses = split_losses(ckpt, data, on_batch=on_batch)
     except (ValueError, DataError, CheckpointError) as e:
-        raise click.ClickException(str(e)) from None
+        raise CommandError(str(e)) from None
     click.echo(f"train {losses['train']:.4f}  val {losses['val']:.4f}")
 
 
@@ -257,9 +258,9 @@ def report_plot(metrics: str, out: str, title: str) -> None:
     try:
         click.echo(plot_learning_curve(metrics, out, title))
     except (ValueError, KeyError) as e:
-        raise click.ClickException(f"cannot plot {metrics}: {e}") from None
+        raise CommandError(f"cannot plot {metrics}: {e}") from None
     except WriteError as e:
-        raise click.ClickException(str(e)) from None
+        raise CommandError(str(e)) from None
 
 
 @report.command("slim")
@@ -279,7 +280,7 @@ def report_slim(ckpt: str, out: str, dtype: str) -> None:
     try:
         write_slim(ckpt, out, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype])
     except (CheckpointError, WriteError) as e:
-        raise click.ClickException(str(e)) from None
+        raise CommandError(str(e)) from None
     click.echo(f"{out}: {Path(out).stat().st_size / 2**20:.1f} MiB")
 
 

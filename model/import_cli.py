@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from model.checkpoint import CheckpointError
+from model.terminal import CommandError, visible
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,9 +30,9 @@ def hf(src: str, out: str, progress: bool) -> None:
     from model.hf import HFImportError, import_hf
 
     try:
-        ckpt = import_hf(src, out, progress, say=lambda m: click.echo(m, err=True))
+        ckpt = import_hf(src, out, progress, say=lambda m: click.echo(visible(m), err=True))
     except (HFImportError, CheckpointError) as e:
-        raise click.ClickException(str(e)) from None
+        raise CommandError(str(e)) from None
     c, size = ckpt["config"], Path(out).stat().st_size / 2**20
     click.echo(f"wrote {out} ({size:.1f} MiB): {c['n_layer']} layers x {c['n_embd']}, vocab "
                f"{c['vocab_size']}, block {c['block_size']}, from {ckpt['meta']['source']}")

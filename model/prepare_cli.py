@@ -6,6 +6,7 @@ import click
 
 from model.prepare import PrepareConfig, prepare
 from model.shards import DataError, open_prepared
+from model.terminal import CommandError, CommandUsageError, visible
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -44,13 +45,13 @@ def main(sources: tuple[str, ...], out: str | None, val_sources: tuple[str, ...]
                        "tokens, every SHA-256 matches")
             return
         if out is None:
-            raise click.UsageError("give --out DIR (or --verify DIR)")
+            raise CommandUsageError("give --out DIR (or --verify DIR)")
         cfg = PrepareConfig(sources=sources, out=out, val_sources=val_sources, **options)
-        prepare(cfg, log=lambda m: click.echo(m, err=True))
+        prepare(cfg, log=lambda m: click.echo(visible(m), err=True))
     except (ValueError, DataError) as e:
-        raise click.ClickException(str(e)) from None
+        raise CommandError(str(e)) from None
     except KeyboardInterrupt:
-        raise click.ClickException(f"interrupted; {out} is as it was before this run") from None
+        raise CommandError(f"interrupted; {out} is as it was before this run") from None
 
 
 if __name__ == "__main__":

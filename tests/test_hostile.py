@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model.backend import Settings
+from model.terminal import visible
 from tui import batch as batch_module
 from tui.batch import EXIT_ITEMS_FAILED, LineFile, OutputError, json_line, read_items, run_batch
 from tui.cli import main
-from tui.widgets import visible
 
 # anything a terminal may act on: C0 controls but newline and tab, DEL, C1 controls, surrogates
 UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -249,3 +249,17 @@ def test_tokenizers_take_any_text(tmp_path_factory, text):
     ids = bpe.encode(text)
     if not re.search("[\ud800-\udfff]", text):
         assert bpe.decode(ids) == text
+
+
+def test_gpt_train_and_gpt_export_show_a_hostile_file_name_visibly(tmp_path):
+    from click.testing import CliRunner
+
+    from export.cli import main as export_main
+    from model.cli import report as report_main
+
+    bad = tmp_path / "x\x1b]2;owned\x07.pt"
+    bad.write_bytes(b"not a checkpoint")
+    for cli, args in ((export_main, ["onnx", "--ckpt", str(bad)]), (report_main, ["losses", str(bad)])):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code in (1, 2) and "\x1b" not in result.output and "\x07" not in result.output
+        assert "x␛]2;owned␇.pt" in result.output, result.output

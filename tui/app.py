@@ -33,6 +33,7 @@ from textual.widgets import Footer, Static
 from textual.worker import get_current_worker
 
 from model.backend import Backend, Settings
+from model.terminal import visible
 from tui import commands
 from tui import settings as settings_text
 from tui.backends import BackendFactory, Backends
@@ -53,7 +54,7 @@ from tui.step import StepMode
 from tui.streaming import RunFinished, TokensArrived, stream_run
 from tui.switch import BackendSwitch, ModelOpener
 from tui.transcript import Document, Run
-from tui.widgets import PromptArea, visible
+from tui.widgets import PromptArea
 
 
 def freeze_heap() -> None:

@@ -8,9 +8,9 @@ from textual.content import Content
 from textual.widgets import Static
 
 from model.backend import BackendInfo
+from model.terminal import visible
 from tui.stats import status_line
 from tui.transcript import Run
-from tui.widgets import visible
 
 
 class StatsBar(Static):

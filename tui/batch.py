@@ -29,12 +29,12 @@ from typing import Literal, TextIO
 from model.backend import Backend, Settings
 from model.batched import Batch, BatchDecoder
 from model.engine import Generation
+from model.terminal import visible
 from model.tokenizer import UnknownCharactersError
 from tui import settings as settings_text
 from tui.session import record
 from tui.stats import STOP_NAMES, Clock, Timing
 from tui.stops import trim_stop
-from tui.widgets import visible
 
 Format = Literal["auto", "text", "jsonl"]
 EXIT_OK, EXIT_USAGE, EXIT_ITEMS_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 130

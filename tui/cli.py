@@ -37,7 +37,7 @@ class ConfiguredCommand(click.Command):
 def resolve_ckpt(name: str) -> Path:
     """model.checkpoint.resolve_ckpt, with a miss reported as a usage error (exit code 2)."""
     from model import checkpoint
-    from tui.widgets import visible
+    from model.terminal import visible
 
     try:
         return checkpoint.resolve_ckpt(Path(name).expanduser())
@@ -139,8 +139,8 @@ def _main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | 
                                  param_hint="'--output'")
     from model.backend import Settings
     from model.checkpoint import CheckpointError
+    from model.terminal import visible
     from tui.backends import BackendError, factories
-    from tui.widgets import visible
 
     try:
         settings = Settings(stop=stop, unknown=unknown, **knobs)  # type: ignore[arg-type]
@@ -236,7 +236,7 @@ def run_prompt(backend, prompt: str, settings, keep_stop: bool, progress) -> Non
         click.echo("\ninterrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except Exception as e:  # unknown characters, a failing backend: one line, not a traceback
-        from tui.widgets import visible
+        from model.terminal import visible
 
         raise click.ClickException(visible(str(e) or type(e).__name__)) from None
     if out.isatty():

@@ -24,8 +24,8 @@ from model.backend import Settings, TokenEvent
 from model.compare import ABResult, compare_backends
 from model.insight import StepView, attention_weights, explain
 from model.sampling import recent_ids
+from model.terminal import visible
 from tui.backends import Backends
-from tui.widgets import visible
 
 if TYPE_CHECKING:
     from tui.transcript import Run

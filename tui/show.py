@@ -10,8 +10,8 @@ import torch
 from model.backend import Backend, BackendInfo, Settings
 from model.config import GPTConfig
 from model.gpt import build_model, count_params
+from model.terminal import visible
 from tui import settings as settings_text
-from tui.widgets import visible
 
 
 def describe_run_settings(settings: Settings, info: BackendInfo) -> str:

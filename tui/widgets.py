@@ -17,20 +17,10 @@ from textual.style import Style
 from textual.widget import Widget
 from textual.widgets import Static, TextArea
 
+from model.terminal import visible
 from tui.history import PromptHistory
 
-# C0 controls and DEL -> their Unicode "control picture" (ESC -> ␛), keeping newline and tab; C1
-# controls (U+0080-U+009F: a terminal may take U+009B as ESC [) and lone surrogates (which no
-# terminal encoding can carry) have no picture: they are shown as their escape, \x9b, \ud800
-_VISIBLE: dict[int, int | str] = {c: 0x2400 + c for c in range(32) if c not in (9, 10)} | {127: 0x2421}
-_VISIBLE |= {c: f"\\x{c:02x}" for c in range(0x80, 0xA0)}
-_VISIBLE |= {c: f"\\u{c:04x}" for c in range(0xD800, 0xE000)}
 START = "⟨start of text⟩"
-
-
-def visible(text: str) -> str:
-    """``text`` safe to put on a terminal: no character of it can start a control sequence."""
-    return text.translate(_VISIBLE)
 
 
 class PromptArea(TextArea):

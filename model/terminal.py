@@ -1,0 +1,34 @@
+"""Text for a terminal: whatever came from a file, a flag or a model is shown, never obeyed.
+
+A file name, a JSONL id or a model's output may hold ESC, BEL or C1 controls; written raw they
+could set the terminal's title, its clipboard (OSC 52) or worse. Every command prints such text
+through ``visible()``; the CLIs' errors do it in ``CommandError``."""
+
+from __future__ import annotations
+
+import click
+
+# C0 controls and DEL -> their Unicode "control picture" (ESC -> ␛), keeping newline and tab; C1
+# controls (U+0080-U+009F: a terminal may take U+009B as ESC [) and lone surrogates (which no
+# terminal encoding can carry) have no picture: they are shown as their escape, \x9b, \ud800
+_VISIBLE: dict[int, int | str] = {c: 0x2400 + c for c in range(32) if c not in (9, 10)} | {127: 0x2421}
+_VISIBLE |= {c: f"\\x{c:02x}" for c in range(0x80, 0xA0)}
+_VISIBLE |= {c: f"\\u{c:04x}" for c in range(0xD800, 0xE000)}
+
+
+def visible(text: str) -> str:
+    """``text`` safe to put on a terminal: no character of it can start a control sequence."""
+    return text.translate(_VISIBLE)
+
+
+class CommandError(click.ClickException):
+    """A one-line error for people (exit code 1); the paths and values it quotes are shown visibly."""
+
+    def format_message(self) -> str:
+        return visible(self.message)
+
+
+class CommandUsageError(CommandError):
+    """A command line that cannot run as given: click's usage exit code."""
+
+    exit_code = 2
