@@ -95,7 +95,7 @@ async def test_show_model_names_the_import(bpe_ckpt):
         await send(pilot, "/show model")
         note = str(app.query("Note").last().content)
         assert "weights  imported from huggingface: openai-community/gpt2" in note
-        assert f"block size  {BLOCK}" in note
+        assert f"block size  {BLOCK}" in note and "260 tokens, byte-level BPE" in note
 
 
 def test_origin_of_a_fine_tune_and_of_a_model_trained_here():
