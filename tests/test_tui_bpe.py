@@ -121,3 +121,24 @@ async def test_attention_panel_on_a_full_1024_token_window(bpe_ckpt):
         body = str(app.query_one("#attention-body").content)
         assert body.startswith(f"the last {ATTENTION_CELLS} of {BLOCK} tokens")
         assert body.count("␣") < 2 * ATTENTION_CELLS  # only the window's cells (and the top 5) are drawn
+
+
+@run_async
+async def test_step_mode_and_the_token_cursor_show_pieces(bpe_ckpt):
+    backend = load_backend(bpe_ckpt)
+    tok = backend.tokenizer
+    app = make_app(backend, settings=Settings(max_new_tokens=3, seed=0))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f7")
+        await send(pilot, "to the")
+        panel = app.query_one(NextTokenPanel)
+        await until(pilot, lambda: panel.view is not None)
+        rows = panel.view.rows  # random weights over 260 ids: most candidates are single bytes
+        assert [r.text for r in rows] == [piece(tok, r.id) for r in rows]
+        assert any(r.text.startswith("<0x") for r in rows)
+        assert "\ufffd" not in str(app.query_one("#next-token-body").content)
+        await send(pilot, f"/pick {next(r.rank for r in rows if r.text.startswith('<0x'))}")
+        app.output.move_cursor(-1)  # the token cursor on the byte just taken: its alternatives
+        await pilot.pause()
+        body = str(app.query_one("#next-token-body").content)
+        assert body.startswith("token 1/1") and "took <0x" in body and "\ufffd" not in body
