@@ -16,6 +16,11 @@ from torch.nn import functional as F
 from model.backend import Settings
 from model.gpt import GPT
 from model.sampling import distribution, penalize
+from model.special import EOT
+from model.terminal import visible
+
+# how a token's whitespace is shown: one convention for every view that lists tokens
+SHOWN_WHITESPACE = str.maketrans({" ": "␣", "\n": "⏎", "\t": "⇥"})
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,33 @@ class StepView:
     kept: int  # how many tokens the knobs keep
     chosen: Row | None = None  # the token taken at this step, if any
     surprisal: float | None = None  # bits, -log2 of the model's probability of the chosen token
+
+
+def token_bytes(tokenizer, token: int) -> bytes | None:
+    """The bytes a BPE token stands for (None: not a byte-level BPE, or a special token)."""
+    from model.bpe import ByteBPETokenizer  # lazily: it needs regex
+    from model.tokenizer import BPETokenizer
+
+    if isinstance(tokenizer, ByteBPETokenizer) and token not in tokenizer.special_ids:
+        return bytes(tokenizer.char_byte[c] for c in tokenizer.itos.get(token, ""))
+    if isinstance(tokenizer, BPETokenizer) and token != tokenizer.eot_id:
+        return tokenizer.encoding.decode_single_token_bytes(token)
+    return None
+
+
+def piece(tokenizer, token: int) -> str:
+    """One token as the app shows it: spaces as ␣, newline ⏎, tab ⇥, controls as their pictures,
+    and the bytes of a BPE token that is only part of a UTF-8 character as <0xE2> (its decoded
+    text would be a meaningless U+FFFD). ``"∅"`` for a token that stands for nothing."""
+    raw = token_bytes(tokenizer, token)
+    if raw is None:
+        text = tokenizer.decode([token])
+    else:  # undecodable bytes come back as lone surrogates U+DC80..U+DCFF, one per byte
+        text = "".join(f"<0x{ord(c) - 0xDC00:02X}>" if 0xDC80 <= ord(c) <= 0xDCFF else c
+                       for c in raw.decode("utf-8", errors="surrogateescape"))
+    if text == EOT:
+        return text
+    return visible(text.translate(SHOWN_WHITESPACE)) or "∅"
 
 
 def _bits(probs: torch.Tensor) -> float:
@@ -91,8 +123,10 @@ def perplexity(probs: Sequence[float]) -> float | None:
 
 
 @torch.inference_mode()
-def attention_weights(model: GPT, ids: Sequence[int]) -> torch.Tensor:
-    """Each layer's attention softmax over ``ids`` (at most block_size): (L, H, T, T).
+def attention_weights(model: GPT, ids: Sequence[int], last: int | None = None) -> torch.Tensor:
+    """Each layer's attention softmax over ``ids`` (at most block_size): (L, H, T, T), or only
+    the ``last`` queries' rows: (L, H, last, T) (a 1024-token window's full maps would take
+    L*H*T*T floats, 600 MB at GPT-2 124M).
 
     Opt-in and separate from generation: one pass of ``GPT.forward_at`` that collects each
     layer's softmax (the explicit path's, under the causal mask). It reads the model and changes
@@ -102,6 +136,18 @@ def attention_weights(model: GPT, ids: Sequence[int]) -> torch.Tensor:
         raise ValueError(f"need 1..{model.config.block_size} tokens for attention, got {T}; crop the context")
     device = next(model.parameters()).device
     idx = torch.tensor([list(ids)], device=device)  # (1, T)
-    weights: list[torch.Tensor] = []
+    weights: list[torch.Tensor] = _LastRows(last) if last else []
     model.forward_at(idx, torch.arange(T, device=device), weights=weights)
     return torch.stack([w[0].float() for w in weights]).cpu()  # (L, H, T, T)
+
+
+class _LastRows(list):
+    """A weights list for ``forward_at`` that keeps only the last ``n`` query rows of each layer,
+    copied, so the layer's full (B, H, T, T) map is freed before the next layer makes its own."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def append(self, att: torch.Tensor) -> None:
+        super().append(att[:, :, -self.n:].clone())  # (B, H, n, T)

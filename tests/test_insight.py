@@ -16,7 +16,7 @@ from model import gpt as gpt_module
 from model.backend import Settings
 from model.compare import ABResult, Side, compare_backends
 from model.gpt import GPT, count_params
-from model.insight import attention_weights, explain, perplexity
+from model.insight import attention_weights, explain, perplexity, piece
 from tui.app import GPTApp
 from tui.panels import ABPanel, AttentionPanel, NextTokenPanel
 from tui.step import Stepper
@@ -151,6 +151,8 @@ def test_attention_weights_are_the_ones_the_model_uses(tiny_config, monkeypatch)
         m.setattr(gpt_module.F, "softmax", recording_softmax)
         model(torch.tensor([ids]))
     torch.testing.assert_close(attention_weights(model, ids), torch.stack([a[0] for a in seen]))
+    last_two = torch.stack([a[0, :, -2:] for a in seen])  # (L, H, 2, T)
+    torch.testing.assert_close(attention_weights(model, ids, last=2), last_two)
 
 
 def test_explain_marks_top_p():
@@ -171,7 +173,9 @@ async def test_attention_panel_on_the_tiny_model(tiny_ckpt):
         await until(pilot, done(app))
         panel = app.query_one(AttentionPanel)
         panel.update_now()
-        assert panel.weights.shape == (2, 2, 14, 14) and "".join(panel.pieces) == "ROMEO:" + app.current.text
+        tokenizer = app.backend.tokenizer
+        assert panel.weights.shape == (2, 2, 1, 14)
+        assert panel.pieces == [piece(tokenizer, i) for i in tokenizer.encode("ROMEO:" + app.current.text)]
         assert panel.row().sum().item() == pytest.approx(1.0, abs=1e-5)
         app.query_one("#attn-layer", Select).value = 1
         app.query_one("#attn-head", Select).value = 1

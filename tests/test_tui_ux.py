@@ -222,7 +222,8 @@ async def test_tokens_shows_what_the_model_saw():
         await until(pilot, done(app))
         await send(pilot, "/tokens")
         note = str(app.query("Note").last().content)
-        assert note.startswith("fed 8 token(s) (id:text): ") and ":␣" not in note
+        space = app.backend.tokenizer.stoi[" "]
+        assert note.startswith("fed 8 token(s) (id:text): ") and f"{space}:␣ " in note  # model.insight.piece
         assert note.splitlines()[1].startswith("generated 3: ")
         stoi = backend_stoi = app.backend.tokenizer.stoi  # noqa: F841
         assert f"{stoi['n']}:n {stoi['o']}:o {stoi['t']}:t" in note

@@ -283,8 +283,8 @@ class GPTApp(App[None]):
             self.notify_text("no tokens to show: /tokens shows those of the last text generated here (a "
                              "reloaded session keeps the text only; Ctrl+R regenerates it)", "warning")
             return
-        decode = self.backend.tokenizer.decode
-        self.output.add_note(describe_tokens(run.prompt_ids, [e.id for e in run.events], decode))
+        generated = [e.id for e in run.events]
+        self.output.add_note(describe_tokens(run.prompt_ids, generated, self.backend.tokenizer))
 
     def action_clear(self) -> None:
         self.runs.end_current()

@@ -29,8 +29,8 @@ COMMANDS: dict[str, Spec] = {
     "set": Spec("NAME VALUE", f"change a setting: {', '.join(settings_text.NAMES)} (top-k and seed take "
                               "`off`; stop: comma-separated, a quoted one may hold a comma, `\\n` is a "
                               "newline)", "set"),
-    "show": Spec("[model]", "show the settings, backend and checkpoint; model: layers, vocabulary, training",
-                 "show"),
+    "show": Spec("[model]", "show the settings, backend and checkpoint; model: layers, vocabulary, training, "
+                 "where the weights came from", "show"),
     "clear": Spec("", "clear the output", "clear"),
     "regen": Spec("", "generate the last part again", "regen"),
     "continue": Spec("", "continue from where the text ends", "continue"),

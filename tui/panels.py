@@ -22,7 +22,7 @@ from textual.worker import get_current_worker
 
 from model.backend import Settings, TokenEvent
 from model.compare import ABResult, compare_backends
-from model.insight import StepView, attention_weights, explain
+from model.insight import StepView, attention_weights, explain, piece
 from model.sampling import recent_ids
 from model.terminal import visible
 from tui.backends import Backends
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from tui.transcript import Run
 
 N_ROWS = 10  # candidates listed in the next-token panel
+ATTENTION_CELLS = 64  # the attention view draws the last this many tokens of a longer window
 BAR = 10  # cells of the widest probability bar
 _EIGHTHS = " ▏▎▍▌▋▊▉"
 
@@ -50,9 +51,8 @@ def legend() -> Content:
     return Content.assemble(*parts)
 
 
-def token_label(text: str, width: int = 6) -> str:
-    """A token as one short cell run: newline, space and controls made visible, long ones cut."""
-    shown = visible(text.replace("\n", "⏎").replace(" ", "␣")) or "∅"
+def token_label(shown: str, width: int = 6) -> str:
+    """A token's display piece (model.insight.piece) as one short cell run: long ones cut."""
     return shown if len(shown) <= width else shown[: width - 1] + "…"
 
 
@@ -94,7 +94,7 @@ class NextTokenPanel(SidePanel):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.settings = Settings()
-        self.decode: Callable[[int], str] = str
+        self.piece: Callable[[int], str] = str  # a token id -> its display piece (model.insight.piece)
         self.logits: torch.Tensor | None = None  # the step shown: its cached raw logits (V,)
         self.chosen: int | None = None
         self.title = ""
@@ -142,12 +142,13 @@ class NextTokenPanel(SidePanel):
         if self.logits is None:
             self.view = None
             if self.event is not None:  # no logits kept (a large vocabulary): the top few only
-                lines = [Content(f"{self.title}: {token_label(self.event.text)}")]
-                lines += [Content(f"  {token_label(c.text):<6} {c.prob:6.1%}") for c in self.event.top]
+                lines = [Content(f"{self.title}: {token_label(self.piece(self.event.id))}")]
+                lines += [Content(f"  {token_label(self.piece(c.id)):<6} {c.prob:6.1%}")
+                          for c in self.event.top]
                 body.update(Content("\n").join(lines))
             return
         recent = recent_ids(self.history, self.settings)
-        view = self.view = explain(self.logits, self.decode, self.settings, self.chosen, N_ROWS, recent)
+        view = self.view = explain(self.logits, self.piece, self.settings, self.chosen, N_ROWS, recent)
         lines = [Content.assemble((self.title, "bold"), ("  " + describe_knobs(self.settings), "dim"))]
         if view.chosen is not None:
             lines.append(Content(f"took {token_label(view.chosen.text)} (rank {view.chosen.rank}, "
@@ -173,7 +174,7 @@ class NextTokenPanel(SidePanel):
 class AttentionSource:
     model: torch.nn.Module | None  # the PyTorch GPT; None when there is none to ask
     ids: list[int]  # the context the last token was predicted from (at most block_size)
-    pieces: list[str]  # their texts
+    pieces: list[str]  # their display pieces (model.insight.piece)
     note: str = ""  # e.g. why the ONNX backend is not the one asked
 
 
@@ -194,11 +195,14 @@ def attention_source(run: Run | None, backends: Backends) -> AttentionSource | N
     tokenizer = reader.tokenizer
     text = run.document.text
     ids = tokenizer.encode(text, "replace")[-run.info.block_size:] if text else [tokenizer.eot_id]
-    return AttentionSource(model, ids, [tokenizer.decode([i]) for i in ids], note)
+    return AttentionSource(model, ids, [piece(tokenizer, i) for i in ids], note)
 
 
 class AttentionPanel(SidePanel):
-    """Where the last token looks: one cell per context token, shaded by its attention weight."""
+    """Where the last token looks: one cell per context token, shaded by its attention weight.
+
+    A long context (GPT-2's 1024-token window) draws only its last ``ATTENTION_CELLS`` tokens as
+    cells; the most attended list still ranks the whole window, by position."""
 
     REFRESH = 0.25  # s: at most this often while tokens stream (a forward pass each)
 
@@ -206,7 +210,7 @@ class AttentionPanel(SidePanel):
         super().__init__(**kwargs)
         self.backends = backends
         self.run: Run | None = None
-        self.weights: torch.Tensor | None = None  # (L, H, T, T), for tests
+        self.weights: torch.Tensor | None = None  # (L, H, 1, T): the last query's rows, for tests
         self.pieces: list[str] = []
         self.note = ""
         self._scheduled = False
@@ -239,7 +243,7 @@ class AttentionPanel(SidePanel):
             self.weights = None
             body.update(Content(src.note or "attention needs the PyTorch GPT"))
             return
-        self.weights, self.pieces = attention_weights(src.model, src.ids), src.pieces
+        self.weights, self.pieces = attention_weights(src.model, src.ids, last=1), src.pieces
         L, H = self.weights.shape[:2]
         if (L, H) != self._shape:  # a new model: new choices (the same one keeps the user's pick)
             self._shape = (L, H)
@@ -268,13 +272,17 @@ class AttentionPanel(SidePanel):
     def render_weights(self) -> None:
         w = self.row()
         top = float(w.max()) or 1.0
+        start = max(0, len(self.pieces) - ATTENTION_CELLS)
         cells: list[str | tuple[str, str]] = []
-        for piece, weight in zip(self.pieces, w.tolist(), strict=True):
+        for shown, weight in zip(self.pieces[start:], w[start:].tolist(), strict=True):
             level = int(255 * weight / top)  # shade from black to orange, the darkest unseen
             shade = f"#ffffff on #{level:02x}{level * 140 // 255:02x}00"
-            cells.append((token_label(piece, 8).replace("⏎", "⏎\n"), shade))
+            cells.append((token_label(shown, 8).replace("⏎", "⏎\n"), shade))
         best = torch.topk(w, min(5, w.numel()))
         lines = [Content.assemble(*cells), Content("")]
+        if start:
+            lines.insert(0, Content.styled(f"the last {ATTENTION_CELLS} of {len(self.pieces)} tokens "
+                                           f"({w[:start].sum():.0%} of the weight is before them)", "dim"))
         if self.note:
             lines.append(Content.styled(self.note, "$warning"))
         lines.append(Content.styled("most attended:", "dim"))

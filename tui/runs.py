@@ -8,10 +8,12 @@ unless ``keep_stop``.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
 from model.backend import Settings, TokenEvent
+from model.insight import piece
 from tui.backends import Backends
 from tui.output import OutputView
 from tui.panels import NextTokenPanel, SidePanel
@@ -75,7 +77,7 @@ class Runs:
                   prompt_ids=list(generation.prompt_ids))
         document.runs.append(run)
         tokenizer = backend.tokenizer
-        self.next_token.decode = lambda i: tokenizer.decode([i])
+        self.next_token.piece = functools.partial(piece, tokenizer)
         self.current = run
         self.output.cursor = None
         self.output.show(document)

@@ -3,13 +3,12 @@ architecture, vocabulary and training facts of the loaded checkpoint."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from model.backend import Backend, BackendInfo, Settings
 from model.config import GPTConfig
 from model.gpt import build_model, count_params
+from model.insight import piece, token_bytes
 from model.terminal import visible
 from tui import settings as settings_text
 
@@ -20,14 +19,27 @@ def describe_run_settings(settings: Settings, info: BackendInfo) -> str:
             f"{'checkpoint':>15}  {info.path}")
 
 
-def describe_tokens(prompt_ids: list[int], generated: list[int], decode: Callable[[list[int]], str]) -> str:
+def describe_tokens(prompt_ids: list[int], generated: list[int], tokenizer) -> str:
     """/tokens: the ids the model was fed (after replacing unknown characters and cropping to the
-    window) and those it generated, each with its text."""
+    window) and those it generated, each with its display piece (model.insight.piece)."""
     def line(ids: list[int]) -> str:
-        return " ".join(f"{i}:{visible(repr(decode([i]))[1:-1])}" for i in ids) or "-"
+        return " ".join(f"{i}:{piece(tokenizer, i)}" for i in ids) or "-"
 
     return (f"fed {len(prompt_ids)} token(s) (id:text): {line(prompt_ids)}\n"
             f"generated {len(generated)}: {line(generated)}")
+
+
+def describe_origin(meta: dict) -> str:
+    """Where a checkpoint's weights came from: an import (model.hf), the checkpoint a training run
+    started from (model.init_from), or neither (trained here from random weights)."""
+    origin = meta.get("init_from")
+    if isinstance(origin, dict):  # first: a fine-tune of an import names both
+        was = f" (itself from {origin['source']})" if origin.get("source") else ""
+        steps = f" after its {origin['steps']} steps" if origin.get("steps") is not None else ""
+        return f"fine-tuned from {origin.get('path', '?')}{steps}{was}"
+    if meta.get("imported_from"):
+        return f"imported from {meta['imported_from']}: {meta.get('source', '?')}"
+    return "trained from random initialisation"
 
 
 def describe_model(backend: Backend) -> str:
@@ -43,6 +55,8 @@ def describe_model(backend: Backend) -> str:
                           f"{k.replace('_', ' ')} {meta[k]}" for k in ("steps", "val_loss", "train_loss")
                           if k in meta) or "not recorded in the checkpoint"
     vocab = f"{info.vocab_size} tokens"
+    if token_bytes(backend.tokenizer, 0) is not None:  # GPT-2's kind: ids stand for bytes
+        vocab += ", byte-level BPE"
     if info.vocab is not None:
         vocab += ": " + visible(info.vocab.replace("\n", "⏎").replace(" ", "␣")) + " + end of text"
     rows = [
@@ -51,6 +65,7 @@ def describe_model(backend: Backend) -> str:
         ("block size", str(info.block_size)),
         ("parameters", params),
         ("vocabulary", vocab),
+        ("weights", visible(describe_origin(meta))),
         ("training", training),
         ("checkpoint", f"{info.path} ({info.backend} on {info.device})"),
     ]

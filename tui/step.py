@@ -21,6 +21,7 @@ import torch
 
 from model.backend import Backend, Settings, TokenEvent
 from model.engine import Generation
+from model.insight import piece
 from model.sampling import choose
 from tui.output import OutputView
 from tui.panels import NextTokenPanel
@@ -55,8 +56,8 @@ class Stepper:
     def events(self) -> list[TokenEvent]:
         return [t.event for t in self.taken]
 
-    def decode(self, token: int) -> str:
-        return self.backend.tokenizer.decode([token])
+    def piece(self, token: int) -> str:
+        return piece(self.backend.tokenizer, token)
 
     def next_logits(self) -> torch.Tensor:
         """Raw logits (V,) for the token after prompt + text; one forward pass, then cached."""
@@ -188,7 +189,7 @@ class StepMode:
         run.text, run.events = stepper.text, stepper.events
         run.timing.tokens = len(stepper.taken)
         self.output.show(run.document)
-        self.panel.decode = stepper.decode
+        self.panel.piece = stepper.piece
         history = stepper.generation.prompt_ids + stepper.generation.ids
         self.panel.show_next(stepper.next_logits(), f"step {len(stepper.taken) + 1}: Enter samples, /pick N",
                              history)
