@@ -22,6 +22,9 @@ from model.device import autocast
 PATHS: tuple[Attention, ...] = ("fused", "explicit")  # on a tie the first wins: nanoGPT's path
 STEPS = 3  # timed micro-steps per path, after one untimed warm-up each
 BUDGET_S = 5.0  # stop timing early (after one step each) once this much time has gone
+# rows of the run's (B, T) batch to time: a step's cost grows linearly in B, the attention paths
+# differ in T, so a few full-length rows rank them like the whole batch in a fraction of the time
+ROWS = 4
 
 
 def choose_attention(

@@ -26,6 +26,7 @@ import torch
 
 from model import checkpoint, distributed, run_folder
 from model.atomic import WriteError
+from model.attention_choice import ROWS as AUTO_ROWS
 from model.attention_choice import choose_attention
 from model.attention_choice import describe as describe_choice
 from model.data import get_batch, open_corpus
@@ -215,7 +216,7 @@ def _pick_attention(cfg: TrainConfig, fresh_model: Callable[[TrainConfig], torch
     choice = [None]
     if dist.is_main:
         gen = torch.Generator().manual_seed(cfg.seed)
-        x, y = get_batch(splits.split("train"), cfg.batch_size, cfg.model.block_size, gen)
+        x, y = get_batch(splits.split("train"), min(cfg.batch_size, AUTO_ROWS), cfg.model.block_size, gen)
         choice[0], medians = choose_attention(
             lambda path: fresh_model(cfg.replace(model=cfg.model.replace(attention=path))),
             (x.to(device), y.to(device)), device, amp_dtype)
