@@ -151,3 +151,21 @@ def test_a_forced_path_is_not_measured(text, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "attention auto" not in result.output
     assert stored(out)["config"]["attention"] == "explicit"
+
+
+def test_init_from_measures_the_checkpoints_model(text, tmp_path, tiny_ckpt, monkeypatch):
+    seen = []
+
+    def pick(factory, batch, *a, **k):
+        seen.extend(factory(p).config.n_layer for p in PATHS)  # the checkpoint's model, each path
+        return "explicit", {"explicit": 0.001, "fused": 0.002}
+
+    monkeypatch.setattr("model.train.choose_attention", pick)
+    out = tmp_path / "run"
+    args = ["--init-from", str(tiny_ckpt), "--data", str(text), "--out", str(out), "--attention", "auto",
+            "--batch-size", "2", "--block-size", "16", "--max-iters", "2", "--eval-iters", "1",
+            "--device", "cpu", "--dtype", "fp32", "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert seen == [2, 2]
+    assert stored(out)["config"]["attention"] == "explicit"
