@@ -169,3 +169,19 @@ def test_init_from_measures_the_checkpoints_model(text, tmp_path, tiny_ckpt, mon
     assert result.exit_code == 0, result.output
     assert seen == [2, 2]
     assert stored(out)["config"]["attention"] == "explicit"
+
+
+def test_measuring_leaves_the_run_as_if_the_path_had_been_forced(text, tmp_path, monkeypatch):
+    """The weights, dropout and batches are seeded after the measurement: auto choosing fused trains
+    exactly what --attention fused trains."""
+    def pick(*a, **k):  # builds and runs both models (drawing from the random state), then says fused
+        choose_attention(*a, **k, steps=1)
+        return "fused", {"explicit": 2.0, "fused": 1.0}
+
+    monkeypatch.setattr("model.train.choose_attention", pick)
+    for name, path in (("auto", "auto"), ("forced", "fused")):
+        args = ["--data", str(text), "--out", str(tmp_path / name), "--attention", path, "--dropout", "0.1",
+                *TINY]
+        assert CliRunner().invoke(main, args).exit_code == 0
+    auto, forced = stored(tmp_path / "auto")["model"], stored(tmp_path / "forced")["model"]
+    assert all(torch.equal(auto[k], forced[k]) for k in forced)
