@@ -5,7 +5,9 @@
 For the shipped model's config and the shakespeare-char preset (nanoGPT's train_shakespeare_char),
 times real optimizer steps (model.train.train_step: forward, backward, clipping, AdamW) on random
 tokens and reports tokens/s, the fast/fp32 ratio, and the model FLOP rate as a fraction of the
-matmul rate measured here in the same dtype. The last line is for shakespeare-char:
+matmul rate measured here in the same dtype. For each dtype it also runs what
+`gpt-train --attention auto` runs at the start of a run, and says how long that took and whether
+its choice agrees with the longer measurement. The last line is for shakespeare-char:
 fp32_tok_s=<f> fast_tok_s=<f> speedup=<f> peak_fraction=<f>
 """
 
@@ -18,6 +20,7 @@ import time
 import torch
 from common import SHIPPED
 
+from model.attention_choice import ROWS, choose_attention, describe
 from model.checkpoint import load
 from model.config import GPTConfig, preset
 from model.data import Splits
@@ -65,6 +68,24 @@ def tokens_per_s(cfg: GPTConfig, batch_size: int, amp: torch.dtype, steps: int) 
     return batch_size * cfg.block_size / statistics.median(times)
 
 
+def auto_pick(cfg: GPTConfig, batch_size: int, amp: torch.dtype, results: dict) -> None:
+    """What gpt-train --attention auto would choose here, how long it took, and whether the longer
+    measurement above agrees."""
+    torch.manual_seed(0)
+    device, gen = torch.device("cpu"), torch.Generator().manual_seed(0)
+    rows = min(batch_size, ROWS)  # as gpt-train times it
+    ids = torch.randint(0, cfg.vocab_size, (rows, cfg.block_size + 1), generator=gen)
+    started = time.perf_counter()
+    choice, medians = choose_attention(lambda path: build_model(cfg.replace(attention=path)),
+                                       (ids[:, :-1], ids[:, 1:]), device, amp)
+    took = time.perf_counter() - started
+    name = str(amp).removeprefix("torch.").replace("float32", "fp32").replace("bfloat16", "bf16")
+    best = max(("fused", "explicit"), key=lambda a: results[f"{name} {a}"][0])
+    print(f"  auto ({name}): {describe(choice, medians, ids[:, :-1], device, amp).split(': ', 1)[1]}; "
+          f"took {took:.1f} s; {'agrees with' if choice == best else 'differs from'} the steps above "
+          f"({best})", flush=True)
+
+
 def bench_config(name: str, cfg: GPTConfig, batch_size: int, steps: int, peaks: dict) -> dict:
     n = count_params(build_model(cfg))
     fpt = flops_per_token(cfg, n)
@@ -83,6 +104,8 @@ def bench_config(name: str, cfg: GPTConfig, batch_size: int, steps: int, peaks: 
         results[label] = (tok_s, frac)
         print(f"  {label:14s} {tok_s:9,.0f} tok/s  {tok_s * fpt / 1e9:6.1f} GFLOP/s  "
               f"{frac:5.1%} of {str(amp).removeprefix('torch.')} matmul peak", flush=True)
+    for amp in dict.fromkeys(amp for amp, _ in paths.values()):
+        auto_pick(cfg, batch_size, amp, results)
     fast = max(results, key=lambda k: results[k][0])  # the baseline itself when nothing beats it
     fp32_tok_s, fast_tok_s = results["fp32 fused"][0], results[fast][0]
     print(f"  fastest: {fast}, {fast_tok_s / fp32_tok_s:.2f}x fp32")

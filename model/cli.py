@@ -50,8 +50,9 @@ class Refused(CommandUsageError):
 @click.option("--bias/--no-bias", default=None, help="Biases in Linear layers and LayerNorms.")
 @click.option("--qkv-bias/--no-qkv-bias", default=None, help="Bias on the q/k/v projection.")
 @click.option("--tie-weights/--no-tie-weights", default=None, help="Share token embedding and lm_head.")
-@click.option("--attention", type=click.Choice(["explicit", "fused"]),
-              help="Step-by-step attention maths, or F.scaled_dot_product_attention.")
+@click.option("--attention", type=click.Choice(["auto", "explicit", "fused"]),
+              help="Step-by-step attention maths, F.scaled_dot_product_attention, or auto: time both on "
+                   "a few micro-steps at the start and train with the faster [default: the preset's, fused].")
 @click.option("--activation", type=click.Choice(["gelu", "gelu_tanh"]),
               help="The MLP's GELU: exact, or GPT-2's tanh approximation.")
 @click.option("--data", default=D.data,
@@ -128,6 +129,10 @@ def main(preset_name: str, out_dir: str, resume: bool, overwrite: bool, **flags)
              if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
     preset_given = ctx.get_parameter_source("preset_name") == ParameterSource.COMMANDLINE
     named = None
+    # auto is no model setting: it picks one at the start of a fresh run; a resumed run keeps its own
+    auto = given.get("attention") == "auto"
+    if auto:
+        del given["attention"]
     try:
         if resume:
             if preset_given:  # the preset's values count as given, unless a flag says otherwise
@@ -137,7 +142,8 @@ def main(preset_name: str, out_dir: str, resume: bool, overwrite: bool, **flags)
                 given = values | given
             cfg = TrainConfig(out_dir=out_dir, resume=True, overwrite=overwrite)
         else:
-            cfg = fresh(preset_name, given | {"out_dir": out_dir, "overwrite": overwrite})
+            cfg = fresh(preset_name, given | {"out_dir": out_dir, "overwrite": overwrite,
+                                              "attention_auto": auto})
             if cfg.init_from:  # the model is the checkpoint's, with the few changes it allows
                 from model.init_from import init_config  # reads the checkpoint: needs torch
 

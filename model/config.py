@@ -56,6 +56,9 @@ class GPTConfig:
         if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) \
                 or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.attention == "auto":
+            raise ValueError("attention 'auto' is chosen by gpt-train --attention auto at the start of a run "
+                             "(model.attention_choice); a model needs 'explicit' or 'fused'")
         if self.attention not in ("explicit", "fused"):
             raise ValueError(f"attention must be 'explicit' or 'fused', not {self.attention!r}")
         if self.activation not in ("gelu", "gelu_tanh"):

@@ -26,7 +26,10 @@ import torch
 
 from model import checkpoint, distributed, run_folder
 from model.atomic import WriteError
-from model.data import open_corpus
+from model.attention_choice import ROWS as AUTO_ROWS
+from model.attention_choice import choose_attention
+from model.attention_choice import describe as describe_choice
+from model.data import get_batch, open_corpus
 from model.device import autocast, resolve_device, resolve_dtype
 from model.distributed import Dist
 from model.gpt import build_model, count_params
@@ -171,14 +174,16 @@ def setup(
     tokenizer = tokenizer_from_dict((ckpt or src)["tokenizer"]) if (ckpt or src) else None
     with distributed.local_main_first(dist):  # one download per node, not one per rank
         tokenizer, splits = open_corpus(cfg.data, tokenizer, log=log, progress=cfg.progress and dist.is_main)
+
+    def fresh_model(cfg: TrainConfig) -> torch.nn.Module:
+        if src:
+            return start_from(src, cfg).to(device)
+        return build_model(cfg.model.replace(vocab_size=tokenizer.vocab_size)).to(device)
+
+    if cfg.attention_auto and not ckpt and cfg.model.kind == "gpt":  # a resumed run keeps its choice
+        cfg = _pick_attention(cfg, fresh_model, splits, device, amp_dtype, dist, log)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    if ckpt:
-        model, _ = checkpoint.restore_model(ckpt, checkpoint_path(cfg))
-    elif src:
-        model = start_from(src, cfg)
-    else:
-        model = build_model(cfg.model.replace(vocab_size=tokenizer.vocab_size))
-    model.to(device)
+    model = checkpoint.restore_model(ckpt, checkpoint_path(cfg))[0].to(device) if ckpt else fresh_model(cfg)
     if dist.rank > 0:  # but each rank its own dropout masks
         torch.manual_seed(distributed.rank_seed(cfg.seed, dist.rank))
     log(f"{model.config.kind} model: {count_params(model) / 1e6:.2f}M parameters, "
@@ -202,6 +207,23 @@ def setup(
     tr.forward = model if cfg.fsdp else distributed.wrap(torch.compile(model) if cfg.compile else model,
                                                          dist, device)
     return tr, tokenizer
+
+
+def _pick_attention(cfg: TrainConfig, fresh_model: Callable[[TrainConfig], torch.nn.Module], splits,
+                    device: torch.device, amp_dtype: torch.dtype, dist: Dist,
+                    log: Callable[[str], None]) -> TrainConfig:
+    """``cfg`` with the faster attention path for this run, measured on rank 0 and sent to all."""
+    choice = [None]
+    if dist.is_main:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        x, y = get_batch(splits.split("train"), min(cfg.batch_size, AUTO_ROWS), cfg.model.block_size, gen)
+        choice[0], medians = choose_attention(
+            lambda path: fresh_model(cfg.replace(model=cfg.model.replace(attention=path))),
+            (x.to(device), y.to(device)), device, amp_dtype)
+        log(describe_choice(choice[0], medians, x, device, amp_dtype))
+    if dist.enabled:  # one path for every rank: they must run the same computation
+        torch.distributed.broadcast_object_list(choice, src=0)
+    return cfg.replace(model=cfg.model.replace(attention=choice[0]))
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print, given: dict | None = None,

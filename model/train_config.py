@@ -56,6 +56,9 @@ class TrainConfig:
     # start from this checkpoint's weights and tokenizer (fresh optimizer); model comes from
     # model.init_from.init_config, so only block_size (cropped), dropout and attention may differ
     init_from: str | None = None
+    # time both attention paths at the start (model.attention_choice) and train with the faster;
+    # the choice replaces model.attention, so checkpoints hold a concrete path
+    attention_auto: bool = False
     resume: bool = False  # continue OUT/ckpt.pt
     overwrite: bool = False  # start afresh in an OUT that holds a run, replacing its files
     progress: bool = True

@@ -143,7 +143,8 @@ def load_for_resume(cfg: TrainConfig, given: dict | None, named: dict[str, str] 
         raise checkpoint.CheckpointError(f"{path} has an unusable model config: {e}") from None
     if given is None:  # vocab_size comes from the tokenizer, never from the caller
         given = {k: getattr(cfg, k) for k in TRAIN_FIELDS} | {
-            k: getattr(cfg.model, k) for k in MODEL_FIELDS if k != "vocab_size"}
+            k: getattr(cfg.model, k) for k in MODEL_FIELDS
+            if k != "vocab_size" and not (k == "attention" and cfg.attention_auto)}  # auto: the stored choice
     resumed_cfg, notes = resumed(t["config"], model, given, cfg.out_dir, t["step"], path, named)
     for note in notes:
         log(note)

@@ -246,3 +246,12 @@ def test_the_timeout_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("GPT_DIST_TIMEOUT", "soon")
     with pytest.raises(ValueError, match="GPT_DIST_TIMEOUT must be a number of seconds above 0, not 'soon'"):
         timeout()
+
+
+@pytest.mark.slow
+def test_attention_auto_under_torchrun_stores_one_concrete_path(text, tmp_path):
+    """Rank 0 measures and broadcasts: the run ends (the ranks ran the same path) with a concrete choice."""
+    out = tmp_path / "auto"
+    losses = torchrun(text, out, "--max-iters", "3", "--attention", "auto")
+    assert len(losses) == 3
+    assert torch.load(out / "ckpt.pt", weights_only=True)["config"]["attention"] in ("explicit", "fused")
