@@ -17,10 +17,17 @@ from model.terminal import CommandError, CommandUsageError, visible
 DEFAULT_CKPT = "shakespeare.pt"  # model.checkpoint.DEFAULT_CKPT, named here without importing torch
 
 
-class UsageError(CommandUsageError):
-    """A usage error (a missing checkpoint) told in one line, with click's usage exit code."""
+def checkpoint_file(ckpt: str) -> Path:
+    """--ckpt as a checkpoint file; a folder or a missing file is a usage error (exit code 2)."""
+    from model.checkpoint import CheckpointError, resolve_ckpt
 
-    exit_code = 2
+    if Path(ckpt).is_dir():
+        raise CommandUsageError(f"--ckpt {ckpt} is a directory; pass a checkpoint file (such as "
+                                f"{Path(ckpt) / 'ckpt.pt'})")
+    try:
+        return resolve_ckpt(ckpt)
+    except CheckpointError as e:
+        raise CommandUsageError(str(e)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -62,20 +69,15 @@ def onnx(ckpt: str, out: str | None, opset: int | None, no_validate: bool, quant
     from export.ort_backend import OnnxModelError
     from export.validate import ValidationError
     from model.atomic import WriteError
-    from model.checkpoint import CheckpointError, resolve_ckpt
+    from model.checkpoint import CheckpointError
 
-    if Path(ckpt).is_dir():
-        raise UsageError(f"--ckpt {ckpt} is a directory; pass a checkpoint file (such as "
-                         f"{Path(ckpt) / 'ckpt.pt'})")
-    try:
-        path = resolve_ckpt(ckpt)
-    except CheckpointError as e:
-        raise UsageError(str(e)) from None
+    path = checkpoint_file(ckpt)
     folder = bool(out) and (out.endswith(("/", os.sep)) or os.path.isdir(out))
     if quantize and dtype:
-        raise UsageError("--quantize and --dtype are alternatives; pass one")
+        raise CommandUsageError("--quantize and --dtype are alternatives; pass one")
     if folder and (quantize or dtype):
-        raise UsageError("--quantize and --dtype write one .onnx file; pass --out FILE.onnx, not a folder")
+        raise CommandUsageError("--quantize and --dtype write one .onnx file; pass --out FILE.onnx, not a "
+                                "folder")
     console = Console(stderr=True, log_path=False)
     start = time.perf_counter()
     try:
@@ -110,14 +112,9 @@ def hf(ckpt: str, out: str) -> None:
     transformers.AutoModelForCausalLM.from_pretrained(OUT) loads with our logits."""
     from export.hf_export import export_hf
     from model.atomic import WriteError
-    from model.checkpoint import CheckpointError, resolve_ckpt
+    from model.checkpoint import CheckpointError
 
-    if Path(ckpt).is_dir():
-        raise UsageError(f"--ckpt {ckpt} is a directory; pass a checkpoint file")
-    try:
-        path = resolve_ckpt(ckpt)
-    except CheckpointError as e:
-        raise UsageError(str(e)) from None
+    path = checkpoint_file(ckpt)
     try:
         written = export_hf(path, out)
     except (CheckpointError, WriteError) as e:

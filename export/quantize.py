@@ -200,11 +200,10 @@ def quantize_export(
     """Convert ``fp32_path`` to ``kind`` and write it to ``out`` only if its validation loss on
     ``val_ids`` is within ``LOSS_TOLERANCE[kind]`` of the fp32 file's and it generates; returns
     (fp32 loss, its loss). fp16 / bf16 files are checked only where the CPU provider runs them."""
-    reference = load_ort_backend(fp32_path, provider="cpu")
     losses = [math.nan, math.nan]
     if check:
         say("validation loss of the fp32 graph (whole split, ONNX Runtime)")
-        losses[0] = split_loss(reference, val_ids)
+        losses[0] = split_loss(load_ort_backend(fp32_path, provider="cpu"), val_ids)
 
     def validate(tmp: Path) -> None:
         if not check:
@@ -256,7 +255,7 @@ def export_converted(
     into a temp folder, then converted to ``kind`` into ``out`` (default: the checkpoint's path
     with ``.{kind}.onnx``), judged on the validation split of ``data``."""
     from export.onnx_export import export_onnx
-    from model.data import load_corpus
+    from model.data import open_corpus
 
     out = Path(out) if out else ckpt_path.with_suffix(f".{kind}.onnx")
     with tempfile.TemporaryDirectory() as tmp:
@@ -264,6 +263,6 @@ def export_converted(
         val_ids = torch.empty(0, dtype=torch.long)
         if validate:
             tokenizer = load_ort_backend(fp32, provider="cpu").tokenizer
-            val_ids = load_corpus(data, tokenizer)[1].val
+            val_ids = open_corpus(data, tokenizer)[1].val
         quantize_export(fp32, out, kind, val_ids, say, check=validate)
     return out

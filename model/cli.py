@@ -278,13 +278,12 @@ def report_slim(ckpt: str, out: str, dtype: str) -> None:
     """Write OUT: the weights, config, tokenizer and training facts of CKPT, without optimizer state.
 
     What the tools need to generate, about a third of a training checkpoint; written atomically."""
-    import torch
-
     from model.atomic import WriteError
     from model.checkpoint import CheckpointError, write_slim
+    from model.device import DTYPES
 
     try:
-        write_slim(ckpt, out, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype])
+        write_slim(ckpt, out, DTYPES[dtype])
     except (CheckpointError, WriteError) as e:
         raise CommandError(str(e)) from None
     click.echo(f"{out}: {Path(out).stat().st_size / 2**20:.1f} MiB")

@@ -23,7 +23,7 @@ from model.prepare import PrepareConfig, prepare
 from model.shards import MANIFEST, DataError, TokenData, TokenSplit, open_prepared
 from model.tokenizer import Tokenizer, tokenizer_from_dict
 
-__all__ = ["DATA_DIR_ENV", "DataError", "Splits", "TokenData", "get_batch", "load_corpus", "open_corpus"]
+__all__ = ["DATA_DIR_ENV", "DataError", "Splits", "TokenData", "get_batch", "open_corpus"]
 
 SHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -162,13 +162,6 @@ def _tokenizer_of(prepared: TokenData, tokenizer: Tokenizer | None) -> Tokenizer
                         f"{prepared.manifest['vocab_size']} but the tokenizer here has {tok.vocab_size}; "
                         "use the same ranks file or re-prepare")
     return tok
-
-
-def load_corpus(
-    data: str, tokenizer: Tokenizer | None = None, data_dir: str | Path | None = None
-) -> tuple[Tokenizer, TokenData]:
-    """open_corpus without logging: the splits of ``data``, memory-mapped (slices give tensors)."""
-    return open_corpus(data, tokenizer, data_dir)
 
 
 def get_batch(

@@ -13,6 +13,7 @@ import torch
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 DType = Literal["auto", "fp32", "bf16", "fp16"]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(device: Device) -> torch.device:
@@ -44,7 +45,7 @@ def resolve_dtype(dtype: DType, device: torch.device) -> torch.dtype:
         if device.type == "cpu" and cpu_has_bf16():
             return torch.bfloat16
         return torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    return DTYPES[dtype]
 
 
 def autocast(device: torch.device, dtype: torch.dtype):

@@ -88,7 +88,9 @@ class Generation:
 
     def recent(self) -> list[int]:
         """The ids the repetition penalty looks at for the next token (the context's last ones)."""
-        return recent_ids(self.prompt_ids + self.ids, self.settings)
+        # only the window's worth of each: joining the whole context would copy it every token
+        window = self.settings.repetition_window
+        return recent_ids(self.prompt_ids[-window:] + self.ids[-window:], self.settings)
 
     def next_logits(self) -> torch.Tensor:
         """The raw logits (V,) for the next token: one forward pass, then cached until ``accept``.

@@ -14,7 +14,7 @@ import torch
 from model import checkpoint
 from model.config import GPTConfig
 from model.gpt import build_model
-from model.train_config import TrainConfig
+from model.train_config import TrainConfig, flag
 
 # what --init-from may change: the rest is fixed by the weights
 INIT_CHANGES = ("block_size", "dropout", "attention")
@@ -26,7 +26,7 @@ def init_config(path: str | Path, changes: dict) -> GPTConfig:
     config = GPTConfig.from_dict(checkpoint.load(path)["config"])
     fixed = sorted(set(changes) - set(INIT_CHANGES))
     if fixed:
-        flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
+        flags = ", ".join(flag(k) for k in fixed)
         raise ValueError(f"{flags} cannot change with --init-from {path}: its weights fix them; "
                          "drop the flag")
     if changes.get("block_size", 0) > config.block_size:

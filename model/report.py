@@ -10,7 +10,7 @@ import torch
 
 from model.atomic import atomic_write
 from model.checkpoint import load_model
-from model.data import load_corpus
+from model.data import open_corpus
 from model.device import autocast, resolve_dtype
 
 
@@ -19,7 +19,7 @@ def split_losses(ckpt: str | Path, data: str = "shakespeare", batch_size: int = 
     """Mean loss over every target of the train and val splits (consecutive block_size windows);
     ``on_batch(split, batches done, batches in all)`` follows the progress."""
     model, tokenizer, _ = load_model(ckpt)
-    _, splits = load_corpus(data, tokenizer)
+    _, splits = open_corpus(data, tokenizer)
     block = model.config.block_size
     cpu = torch.device("cpu")
     # bf16 only where the CPU does it natively: emulated bf16 is slower than fp32

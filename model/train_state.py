@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from model import checkpoint, distributed
+from model import checkpoint, distributed, run_folder
 from model.config import GPTConfig
 from model.data import Splits, TokenData, get_batch
 from model.distributed import Dist
@@ -52,7 +52,7 @@ class Trainer:
 
 
 def checkpoint_path(cfg: TrainConfig) -> Path:
-    return Path(cfg.out_dir) / "ckpt.pt"
+    return Path(cfg.out_dir) / run_folder.CKPT
 
 
 def plain(d: dict) -> dict:

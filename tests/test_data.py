@@ -7,7 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from model.cli import main as train_main
-from model.data import DataError, Splits, get_batch, load_corpus, open_corpus, shakespeare_path
+from model.data import DataError, Splits, get_batch, open_corpus, shakespeare_path
 from model.prepare import PrepareConfig, prepare
 from model.shards import MANIFEST, open_prepared
 from model.tokenizer import CharTokenizer
@@ -45,7 +45,7 @@ def test_non_utf8_and_missing_files_are_clear_errors(tmp_path):
 def test_shakespeare_keeps_its_split_and_its_windows(shakespeare_available):
     """Prepared into shards, Tiny Shakespeare gives the ids, the 90/10 split and, for the same seed,
     the same training windows as the in-memory path it replaced (the shipped recipe reproduces)."""
-    tok, data = load_corpus("shakespeare")
+    tok, data = open_corpus("shakespeare")
     assert tok.vocab_size == 66  # 65 characters + end-of-text
     assert (len(data.train), len(data.val)) == (1_003_854, 111_540)  # nanoGPT's split
     text = shakespeare_path().read_text(encoding="utf-8")

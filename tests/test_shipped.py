@@ -7,7 +7,7 @@ import torch
 
 from model.backend import Settings
 from model.checkpoint import DEFAULT_CKPT, SHIPPED_DIR, load_model, resolve_ckpt
-from model.data import load_corpus
+from model.data import open_corpus
 from model.report import full_val_loss
 from model.torch_backend import TorchBackend
 
@@ -36,7 +36,7 @@ def test_loads_with_weights_only_and_is_slim():
 @pytest.mark.slow
 def test_val_loss_on_fixed_windows_matches_the_model_card(shakespeare_available):
     model, tokenizer, _ = load_model(SHIPPED)
-    _, splits = load_corpus("shakespeare", tokenizer)
+    _, splits = open_corpus("shakespeare", tokenizer)
     val, block = splits.split("val"), model.config.block_size
     # a quick, fixed check: 16 runs of 4 consecutive windows, spread evenly over the split (the
     # split's start alone is easier text and scores ~0.12 lower than the whole)

@@ -58,8 +58,8 @@ from tui.widgets import PromptArea
 
 
 def freeze_heap() -> None:
-    """Put every object made so far (PyTorch, Textual, the loaded model: ~180,000 that live as long as
-    the app) out of the garbage collector's reach, so its full collections do not walk them all
+    """Put every object made so far (PyTorch, Textual, the loaded model: all that live as long as the
+    app) out of the garbage collector's reach, so its full collections do not walk them all
     while text streams (a stall on screen). Call it once, before the app runs."""
     gc.collect()
     gc.freeze()

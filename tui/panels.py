@@ -193,8 +193,11 @@ def attention_source(run: Run | None, backends: Backends) -> AttentionSource | N
     if reader is None:
         return AttentionSource(None, [], [], note)
     tokenizer = reader.tokenizer
-    text = run.document.text
-    ids = tokenizer.encode(text, "replace")[-run.info.block_size:] if text else [tokenizer.eot_id]
+    if run.prompt_ids:  # the ids the model was fed and gave: a BPE re-encoding of the text may differ
+        ids = run_history(run, len(run.events))[-run.info.block_size:]
+    else:  # a reloaded session keeps text, not ids
+        text = run.document.text
+        ids = tokenizer.encode(text, "replace")[-run.info.block_size:] if text else [tokenizer.eot_id]
     return AttentionSource(model, ids, [piece(tokenizer, i) for i in ids], note)
 
 
