@@ -48,15 +48,19 @@ class Generation:
     token that completes a stop string is yielded, then the stream ends.
     """
 
-    def __init__(self, decoder: Decoder, tokenizer: Tokenizer, prompt: str, settings: Settings):
+    def __init__(self, decoder: Decoder, tokenizer: Tokenizer, prompt: str, settings: Settings,
+                 prompt_ids: list[int] | None = None):
         self.decoder: Decoder | None = decoder  # None once finished: the cache can be freed
         self.tokenizer = tokenizer
         self.settings = settings
         self.block_size = decoder.block_size
-        # an empty prompt starts a new document, as the model saw after every end-of-text marker
-        ids = tokenizer.encode(prompt, settings.unknown) if prompt else [tokenizer.eot_id]
+        # ``prompt_ids``, when given, are the context as ids already (step mode's undo): encoding the
+        # text again could cut it otherwise than the tokens that were taken
+        if prompt_ids is None:
+            # an empty prompt starts a new document, as the model saw after every end-of-text marker
+            prompt_ids = tokenizer.encode(prompt, settings.unknown) if prompt else [tokenizer.eot_id]
         # older text would fall outside the window the model can see anyway
-        self.prompt_ids = ids[-self.block_size:]
+        self.prompt_ids = list(prompt_ids)[-self.block_size:]
         self.ids: list[int] = []  # generated so far
         self.text = ""  # their text, without the prompt
         self.stop_reason: StopReason | None = None

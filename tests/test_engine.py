@@ -1,5 +1,7 @@
 """The generation engine: KV cache parity, sampling controls, streaming and stopping, the backend."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -295,3 +297,14 @@ def test_backend_offers_a_fresh_decoder_and_its_model(tiny_model, char_tok):
     a, b = backend.decoder(), backend.decoder()
     assert a.cache is not b.cache and backend.torch_model() is tiny_model
     assert backend.tokenizer is char_tok
+
+
+def test_a_generation_can_start_from_ids_instead_of_text(tiny_model, char_tok):
+    # step mode's undo rebuilds the loop from the ids it took: those must be fed as they are, cropped
+    decoder = TorchDecoder(tiny_model)
+    ids = char_tok.encode("ROMEO: But soft") * 10
+    generation = Generation(decoder, char_tok, "", Settings(temperature=0.0), prompt_ids=ids)
+    assert generation.prompt_ids == ids[-decoder.block_size:]
+    text = "ROMEO: But soft" * 10
+    by_text = Generation(TorchDecoder(tiny_model), char_tok, text, Settings(temperature=0.0))
+    assert [e.id for e in itertools.islice(generation, 5)] == [e.id for e in itertools.islice(by_text, 5)]

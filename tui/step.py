@@ -44,7 +44,7 @@ class Stepper:
         self.taken: list[Taken] = []
         self.generator = torch.Generator().manual_seed(settings.seed)
         self._decoder = backend.decoder()  # one cache, reused by every rebuild of the loop
-        self.generation = self._generation()
+        self.generation = Generation(self._decoder, backend.tokenizer, prompt, settings)
         self.prompt_ids = list(self.generation.prompt_ids)  # the prompt as the model sees it
         self._logits: torch.Tensor | None = None  # the next step's, cached until a token is taken
 
@@ -85,7 +85,7 @@ class Stepper:
             return None
         last = self.taken.pop()
         self.generator.set_state(last.generator_state)
-        self.generation = self._generation()  # the model is fed the shorter text when next asked
+        self.generation = self._generation()  # the model is fed the shorter context when next asked
         self._logits = last.event.logits  # the step it was taken at comes back as the next one
         return last.event
 
@@ -95,7 +95,11 @@ class Stepper:
         return self.generation.recent()
 
     def _generation(self) -> Generation:
-        return Generation(self._decoder, self.backend.tokenizer, self.prompt + self.text, self.settings)
+        """The loop over the prompt and the tokens taken, as ids: a picked BPE token need not be how
+        the encoder would cut the text, and a piece still waiting for the rest of its character has
+        no text at all."""
+        ids = self.prompt_ids + [t.event.id for t in self.taken]
+        return Generation(self._decoder, self.backend.tokenizer, "", self.settings, prompt_ids=ids)
 
 
 class StepMode:
