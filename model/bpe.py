@@ -124,6 +124,11 @@ class ByteBPETokenizer:
         """One token as vocab.json spells it ("Ġthe"), or the special token's text."""
         return self.itos[token]
 
+    def token_bytes(self, token: int) -> bytes | None:
+        if token in self.special_ids:
+            return None
+        return bytes(self.char_byte[c] for c in self.itos.get(token, ""))
+
     def decode(self, ids: list[int]) -> str:
         out, run = [], bytearray()  # bytes of ordinary tokens, joined so split characters heal
         for i in ids:
@@ -131,7 +136,7 @@ class ByteBPETokenizer:
                 out.append(run.decode("utf-8", errors="replace") + self.itos[i])
                 run = bytearray()
             else:  # an id past the vocabulary (a padded embedding) decodes to nothing
-                run += bytes(self.char_byte[c] for c in self.itos.get(i, ""))
+                run += self.token_bytes(i)
         return "".join(out) + run.decode("utf-8", errors="replace")
 
     def to_dict(self) -> dict:

@@ -46,23 +46,11 @@ class StepView:
     surprisal: float | None = None  # bits, -log2 of the model's probability of the chosen token
 
 
-def token_bytes(tokenizer, token: int) -> bytes | None:
-    """The bytes a BPE token stands for (None: not a byte-level BPE, or a special token)."""
-    from model.bpe import ByteBPETokenizer  # lazily: it needs regex
-    from model.tokenizer import BPETokenizer
-
-    if isinstance(tokenizer, ByteBPETokenizer) and token not in tokenizer.special_ids:
-        return bytes(tokenizer.char_byte[c] for c in tokenizer.itos.get(token, ""))
-    if isinstance(tokenizer, BPETokenizer) and token != tokenizer.eot_id:
-        return tokenizer.encoding.decode_single_token_bytes(token)
-    return None
-
-
 def piece(tokenizer, token: int) -> str:
     """One token as the app shows it: spaces as ␣, newline ⏎, tab ⇥, controls as their pictures,
     and the bytes of a BPE token that is only part of a UTF-8 character as <0xE2> (its decoded
     text would be a meaningless U+FFFD). ``"∅"`` for a token that stands for nothing."""
-    raw = token_bytes(tokenizer, token)
+    raw = tokenizer.token_bytes(token)
     if raw is None:
         text = tokenizer.decode([token])
     else:  # undecodable bytes come back as lone surrogates U+DC80..U+DCFF, one per byte

@@ -45,6 +45,12 @@ class Tokenizer(Protocol):
         ...
 
     def decode(self, ids: list[int]) -> str: ...
+
+    def token_bytes(self, token: int) -> bytes | None:
+        """The bytes a byte-level token stands for; None for a character tokenizer (its ids stand
+        for characters) and for special tokens."""
+        ...
+
     def unknown_chars(self, text: str) -> list[str]: ...
     def to_dict(self) -> dict: ...
 
@@ -85,6 +91,9 @@ class CharTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return "".join(EOT if i == self.eot_id else self.chars[i] for i in ids)
+
+    def token_bytes(self, token: int) -> None:
+        return None
 
     def to_dict(self) -> dict:
         return {"kind": "char", "chars": self.chars}
@@ -138,6 +147,9 @@ class BPETokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self._enc.decode(ids)
+
+    def token_bytes(self, token: int) -> bytes | None:
+        return None if token == self.eot_id else self._enc.decode_single_token_bytes(token)
 
     def to_dict(self) -> dict:
         return {"kind": "bpe", "encoding": "gpt2"}

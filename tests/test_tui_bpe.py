@@ -50,7 +50,9 @@ def test_pieces_show_spaces_whitespace_and_partial_characters():
     assert [piece(tok, i) for i in dash] == ["<0xE2>", "<0x80>", "<0x94>"]
     assert tok.decode(dash[:1]) == "\ufffd"  # what decoding it alone would show
     assert piece(tok, tok.eot_id) == EOT
+    assert tok.token_bytes(258) == b" the" and tok.token_bytes(tok.eot_id) is None
     chars = CharTokenizer("ab \n")  # the character models use the same convention
+    assert chars.token_bytes(0) is None  # its ids stand for characters, not bytes
     assert [piece(chars, i) for i in range(4)] == ["a", "b", "␣", "⏎"]
 
 
@@ -65,6 +67,7 @@ def test_pieces_of_tiktokens_gpt2_encoding(tmp_path):
     assert tok.encode(" the") == [258] and piece(tok, 258) == "␣the"
     assert [piece(tok, i) for i in tok.encode("—")] == ["<0xE2>", "<0x80>", "<0x94>"]
     assert piece(tok, tok.eot_id) == EOT
+    assert tok.token_bytes(258) == b" the" and tok.token_bytes(tok.eot_id) is None
 
 
 @run_async
