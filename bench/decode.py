@@ -23,7 +23,8 @@ The ONNX Runtime files (fp32, int8, int4) are timed alternately, run by run, so 
 them on the same machine state.
 
 With ``--hf``, Hugging Face transformers' ``generate()`` (greedy, its KV cache) runs the same weights
-side by side with our cached path and ONNX Runtime, at the shakespeare-char shape and at GPT-2
+side by side with our cached path (fp32, and bf16 weights when ``--precision auto`` picks them, as
+gpt-tui does; the ratio is for the one it picks) and ONNX Runtime, at the shakespeare-char shape and at GPT-2
 124M's (random weights: speed does not depend on them), each for as many tokens as both fit in the
 block (transformers cannot slide its window). ``--hf-shape tiny`` swaps 124M for a 2-layer model
 of the same vocabulary, to check the script runs. The last two lines, for shakespeare-char:
@@ -48,7 +49,7 @@ from model import checkpoint
 from model.backend import Settings
 from model.engine import Generation
 from model.gpt import GPT
-from model.torch_backend import RecomputeDecoder, TorchDecoder
+from model.torch_backend import RecomputeDecoder, TorchDecoder, decode_precision
 
 PROMPT = "ROMEO:\n"
 
@@ -158,7 +159,7 @@ def onnx_tok_s(ckpt_path: Path, tokenizer, args) -> dict[str, float] | None:
         return {kind: statistics.median(r) for kind, r in rates.items()}
 
 
-def hf_tok_s(model: GPT, prompt: list[int], tokens: int, runs: int) -> float:
+def hf_tok_s(model: GPT, prompt: list[int], tokens: int, runs: int, dtype: torch.dtype = torch.float32) -> float:
     """Median tokens/s of transformers' greedy generate() on our weights, as GPT2LMHeadModel."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -167,6 +168,7 @@ def hf_tok_s(model: GPT, prompt: list[int], tokens: int, runs: int) -> float:
 
     hf = GPT2LMHeadModel(GPT2Config(**hf_config(model.config, eot_id=0))).eval()
     hf.load_state_dict(hf_state(model), strict=False)  # strict=False: the tied lm_head is not listed
+    hf = hf.to(dtype)
     ids = torch.tensor([prompt])
     rates = []
     with torch.inference_mode():
@@ -185,11 +187,21 @@ def bench_hf(name: str, model: GPT, tokenizer, ckpt_path: Path, args) -> dict:
     print(f"\n{name} beside transformers: {model.config.n_layer} layers x {model.config.n_embd}, vocab "
           f"{model.config.vocab_size}, {tokens} new tokens, median of {args.runs}", flush=True)
     sub = argparse.Namespace(**{**vars(args), "tokens": tokens})
+    # what gpt-tui decodes with: --precision auto times fp32 and bf16 weights and keeps the faster
+    decode_model, why = decode_precision(model, "auto")
     cached = tok_s(lambda: TorchDecoder(model), tokenizer, tokens, args.runs)
     hf = hf_tok_s(model, prompt, tokens, args.runs)
-    print(f"  cached       {cached:8.1f} tok/s   {cached / hf:.2f}x transformers", flush=True)
+    print(f"  cached fp32  {cached:8.1f} tok/s   {cached / hf:.2f}x transformers", flush=True)
+    chosen = cached
+    if decode_model is not model:
+        chosen = tok_s(lambda: TorchDecoder(decode_model), tokenizer, tokens, args.runs)
+        print(f"  cached bf16  {chosen:8.1f} tok/s   {chosen / hf:.2f}x transformers", flush=True)
+        # for scale, not for the ratio: transformers does not pick bf16 by itself
+        hf_half = hf_tok_s(model, prompt, tokens, args.runs, torch.bfloat16)
+        print(f"  transformers on bf16 weights {hf_half:8.1f} tok/s", flush=True)
+    print(f"  auto chose   {why}", flush=True)
     print(f"  transformers {hf:8.1f} tok/s", flush=True)
-    result = dict(hf_tok_s=hf, torch_vs_hf=cached / hf)
+    result = dict(hf_tok_s=hf, torch_vs_hf=chosen / hf)
     onnx = onnx_tok_s(ckpt_path, tokenizer, sub)
     if onnx is not None:
         for kind, rate in onnx.items():  # fp32, int8, int4

@@ -106,6 +106,7 @@ class BackendInfo:
     vocab: str | None = None  # the characters, for a character tokenizer
     config: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    precision: str = ""  # the decoding weights' type and why ("bf16 weights (a step: ...)"), if chosen
 
 
 class Decoder(Protocol):

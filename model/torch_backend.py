@@ -3,7 +3,10 @@ decoder model.batched drives, and the ``Backend`` that streams through model.eng
 
 from __future__ import annotations
 
+import copy
 import logging
+import statistics
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -11,7 +14,7 @@ import torch
 
 from model.backend import BackendInfo, Settings
 from model.checkpoint import load_model
-from model.device import Device, resolve_device
+from model.device import Device, cpu_has_bf16, resolve_device
 from model.engine import Generation
 from model.gpt import GPT, Bigram
 from model.kv_cache import BatchKVCache, KVCache, StaticLayerKV
@@ -25,6 +28,8 @@ def _ready(model: GPT | Bigram, device: torch.device | str | None) -> GPT | Bigr
 
 
 Step = Literal["auto", "eager", "static", "cuda_graph", "compile"]
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class TorchDecoder:
@@ -209,13 +214,61 @@ class TorchBatchDecoder:
         self.cache.lengths[row] = 0
 
 
+def step_seconds(model: GPT | Bigram, steps: int = 8, prompt: int = 16) -> float:
+    """Median time of a one-token cached step after a short prompt: what a decoded token costs."""
+    decoder = TorchDecoder(model)
+    decoder.feed([0] * min(prompt, model.config.block_size - steps))
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        decoder.feed([0])
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bf16_worth_timing(device: torch.device) -> bool:
+    """bf16 weights can only win where the hardware multiplies bf16 natively; emulated, they lose."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_bf16()
+
+
+def decode_precision(model: GPT | Bigram, precision: Precision = "auto") -> tuple[GPT | Bigram, str]:
+    """The model to decode with and why. A batch-1 step streams every weight once, so halving their
+    bytes can pay, but whether it does depends on the shape and the CPU (bf16 mat-vecs have their
+    own kernels), so ``auto`` times both copies on this model, twice each in turn, and keeps the
+    faster. A model already stored in a 16-bit type is decoded as it is."""
+    weight = next(model.parameters())
+    if weight.dtype != torch.float32 or isinstance(model, Bigram):
+        return model, f"{str(weight.dtype).removeprefix('torch.')} weights (as loaded)"
+    if precision == "fp32":
+        return model, "fp32 weights (asked for)"
+    if precision == "bf16":
+        return copy.deepcopy(model).to(torch.bfloat16), "bf16 weights (asked for)"
+    if not bf16_worth_timing(weight.device):
+        return model, "fp32 weights (no native bf16 here)"
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for _ in range(2):
+        times["fp32"].append(step_seconds(model))
+        times["bf16"].append(step_seconds(half))
+    fp32, bf16 = min(times["fp32"]), min(times["bf16"])
+    chosen, name = (half, "bf16") if bf16 < fp32 else (model, "fp32")
+    return chosen, f"{name} weights (a step: fp32 {fp32 * 1e3:.1f} ms, bf16 {bf16 * 1e3:.1f} ms)"
+
+
 class TorchBackend:
-    """model.backend.Backend over a PyTorch model: each stream gets its own decoder and cache."""
+    """model.backend.Backend over a PyTorch model: each stream gets its own decoder and cache.
+
+    ``precision`` is the weights' type for decoding (``decode_precision``); the insight views
+    (``torch_model()``) keep the model as loaded."""
 
     def __init__(
-        self, model: GPT | Bigram, tokenizer: Tokenizer, path: str = "<model>", meta: dict | None = None
+        self, model: GPT | Bigram, tokenizer: Tokenizer, path: str = "<model>", meta: dict | None = None,
+        precision: Precision = "fp32",
     ):
         self.model = _ready(model, None)
+        self.decode_model, self.precision = decode_precision(self.model, precision)
         self.tokenizer = tokenizer
         self.path = path
         self.meta = dict(meta or {})
@@ -231,6 +284,7 @@ class TorchBackend:
             vocab=self.tokenizer.chars if isinstance(self.tokenizer, CharTokenizer) else None,
             config=config.to_dict(),
             meta=self.meta,
+            precision=self.precision,
         )
 
     def unknown_chars(self, prompt: str) -> list[str]:
@@ -238,12 +292,12 @@ class TorchBackend:
 
     def decoder(self) -> TorchDecoder:
         # a fresh cache per decoder (a few MB): streams never share state, and closing one frees it
-        return TorchDecoder(self.model)
+        return TorchDecoder(self.decode_model)
 
     def batch_decoder(self, rows: int) -> TorchBatchDecoder | None:
         """Up to ``rows`` sequences decoded together (model.batched.Batch drives it); None for the
         bigram, whose step is one table lookup: nothing to share."""
-        return TorchBatchDecoder(self.model, rows) if isinstance(self.model, GPT) else None
+        return TorchBatchDecoder(self.decode_model, rows) if isinstance(self.model, GPT) else None
 
     def torch_model(self) -> GPT | Bigram:
         return self.model
@@ -252,7 +306,8 @@ class TorchBackend:
         return Generation(self.decoder(), self.tokenizer, prompt, settings)
 
 
-def load_backend(path: str | Path, device: Device = "cpu") -> TorchBackend:
-    """A slim or full training checkpoint -> a PyTorch backend on cpu, cuda, mps (or auto)."""
+def load_backend(path: str | Path, device: Device = "cpu", precision: Precision = "auto") -> TorchBackend:
+    """A slim or full training checkpoint -> a PyTorch backend on cpu, cuda, mps (or auto), decoding
+    with the weights' precision ``decode_precision`` picks."""
     model, tokenizer, meta = load_model(path, resolve_device(device))
-    return TorchBackend(model, tokenizer, path=str(path), meta=meta)
+    return TorchBackend(model, tokenizer, path=str(path), meta=meta, precision=precision)

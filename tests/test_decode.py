@@ -58,3 +58,49 @@ def test_the_compiled_step_gives_the_eager_logits_and_tokens(tiny_model, char_to
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=f"step {i}")
     assert greedy(TorchDecoder(tiny_model, step="compile"), char_tok) == greedy(
         TorchDecoder(tiny_model, step="eager"), char_tok)
+
+
+def test_bf16_decode_weights_give_the_fp32_logits_to_bf16_precision(tiny_model, char_tok):
+    from model.torch_backend import TorchBackend
+
+    backend = TorchBackend(tiny_model, char_tok, precision="bf16")
+    assert backend.decode_model.lm_head.weight.dtype == torch.bfloat16
+    assert backend.torch_model().lm_head.weight.dtype == torch.float32  # the insight views keep fp32
+    assert backend.info().precision == "bf16 weights (asked for)"
+    prompt, tokens = steps_and_window(tiny_model)
+    half = decode_logits(backend.decoder(), prompt, tokens)
+    full = decode_logits(TorchDecoder(tiny_model), prompt, tokens)
+    for i, (a, b) in enumerate(zip(half, full, strict=True)):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=0, atol=0.05, msg=f"step {i}")
+
+
+def test_auto_precision_keeps_the_faster_weights_and_says_why(tiny_model, char_tok, monkeypatch):
+    import model.torch_backend as tb
+
+    monkeypatch.setattr(tb, "bf16_worth_timing", lambda device: False)
+    backend = tb.TorchBackend(tiny_model, char_tok, precision="auto")
+    assert backend.decode_model is backend.model
+    assert backend.info().precision == "fp32 weights (no native bf16 here)"
+
+    monkeypatch.setattr(tb, "bf16_worth_timing", lambda device: True)
+    for fast, dtype in ((torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32)):
+        # a step that takes 1 ms in the fast type and 2 ms in the other
+        monkeypatch.setattr(tb, "step_seconds",
+                            lambda m, fast=fast: 1e-3 if m.lm_head.weight.dtype == fast else 2e-3)
+        backend = tb.TorchBackend(tiny_model, char_tok, precision="auto")
+        assert backend.decode_model.lm_head.weight.dtype == dtype
+        name = "bf16" if dtype == torch.bfloat16 else "fp32"
+        assert backend.info().precision == f"{name} weights (a step: fp32 {1 if name == 'fp32' else 2}.0 ms, " \
+                                           f"bf16 {1 if name == 'bf16' else 2}.0 ms)"
+
+
+def test_fp32_precision_and_16_bit_checkpoints_decode_as_loaded(tiny_model, char_tok):
+    import copy
+
+    from model.torch_backend import TorchBackend
+
+    backend = TorchBackend(tiny_model, char_tok)  # the constructor's default: no timing, no copy
+    assert backend.decode_model is backend.model and backend.info().precision == "fp32 weights (asked for)"
+    half = TorchBackend(copy.deepcopy(tiny_model).to(torch.bfloat16), char_tok, precision="auto")
+    assert half.decode_model is half.model and half.info().precision == "bfloat16 weights (as loaded)"

@@ -57,3 +57,20 @@ def test_the_config_file_sets_defaults_that_flags_override(tiny_ckpt):
     path.write_text("temperature = -2\n", encoding="utf-8")
     refused = runner.invoke(main, ["-p", "x", "--ckpt", str(tiny_ckpt)])
     assert "-2.0 is not in the range x>=0" in refused.output
+
+
+def test_precision_reaches_the_pytorch_backend(tiny_ckpt, monkeypatch):
+    import torch
+
+    from tui.backends import factories
+
+    made = factories(tiny_ckpt, "cpu", precision="bf16")["torch"](lambda message: None)
+    assert made.decode_model.lm_head.weight.dtype == torch.bfloat16
+    assert made.info().precision == "bf16 weights (asked for)"
+    monkeypatch.delenv("GPT_TUI_PRECISION")  # as a user runs it: the flag's default is auto
+    runner = CliRunner()
+    base = ["--ckpt", str(tiny_ckpt), "-n", "20", "--seed", "1", "--temperature", "0", "-p", "ROMEO:"]
+    auto = runner.invoke(main, base)
+    assert auto.exit_code == 0 and 0 < len(auto.output) <= 20
+    bad = runner.invoke(main, [*base, "--precision", "fp16"])
+    assert bad.exit_code == 2 and "'fp16' is not one of 'auto', 'fp32', 'bf16'" in bad.output

@@ -48,6 +48,7 @@ class TorchFactory:
     ckpt: Path
     device: str = "cpu"
     threads: int | None = None  # CPU threads for PyTorch in this process (None: leave as is)
+    precision: str = "fp32"  # the decoding weights' type: fp32, bf16 or auto (model.torch_backend)
 
     def __call__(self, progress: Progress) -> Backend:
         from model.torch_backend import load_backend
@@ -57,7 +58,7 @@ class TorchFactory:
 
         where = "" if self.device == "auto" else f" on {self.device}"
         progress(f"loading {self.ckpt.name} with PyTorch{where}")
-        return load_backend(self.ckpt, self.device)  # type: ignore[arg-type]
+        return load_backend(self.ckpt, self.device, self.precision)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -132,13 +133,14 @@ class Backends:
 
 
 def factories(
-    ckpt: Path | None, device: str = "cpu", onnx: Path | None = None, provider: str = "auto"
+    ckpt: Path | None, device: str = "cpu", onnx: Path | None = None, provider: str = "auto",
+    precision: str = "fp32",
 ) -> dict[str, BackendFactory]:
     """The backends these files allow: PyTorch needs the checkpoint; ONNX needs the .onnx or the
     checkpoint to export."""
     made: dict[str, BackendFactory] = {}
     if ckpt is not None:
-        made["torch"] = TorchFactory(ckpt, device)
+        made["torch"] = TorchFactory(ckpt, device, precision=precision)
     if ckpt is not None or onnx is not None:
         made["onnx"] = OnnxFactory(ckpt, onnx, provider)
     return made

@@ -8,7 +8,7 @@ import torch
 from model.backend import Backend, BackendInfo, Settings
 from model.config import GPTConfig
 from model.gpt import build_model, count_params
-from model.insight import piece, token_bytes
+from model.insight import piece
 from model.terminal import visible
 from tui import settings as settings_text
 
@@ -55,7 +55,7 @@ def describe_model(backend: Backend) -> str:
                           f"{k.replace('_', ' ')} {meta[k]}" for k in ("steps", "val_loss", "train_loss")
                           if k in meta) or "not recorded in the checkpoint"
     vocab = f"{info.vocab_size} tokens"
-    if token_bytes(backend.tokenizer, 0) is not None:  # GPT-2's kind: ids stand for bytes
+    if backend.tokenizer.token_bytes(0) is not None:  # GPT-2's kind: ids stand for bytes
         vocab += ", byte-level BPE"
     if info.vocab is not None:
         vocab += ": " + visible(info.vocab.replace("\n", "⏎").replace(" ", "␣")) + " + end of text"
@@ -69,4 +69,6 @@ def describe_model(backend: Backend) -> str:
         ("training", training),
         ("checkpoint", f"{info.path} ({info.backend} on {info.device})"),
     ]
+    if info.precision:
+        rows.append(("decoding", info.precision))
     return "\n".join(f"{k:>15}  {v}" for k, v in rows)
