@@ -273,7 +273,7 @@ def report_plot(metrics: str, out: str, title: str) -> None:
 @click.argument("ckpt", callback=checkpoint_file)
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
-              help="Precision of the stored weights (fp16/bf16 halve the file; they load as stored).")
+              help="Precision of the stored weights (fp16/bf16 halve the file; they load as fp32).")
 def report_slim(ckpt: str, out: str, dtype: str) -> None:
     """Write OUT: the weights, config, tokenizer and training facts of CKPT, without optimizer state.
 
