@@ -19,6 +19,19 @@ def cache_dir() -> Path:
     return Path(base) / "gpt-from-scratch"
 
 
+def data_dir() -> Path:
+    """Per-user data the app keeps (prompt history, sessions): $XDG_DATA_HOME/gpt-from-scratch
+    (~/.local/share by default)."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "gpt-from-scratch"
+
+
+def config_dir() -> Path:
+    """Per-user settings: $XDG_CONFIG_HOME/gpt-from-scratch (~/.config by default)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "gpt-from-scratch"
+
+
 def ranks_path() -> Path:
     """The GPT-2 BPE ranks file: $GPT_BPE_RANKS, else gpt2.tiktoken in the cache."""
     return Path(os.environ.get(RANKS_ENV) or cache_dir() / "gpt2.tiktoken")

@@ -18,7 +18,6 @@ the keys (tui.keys) and the palette (tui.palette) run.
 from __future__ import annotations
 
 import gc
-import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -83,7 +82,7 @@ class GPTApp(App[None]):
         settings: Settings | None = None,
         clock: Clock = time.perf_counter,
         session_dir: Path | None = None,
-        new_seed: Callable[[], int] = lambda: secrets.randbelow(2**31),
+        new_seed: Callable[[], int] = settings_text.fresh_seed,
         session_file: Path | None = None,
         keep_stop: bool = False,
         open_model: ModelOpener | None = None,

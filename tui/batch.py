@@ -17,7 +17,6 @@ import json
 import math
 import os
 import queue
-import secrets
 import stat
 import threading
 import time
@@ -188,7 +187,7 @@ def run_batch(
     out: TextIO,
     log: Callable[[str], None] = lambda m: None,
     clock: Clock | None = None,
-    new_seed: Callable[[], int] = lambda: secrets.randbelow(2**31),
+    new_seed: Callable[[], int] = settings_text.fresh_seed,
     checkpoint_sha256: str | None = None,
     batch_decoder: BatchDecoder | None = None,
     keep_stop: bool = False,

@@ -124,8 +124,8 @@ def main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | N
     130 interrupted (the lines already written are complete).
     """
     try:
-        _main(ckpt, prompt, backend_name, onnx, provider, device, precision, batch, output, fmt, parallel, session_file,
-              session_dir, unknown, stop, keep_stop, **knobs)
+        _main(ckpt, prompt, backend_name, onnx, provider, device, precision, batch, output, fmt, parallel,
+              session_file, session_dir, unknown, stop, keep_stop, **knobs)
     except KeyboardInterrupt:  # Ctrl+C while loading: no traceback, the usual code
         click.echo("interrupted", err=True)
         sys.exit(130)
@@ -226,14 +226,12 @@ def _output(path: Path | None):
 
 def run_prompt(backend, prompt: str, settings, keep_stop: bool, progress) -> None:
     """-p: the completion on stdout; a refused prompt is a one-line error (exit 1)."""
-    import secrets
-
     from tui.batch import EXIT_INTERRUPTED
     from tui.oneshot import run_oneshot
-    from tui.settings import replace
+    from tui.settings import fresh_seed, replace
 
     if settings.seed is None:
-        settings = replace(settings, {"seed": secrets.randbelow(2**31)})
+        settings = replace(settings, {"seed": fresh_seed()})
     out = sys.stdout
     try:
         run_oneshot(backend, prompt, settings, out, progress, keep_stop)

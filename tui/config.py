@@ -4,9 +4,10 @@ given on the command line override it; `gpt-tui --help` shows the defaults it se
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
+
+from model.paths import config_dir
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,8 +27,7 @@ class ConfigError(ValueError):
 
 def config_path() -> Path:
     """$XDG_CONFIG_HOME/gpt-from-scratch/config.toml (~/.config by default)."""
-    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
-    return Path(base) / "gpt-from-scratch" / "config.toml"
+    return config_dir() / "config.toml"
 
 
 def load_defaults(path: Path | None = None) -> dict[str, object]:

@@ -4,16 +4,16 @@ restarts in one JSONL file in the user's data folder (like ollama's REPL and a s
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from model.paths import data_dir
 
 MAX_ENTRIES = 1000  # the file keeps the latest this many
 
 
 def default_history_path() -> Path:
     """$XDG_DATA_HOME/gpt-from-scratch/history.jsonl (~/.local/share by default)."""
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "gpt-from-scratch" / "history.jsonl"
+    return data_dir() / "history.jsonl"
 
 
 class PromptHistory:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import re
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -17,14 +16,14 @@ from pathlib import Path
 
 from model.atomic import atomic_write
 from model.backend import BackendInfo, Settings
+from model.paths import data_dir
 from tui import settings as settings_text
 from tui.stats import STOP_NAMES, Timing
 
 
 def default_session_dir() -> Path:
     """$XDG_DATA_HOME/gpt-from-scratch/sessions (~/.local/share by default)."""
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "gpt-from-scratch" / "sessions"
+    return data_dir() / "sessions"
 
 
 def file_sha256(path: str | Path) -> str | None:

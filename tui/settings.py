@@ -8,9 +8,16 @@ from __future__ import annotations
 import csv
 import dataclasses
 import re
+import secrets
 from collections.abc import Mapping
 
 from model.backend import Settings
+
+
+def fresh_seed() -> int:
+    """A seed for a run the user did not seed; recorded with the run so it can be repeated (31
+    bits: short to read back and type)."""
+    return secrets.randbelow(2**31)
 
 # what a user may type -> the Settings field (the CLI flag spelling and the field name both work)
 ALIASES = {
