@@ -159,7 +159,8 @@ def onnx_tok_s(ckpt_path: Path, tokenizer, args) -> dict[str, float] | None:
         return {kind: statistics.median(r) for kind, r in rates.items()}
 
 
-def hf_tok_s(model: GPT, prompt: list[int], tokens: int, runs: int, dtype: torch.dtype = torch.float32) -> float:
+def hf_tok_s(model: GPT, prompt: list[int], tokens: int, runs: int,
+             dtype: torch.dtype = torch.float32) -> float:
     """Median tokens/s of transformers' greedy generate() on our weights, as GPT2LMHeadModel."""
     from transformers import GPT2Config, GPT2LMHeadModel
 

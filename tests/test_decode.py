@@ -90,9 +90,9 @@ def test_auto_precision_keeps_the_faster_weights_and_says_why(tiny_model, char_t
                             lambda m, fast=fast: 1e-3 if m.lm_head.weight.dtype == fast else 2e-3)
         backend = tb.TorchBackend(tiny_model, char_tok, precision="auto")
         assert backend.decode_model.lm_head.weight.dtype == dtype
+        fp32, bf16 = ("2.0", "1.0") if dtype == torch.bfloat16 else ("1.0", "2.0")
         name = "bf16" if dtype == torch.bfloat16 else "fp32"
-        assert backend.info().precision == f"{name} weights (a step: fp32 {1 if name == 'fp32' else 2}.0 ms, " \
-                                           f"bf16 {1 if name == 'bf16' else 2}.0 ms)"
+        assert backend.info().precision == f"{name} weights (a step: fp32 {fp32} ms, bf16 {bf16} ms)"
 
 
 def test_fp32_precision_and_16_bit_checkpoints_decode_as_loaded(tiny_model, char_tok):
