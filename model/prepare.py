@@ -137,14 +137,15 @@ class ShardWriter:
 
 # -- the whole preparation -----------------------------------------------------------------------
 
-def is_fresh(out: Path, wanted: dict) -> bool:
-    """``out`` already holds this preparation of this input, its shards intact (the cheap check)."""
+def fresh_manifest(out: Path, wanted: dict) -> dict | None:
+    """``out``'s manifest if it already holds this preparation of this input, its shards intact (the
+    cheap check); else None."""
     try:
         manifest = read_manifest(out)
         check_shards(out, manifest)
     except DataError:
-        return False
-    return manifest.get("fingerprint") == wanted
+        return None
+    return manifest if manifest.get("fingerprint") == wanted else None
 
 
 def prepare(cfg: PrepareConfig, log: Callable[[str], None] = print,
@@ -162,9 +163,9 @@ def prepare(cfg: PrepareConfig, log: Callable[[str], None] = print,
               "tokenizer": tokenizer_identity(tok) if tok else "char",
               "val_fraction": None if val_src else cfg.val_fraction, "shard_tokens": cfg.shard_tokens,
               "format": FORMAT}
-    if is_fresh(out, wanted):
+    if (manifest := fresh_manifest(out, wanted)) is not None:
         log(f"{out} is up to date ({MANIFEST} matches the input); nothing to do")
-        return read_manifest(out), False
+        return manifest, False
     if out.exists() and not _only_ours(out):
         raise DataError(f"{out} holds files gpt-prepare did not write; choose an empty or new --out folder")
     workers = cfg.workers or os.cpu_count() or 1
@@ -221,7 +222,7 @@ def _only_ours(folder: Path) -> bool:
 
 def _install(staging: Path, out: Path, wanted: dict) -> None:
     """Put the finished folder in place of ``out`` (renames: never a half-written ``out``)."""
-    if is_fresh(out, wanted):  # a concurrent run of the same input finished first: keep its folder
+    if fresh_manifest(out, wanted) is not None:  # a concurrent run of the same input finished first
         return
     if out.exists():
         old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))

@@ -28,8 +28,8 @@ def _ready(model: GPT | Bigram, device: torch.device | str | None) -> GPT | Bigr
 
 
 Step = Literal["auto", "eager", "static", "cuda_graph", "compile"]
+CPU_DECODE_COMPILE = {"freezing": True, "cpp_wrapper": True}  # inductor's options for the CPU step
 Precision = Literal["auto", "fp32", "bf16"]
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class TorchDecoder:
@@ -102,7 +102,12 @@ class _StaticStep:
         self.slot = torch.zeros(1, dtype=torch.long, device=device)  # (1,)
         self.slots = torch.arange(cache.block_size, device=device)  # (S,)
         self.layers = [StaticLayerKV(layer.k, layer.v, self.slot) for layer in cache.layers]
-        self.forward = torch.compile(self._forward, dynamic=False) if compiled else self._forward
+        self.forward = self._forward
+        if compiled:
+            # inference only: freezing folds the weights in as constants (on the CPU, prepacked for
+            # oneDNN), and the C++ wrapper calls the kernels without a Python frame per op
+            options = CPU_DECODE_COMPILE if device.type == "cpu" else None
+            self.forward = torch.compile(self._forward, dynamic=False, options=options)
         self.graph = None
         self.out: torch.Tensor | None = None  # the captured graph's output buffer
 
@@ -306,8 +311,8 @@ class TorchBackend:
         return Generation(self.decoder(), self.tokenizer, prompt, settings)
 
 
-def load_backend(path: str | Path, device: Device = "cpu", precision: Precision = "auto") -> TorchBackend:
+def load_backend(path: str | Path, device: Device = "cpu", precision: Precision = "fp32") -> TorchBackend:
     """A slim or full training checkpoint -> a PyTorch backend on cpu, cuda, mps (or auto), decoding
-    with the weights' precision ``decode_precision`` picks."""
+    with the weights' precision ``decode_precision`` picks (gpt-tui asks for ``auto``)."""
     model, tokenizer, meta = load_model(path, resolve_device(device))
     return TorchBackend(model, tokenizer, path=str(path), meta=meta, precision=precision)
