@@ -30,6 +30,7 @@ def _ready(model: GPT | Bigram, device: torch.device | str | None) -> GPT | Bigr
 Step = Literal["auto", "eager", "static", "cuda_graph", "compile"]
 CPU_DECODE_COMPILE = {"freezing": True, "cpp_wrapper": True}  # inductor's options for the CPU step
 Precision = Literal["auto", "fp32", "bf16"]
+BF16_MARGIN = 0.95  # decode_precision keeps bf16 weights only when a step takes < 95% of fp32's time
 
 
 class TorchDecoder:
@@ -241,8 +242,8 @@ def bf16_worth_timing(device: torch.device) -> bool:
 def decode_precision(model: GPT | Bigram, precision: Precision = "auto") -> tuple[GPT | Bigram, str]:
     """The model to decode with and why. A batch-1 step streams every weight once, so halving their
     bytes can pay, but whether it does depends on the shape and the CPU (bf16 mat-vecs have their
-    own kernels), so ``auto`` times both copies on this model, twice each in turn, and keeps the
-    faster. A model already stored in a 16-bit type is decoded as it is."""
+    own kernels), so ``auto`` times both copies on this model, twice each in turn, and keeps bf16
+    only if it is clearly faster. A model already stored in a 16-bit type is decoded as it is."""
     weight = next(model.parameters())
     if weight.dtype != torch.float32 or isinstance(model, Bigram):
         return model, f"{str(weight.dtype).removeprefix('torch.')} weights (as loaded)"
@@ -258,7 +259,8 @@ def decode_precision(model: GPT | Bigram, precision: Precision = "auto") -> tupl
         times["fp32"].append(step_seconds(model))
         times["bf16"].append(step_seconds(half))
     fp32, bf16 = min(times["fp32"]), min(times["bf16"])
-    chosen, name = (half, "bf16") if bf16 < fp32 else (model, "fp32")
+    # bf16 costs precision, so it must win by more than timing noise
+    chosen, name = (half, "bf16") if bf16 < BF16_MARGIN * fp32 else (model, "fp32")
     return chosen, f"{name} weights (a step: fp32 {fp32 * 1e3:.1f} ms, bf16 {bf16 * 1e3:.1f} ms)"
 
 
