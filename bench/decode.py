@@ -203,8 +203,8 @@ def bench_hf(name: str, model: GPT, tokenizer, ckpt_path: Path, args) -> dict:
     print(f"  auto chose   {why}", flush=True)
     print(f"  transformers {hf:8.1f} tok/s", flush=True)
     _, weight_bytes, limit = arithmetic_limit(model, avg_context=len(prompt) + tokens / 2)
-    print(f"  limit        {limit:8.1f} tok/s   (one pass over {weight_bytes / 1e6:.0f} MB of fp32 weights in "
-          f"PyTorch; 2x transformers would be {2 * hf:.1f})", flush=True)
+    print(f"  limit        {limit:8.1f} tok/s   (one pass over {weight_bytes / 1e6:.0f} MB of fp32 weights "
+          f"in PyTorch; 2x transformers would be {2 * hf:.1f})", flush=True)
     result = dict(hf_tok_s=hf, torch_vs_hf=chosen / hf)
     onnx = onnx_tok_s(ckpt_path, tokenizer, sub)
     if onnx is not None:
