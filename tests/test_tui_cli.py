@@ -64,9 +64,14 @@ def test_precision_reaches_the_pytorch_backend(tiny_ckpt, monkeypatch):
 
     from tui.backends import factories
 
-    made = factories(tiny_ckpt, "cpu", precision="bf16")["torch"](lambda message: None)
+    factory = factories(tiny_ckpt, "cpu", precision="bf16")["torch"]
+    made = factory(lambda message: None)
     assert made.decode_model.lm_head.weight.dtype == torch.bfloat16
     assert made.info().precision == "bf16 weights (asked for)"
+    # the app's child process rebuilds the backend with the choice this one made, not a new timing
+    auto = factories(tiny_ckpt, "cpu", precision="auto")["torch"]
+    assert auto.settled(made).precision == "bf16"
+    assert factory.settled(factories(tiny_ckpt, "cpu", precision="fp32")["torch"](print)).precision == "fp32"
     monkeypatch.delenv("GPT_TUI_PRECISION")  # as a user runs it: the flag's default is auto
     runner = CliRunner()
     base = ["--ckpt", str(tiny_ckpt), "-n", "20", "--seed", "1", "--temperature", "0", "-p", "ROMEO:"]

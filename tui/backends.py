@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -60,6 +60,12 @@ class TorchFactory:
         progress(f"loading {self.ckpt.name} with PyTorch{where}")
         return load_backend(self.ckpt, self.device, self.precision)  # type: ignore[arg-type]
 
+    def settled(self, backend: Backend) -> TorchFactory:
+        """This factory with ``auto`` precision replaced by what ``backend`` (made by it) chose, so
+        another process that rebuilds it (tui.remote's child) decodes the same way, untimed."""
+        weight = next(backend.decode_model.parameters())  # type: ignore[attr-defined]
+        return replace(self, precision="bf16" if weight.dtype == torch.bfloat16 else "fp32")
+
 
 @dataclass(frozen=True)
 class OnnxFactory:
@@ -94,6 +100,10 @@ class OnnxFactory:
             return load_ort_backend(path, provider=self.provider, threads=self.threads)  # type: ignore[arg-type]
         except Exception as e:
             raise BackendError(f"cannot load {path} with ONNX Runtime: {e}") from None
+
+    def settled(self, backend: Backend) -> OnnxFactory:
+        """Nothing to settle: the file fixes how ONNX Runtime decodes."""
+        return self
 
 
 class Backends:

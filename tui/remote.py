@@ -52,7 +52,7 @@ def child_threads() -> int:
     return max(1, cores - 1)
 
 
-Factory = Callable[[Callable[[str], None]], Backend]  # and a dataclass with a ``threads`` field
+Factory = Callable[[Callable[[str], None]], Backend]  # a tui.backends dataclass: ``threads``, ``settled``
 
 
 class RemoteBackend:
@@ -310,7 +310,9 @@ class Offloaded:
     factory: Factory
 
     def __call__(self, progress: Callable[[str], None]) -> RemoteBackend:
-        return RemoteBackend(self.factory(progress), self.factory)
+        local = self.factory(progress)
+        # the child decodes as this process chose (its step mode decodes here): one choice, one timing
+        return RemoteBackend(local, self.factory.settled(local))
 
 
 def offloaded(factories: dict[str, Factory]) -> dict[str, Offloaded]:
