@@ -220,7 +220,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs per path (median)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 20 tokens, 1 run")
     parser.add_argument("--compile", action="store_true",
-                        help="also time TorchDecoder(step='compile') (compiling takes minutes here)")
+                        help="also time TorchDecoder(step='compile'), compile time included in its output")
     parser.add_argument("--hf", action="store_true", help="also transformers' generate() on the same weights")
     parser.add_argument("--hf-shape", choices=["124m", "tiny"], default="124m",
                         help="the GPT-2 shape for --hf (tiny: check the script runs)")

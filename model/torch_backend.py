@@ -41,7 +41,7 @@ class TorchDecoder:
     masked past the position; ``static`` runs it as it is, which is how a CPU checks the maths)
     captured once as a CUDA graph and replayed, so a token costs one
     graph launch instead of a few hundred kernel launches from Python. ``compile``: the same
-    fixed-shape step through ``torch.compile``, compiled once (minutes on a small CPU; an option,
+    fixed-shape step through ``torch.compile``, compiled once per decoder (an option,
     not the default). ``auto``: ``cuda_graph`` on CUDA, else ``eager``. The prompt and the window's
     re-prefill always run eagerly, into the same cache."""
 
