@@ -1,12 +1,13 @@
 """Preparing data: tokenizing throughput, and a training process's memory against corpus size.
 
-    python bench/prepare.py [--text-mb 50] [--tokens-gb 1] [--quick]
+    python bench/prepare.py [--text-mb 50] [--tokens-gb 1] [--runs 3] [--quick]
 
 1. Throughput (MB of text per second) on the same corpus (Tiny Shakespeare cut into documents of
    ~8 KB, repeated to --text-mb, one file each): GPT-2 BPE through model.prepare (pieces encoded on
    every core) beside nanoGPT's way (tiktoken ``encode_ordinary`` per document, EOT appended,
    ``np.array(uint16).tofile``); and the character tokenizer through model.prepare beside
-   nanoGPT's shakespeare_char way (a Python list of ids for the whole text).
+   nanoGPT's shakespeare_char way (a Python list of ids for the whole text); --runs of each, in turn,
+   medians.
 2. Peak resident memory of a process that opens the data and runs training steps (the ``cpu``
    preset, batch 16), each in its own child process: the in-memory path this replaced (read the
    text, a Python list of ids, an int64 tensor) on --text-mb of text, then memory-mapped prepared
@@ -28,6 +29,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -164,14 +166,16 @@ def main() -> None:
     parser.add_argument("--text-mb", type=float, default=50, help="text: throughput, in-memory path")
     parser.add_argument("--tokens-gb", type=float, default=1, help="the large prepared folder")
     parser.add_argument("--small-mb", type=float, default=50, help="the small prepared folder")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1 MB of text, 20 MB of tokens")
+    parser.add_argument("--runs", type=int, default=3, help="throughput runs of each way, in turn (median)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 1 MB of text, 20 MB of tokens, 1 run")
     parser.add_argument("--work", help="scratch folder (default: a temp folder, removed at the end)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child_rss(*args.child)
     if args.quick:
-        args.text_mb, args.tokens_gb, args.small_mb = 1, 0.02, 5
+        args.text_mb, args.tokens_gb, args.small_mb, args.runs = 1, 0.02, 5, 1
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-prepare-"))
     try:
         run(args, work)
@@ -199,14 +203,21 @@ def run(args, work: Path) -> None:
         cfg = PrepareConfig(sources=(str(corpus),), out=str(work / name), tokenizer=tokenizer, progress=False)
         prepare(cfg, log=lambda m: None, tokenizer=tok if tokenizer == "gpt2" else None)
 
-    t_bpe = timed(lambda: ours("gpt2", "bpe"))
-    t_nano = timed(lambda: nanogpt_bpe(corpus, work / "nanogpt_bpe.bin", tok))
-    t_char = timed(lambda: ours("char", "char"))
-    t_nano_char = timed(lambda: nanogpt_char(corpus, work / "nanogpt_char.bin"))
+    times: dict[str, list[float]] = {"bpe": [], "nano": [], "char": [], "nano_char": []}
+    for _ in range(args.runs):  # in turn, so each pair sees the same machine; medians
+        for name in ("bpe", "char"):
+            shutil.rmtree(work / name, ignore_errors=True)  # else the second run is a no-op
+        times["bpe"].append(timed(lambda: ours("gpt2", "bpe")))
+        times["nano"].append(timed(lambda: nanogpt_bpe(corpus, work / "nanogpt_bpe.bin", tok)))
+        times["char"].append(timed(lambda: ours("char", "char")))
+        times["nano_char"].append(timed(lambda: nanogpt_char(corpus, work / "nanogpt_char.bin")))
+    t_bpe, t_nano, t_char, t_nano_char = (statistics.median(times[k]) for k in times)
     bpe_tokens = open_prepared(work / "bpe").manifest["tokens"]
     nano_tokens = (work / "nanogpt_bpe.bin").stat().st_size // 2
     print(f"GPT-2 BPE: model.prepare {mb / t_bpe:.2f} MB/s, nanoGPT's way {mb / t_nano:.2f} MB/s "
-          f"({t_nano / t_bpe:.2f}x); {bpe_tokens:,} and {nano_tokens:,} tokens")
+          f"({t_nano / t_bpe:.2f}x; each run's ratio: "
+          f"{', '.join(f'{n / b:.2f}' for n, b in zip(times['nano'], times['bpe'], strict=True))}); "
+          f"{bpe_tokens:,} and {nano_tokens:,} tokens (nanoGPT ends the last document with one too)")
     print(f"characters: model.prepare {mb / t_char:.2f} MB/s, nanoGPT's way {mb / t_nano_char:.2f} MB/s "
           f"({t_nano_char / t_char:.2f}x)")
     for name in ("bpe", "char"):

@@ -169,8 +169,8 @@ def prepare(cfg: PrepareConfig, log: Callable[[str], None] = print,
     if out.exists() and not _only_ours(out):
         raise DataError(f"{out} holds files gpt-prepare did not write; choose an empty or new --out folder")
     workers = cfg.workers or os.cpu_count() or 1
-    sized = [s for s in train_src + val_src if isinstance(s, Path)]
-    total = None if len(sized) < len(train_src) + len(val_src) else sum(p.stat().st_size for p in sized)
+    sized = [f["bytes"] for f in wanted["train"] + wanted["val"] if "bytes" in f]
+    total = sum(sized) if len(sized) == len(train_src) + len(val_src) else None  # None: a dataset streams
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))  # unique per run
     try:
@@ -186,11 +186,13 @@ def prepare(cfg: PrepareConfig, log: Callable[[str], None] = print,
                 # every BPE here pre-tokenizes as GPT-2 does
                 cut = char_cut if isinstance(tok, CharTokenizer) else bpe_cut
                 source_docs = documents(src, cfg.text_field, cfg.max_documents)
-                for piece, ids in encode_stream(pieces(source_docs, cut), encoder_for(tok), workers):
+                encode = encoder_for(tok)
+                parts = pieces(source_docs, cut, separator=encode.separator)
+                for piece, ids in encode_stream(parts, encode, workers):
                     if piece.starts_document:
                         if docs:  # between documents, not before the first
                             writer.write(np.array([tok.eot_id]))
-                        docs += 1
+                        docs += piece.documents  # a joined piece holds the ones between its documents
                     writer.write(ids)
                     tick(piece.nbytes, writer.tokens)
                 counts[name] = {"start": start, "tokens": writer.tokens - start, "documents": docs}
@@ -207,7 +209,8 @@ def prepare(cfg: PrepareConfig, log: Callable[[str], None] = print,
                     "eot_id": tok.eot_id, "dtype": dtype_for(tok.vocab_size).name, "tokens": writer.tokens,
                     "splits": counts, "shards": shards, "fingerprint": wanted}
         with atomic_write(staging / MANIFEST, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=1)
+            # one line: json encodes in C only without indent, and the fingerprint lists every file
+            json.dump(manifest, f)
         _install(staging, out, wanted)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

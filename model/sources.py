@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import glob
 import io
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,16 +48,22 @@ def expand(sources: Iterable[str]) -> list[Path | HFSource]:
             found.append(HFSource.parse(src))
             continue
         path = Path(src)
+        # sorted by parts, which is Path's own order, without a Path comparison per step of the sort
         if path.is_dir():
-            matches = sorted(p for p in path.rglob("*.txt") if p.is_file())
+            matches = sorted((p for p in path.rglob("*.txt") if p.is_file()), key=_parts)
         elif path.is_file():
             matches = [path]
         else:
-            matches = sorted(Path(p) for p in glob.glob(src, recursive=True) if Path(p).is_file())
+            matches = sorted((Path(p) for p in glob.glob(src, recursive=True) if Path(p).is_file()),
+                             key=_parts)
         if not matches:
             raise DataError(f"{src} matches no text file; give files, folders of *.txt, globs or hf:DATASET")
         found.extend(matches)
     return found
+
+
+def _parts(path: Path) -> tuple[str, ...]:
+    return path.parts
 
 
 def fingerprint(sources: list[Path | HFSource], text_field: str, max_documents: int | None) -> list[dict]:
@@ -68,7 +75,9 @@ def fingerprint(sources: list[Path | HFSource], text_field: str, max_documents: 
                         "text_field": text_field, "max_documents": max_documents})
         else:
             st = s.stat()
-            out.append({"path": str(s.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns})
+            # absolute, not resolved: it names the file for this check only, and resolving would lstat
+            # every folder on every file's path
+            out.append({"path": os.path.abspath(s), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns})
     return out
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from model import encoders
 from model.prepare import PrepareConfig, bpe_cut, prepare
 from model.prepare_cli import main
 from model.shards import MANIFEST, DataError, dtype_for, open_prepared, read_manifest
@@ -101,6 +102,39 @@ def test_bpe_tokens_equal_encoding_each_document_whole(tmp_path, monkeypatch):
     assert stream(data) == whole[0] + [tok.eot_id] + whole[1]
     assert manifest["tokenizer"] == {"kind": "bpe", "encoding": "gpt2"} and manifest["vocab_size"] == 263
     assert bpe_cut("ab  cd") is None and bpe_cut("ab cd ef") == 5 and bpe_cut("ab\ncd") == 3
+
+
+def test_short_bpe_documents_joined_into_one_piece_encode_each_on_its_own(tmp_path, monkeypatch):
+    """Short documents share a piece, joined by the end-of-text marker, yet each encodes as it would
+    alone: text at a document's edge does not merge across (one of only whitespace included), and a
+    document that spells the marker keeps it as text (it is never joined)."""
+    ranks = tmp_path / "tiny.tiktoken"
+    write_ranks(ranks, [bytes([b]) for b in range(256)] + [b"\n\n", b" t", b"he", b" the", b"  ", b"er"])
+    monkeypatch.setenv("GPT_BPE_RANKS", str(ranks))
+    rng = random.Random(1)
+    words = ["the", "other", "there", "é", "'s", "42", "!!"]
+    gaps = [" ", "  ", "\n", "\n\n", " \n", "\n ", "\t"]
+    texts = [rng.choice(gaps) + "".join(rng.choice(words) + rng.choice(gaps)
+                                        for _ in range(rng.randrange(1, 30))) for _ in range(60)]
+    texts[7] = "  \n"
+    texts[30] = "spelled <|endoftext|> here"
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i, text in enumerate(texts):
+        (folder / f"{i:03d}.txt").write_text(text)
+    monkeypatch.setattr("model.encoders.PIECE_CHARS", 300)  # a few documents a piece
+    joined = []
+    real_pieces = encoders.pieces
+    monkeypatch.setattr("model.prepare.pieces", lambda *a, **k: (joined.append(p.documents) or p
+                                                                 for p in real_pieces(*a, **k)))
+    manifest, _, data = run(tmp_path, folder, tokenizer="gpt2", workers=2)
+    tok = BPETokenizer(ranks)
+    want = []
+    for text in texts:
+        want += tok.encoding.encode_ordinary(text) + [tok.eot_id]
+    assert stream(data) == want[:-1]
+    assert manifest["splits"]["train"]["documents"] == 60
+    assert max(joined) > 1 and sum(joined) == 60  # documents were joined, and each counted once
 
 
 def test_a_checkpoints_tokenizer_replaces_unknown_characters(tmp_path, tiny_ckpt, char_tok):
