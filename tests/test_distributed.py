@@ -34,7 +34,8 @@ def torchrun(text: Path, out: Path, *flags: str) -> list[float]:
            "--monitor-interval", "0.1", "-m", "model.cli", "--data", str(text), "--out", str(out),
            *FLAGS, *flags]
     env = os.environ | {"PYTHONPATH": str(REPO)}  # this checkout, not an installed copy
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    # seconds normally; the limit is for a fresh CI machine, whose first imports read a cold disk
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [r["loss"] for r in rows if "loss" in r]

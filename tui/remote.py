@@ -44,6 +44,7 @@ from model.gpt import GPT, Bigram
 FLUSH = 0.015  # s: the child sends the tokens of this long at once (the first at once): half the
 # app's POST_EVERY, so the UI still gets tokens every ~30 ms, with few wake-ups of its reader thread
 START_TIMEOUT = 30.0  # s: the longest a stream waits for the child to take it (a long prefill)
+KILL_WAIT = 30.0  # s: the longest close() waits for a killed child to be gone
 
 
 def child_threads() -> int:
@@ -120,7 +121,7 @@ class RemoteBackend:
         return self.ready
 
     def close(self) -> None:
-        """Ask the child to exit; stop it if it does not within a second."""
+        """Ask the child to exit; stop it if it does not within a second, kill it if that fails."""
         try:
             self._send(None)
         except OSError:
@@ -129,6 +130,11 @@ class RemoteBackend:
         if self.process.is_alive():
             self.process.terminate()
             self.process.join(1.0)
+        if self.process.is_alive():
+            # a child still importing torch from a cold disk acts on a signal only once its read
+            # returns, which can take seconds on a busy machine; wait for it rather than leave it
+            self.process.kill()
+            self.process.join(KILL_WAIT)
 
     def _send(self, message) -> None:
         with self._send_lock:  # the UI thread and workers (A/B) may send at the same time
