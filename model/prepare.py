@@ -180,13 +180,12 @@ def prepare(cfg: PrepareConfig, log: Callable[[str], None] = print,
                                       bar.task("vocabulary"))
             writer = ShardWriter(staging, dtype_for(tok.vocab_size), cfg.shard_tokens)
             tick = bar.task("tokenize")
+            encode = encoder_for(tok)  # once for both splits (a character table is 4 MB to build)
+            cut = char_cut if isinstance(tok, CharTokenizer) else bpe_cut  # every BPE here splits as GPT-2's
             counts = {}
             for name, src in (("train", train_src), ("val", val_src)):
                 start, docs = writer.tokens, 0
-                # every BPE here pre-tokenizes as GPT-2 does
-                cut = char_cut if isinstance(tok, CharTokenizer) else bpe_cut
                 source_docs = documents(src, cfg.text_field, cfg.max_documents)
-                encode = encoder_for(tok)
                 parts = pieces(source_docs, cut, separator=encode.separator)
                 for piece, ids in encode_stream(parts, encode, workers):
                     if piece.starts_document:

@@ -34,7 +34,7 @@ def torchrun(text: Path, out: Path, *flags: str) -> list[float]:
            "--monitor-interval", "0.1", "-m", "model.cli", "--data", str(text), "--out", str(out),
            *FLAGS, *flags]
     env = os.environ | {"PYTHONPATH": str(REPO)}  # this checkout, not an installed copy
-    # seconds normally; the limit is for a fresh CI machine, whose first imports read a cold disk
+    # seconds normally; the limit leaves room for a slow, busy CI machine
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

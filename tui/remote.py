@@ -131,8 +131,8 @@ class RemoteBackend:
             self.process.terminate()
             self.process.join(1.0)
         if self.process.is_alive():
-            # a child still importing torch from a cold disk acts on a signal only once its read
-            # returns, which can take seconds on a busy machine; wait for it rather than leave it
+            # a child blocked in a read (importing torch from a cold disk, say) acts on a signal only
+            # once the read returns; wait for it rather than leave it behind
             self.process.kill()
             self.process.join(KILL_WAIT)
 
