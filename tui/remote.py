@@ -73,6 +73,9 @@ class RemoteBackend:
         self._inboxes: dict[int, queue.SimpleQueue] = {}
         self._ids = itertools.count()
         self._ready = threading.Event()
+        # multiprocessing's Process is not safe to wait on from two threads: the reader thread and
+        # close() both join it, and the one that loses the race to reap the child sees it alive
+        self._reaping = threading.Lock()
         self.failure: str | None = None  # why the child cannot serve (set once it has gone)
         threading.Thread(target=self._read, name="gpt-tui generation reader", daemon=True).start()
 
@@ -126,15 +129,16 @@ class RemoteBackend:
             self._send(None)
         except OSError:
             pass
-        self.process.join(1.0)
-        if self.process.is_alive():
-            self.process.terminate()
+        with self._reaping:
             self.process.join(1.0)
-        if self.process.is_alive():
-            # a child blocked in a read (importing torch from a cold disk, say) acts on a signal only
-            # once the read returns; wait for it rather than leave it behind
-            self.process.kill()
-            self.process.join(KILL_WAIT)
+            if self.process.is_alive():
+                self.process.terminate()
+                self.process.join(1.0)
+            if self.process.is_alive():
+                # a child blocked in a read (importing torch from a cold disk, say) acts on a signal
+                # only once the read returns; wait for it rather than leave it behind
+                self.process.kill()
+                self.process.join(KILL_WAIT)
 
     def _send(self, message) -> None:
         with self._send_lock:  # the UI thread and workers (A/B) may send at the same time
@@ -158,8 +162,10 @@ class RemoteBackend:
                     if kind in ("end", "error"):
                         self._inboxes.pop(message[1], None)
         except (EOFError, OSError):
-            self.process.join(1.0)  # the pipe closes as the child exits: wait for its exit code
-            self.failure = self.failure or f"the generation process exited (code {self.process.exitcode})"
+            with self._reaping:
+                self.process.join(1.0)  # the pipe closes as the child exits: wait for its exit code
+                code = self.process.exitcode
+            self.failure = self.failure or f"the generation process exited (code {code})"
             self._ready.set()
             error = RuntimeError(self.failure)
             for gid in list(self._inboxes):
