@@ -16,6 +16,8 @@ It also states the arithmetic limit: a batch-1 decode step is a chain of mat-vec
 every weight matrix, so the limit is the time of exactly that chain on the model's own weights
 (FLOPs and weight bytes per token are printed beside it), and the fraction of it the cached path
 reaches; the gap is per-token overhead (Python, dispatch, attention over the cache, sampling).
+With --compile the chain is also timed through torch.compile with the decode step's settings
+(inductor's own mat-vec kernels where they beat ATen's), and the limit is the faster chain.
 On this CPU the chain is bound by memory bandwidth, not by the matmul rate: the recompute path
 is compute bound, the cached one bandwidth bound, and their ratio is capped accordingly. ONNX
 Runtime's own mat-vec kernels stream the same weights faster, so it can beat this limit.
@@ -28,7 +30,8 @@ gpt-tui does; the ratio is for the one it picks) and ONNX Runtime, at the shakes
 124M's (random weights: speed does not depend on them), each for as many tokens as both fit in the
 block (transformers cannot slide its window). ``--hf-shape tiny`` swaps 124M for a 2-layer model
 of the same vocabulary, to check the script runs. The last two lines, for shakespeare-char:
-cached_tok_s=<f> recompute_tok_s=<f> speedup=<f> limit_tok_s=<f> [onnx_tok_s=<f> onnx_vs_torch=<f>]
+cached_tok_s=<f> recompute_tok_s=<f> speedup=<f> limit_tok_s=<f> [compiled_tok_s=<f>
+  compiled_vs_limit=<f>] [onnx_tok_s=<f> onnx_vs_torch=<f>]
 onnx_int8_tok_s=<f> int8_vs_fp32=<f> onnx_int4_tok_s=<f> int4_vs_fp32=<f>
   [hf_tok_s=<f> torch_vs_hf=<f> onnx_vs_hf=<f>]   (with --hf: GPT-2 124M's, on the last line)
 """
@@ -39,6 +42,7 @@ import argparse
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -49,7 +53,7 @@ from model import checkpoint
 from model.backend import Settings
 from model.engine import Generation
 from model.gpt import GPT
-from model.torch_backend import RecomputeDecoder, TorchDecoder, decode_precision
+from model.torch_backend import CPU_DECODE_COMPILE, RecomputeDecoder, TorchDecoder, decode_precision
 
 PROMPT = "ROMEO:\n"
 
@@ -68,8 +72,9 @@ def tok_s(make_decoder, tokenizer, tokens: int, runs: int) -> float:
     return statistics.median(rates)
 
 
-def compiled_vs_eager(model: GPT, tokenizer, args) -> None:
-    """The compiled step against the eager one, run by run in turn (one decoder each, reused)."""
+def compiled_vs_eager(model: GPT, tokenizer, args) -> float:
+    """The compiled step against the eager one, run by run in turn (one decoder each, reused);
+    returns the compiled median tok/s."""
     compiled = TorchDecoder(model, step="compile")
     t = time.perf_counter()
     tok_s(lambda: compiled, tokenizer, 3, 1)  # compiles
@@ -81,33 +86,60 @@ def compiled_vs_eager(model: GPT, tokenizer, args) -> None:
         rates["compiled"].append(tok_s(lambda: compiled, tokenizer, args.tokens, 1))
     e, c = statistics.median(rates["eager"]), statistics.median(rates["compiled"])
     print(f"  compiled   {c:8.1f} tok/s   {c / e:.2f}x eager in the same runs ({e:.1f})", flush=True)
+    return c
 
 
-def weight_pass_seconds(weights: list[torch.Tensor], reps: int = 20) -> float:
-    """Median time of one mat-vec through every weight matrix of the model, in forward order.
+class MatVecChain(torch.nn.Module):
+    """One mat-vec through each weight, in forward order: the arithmetic of a batch-1 decode step
+    bar attention over the cache. A module, so that torch.compile's freezing takes the weights as
+    constants, as it does the decode step's."""
 
-    That is all the arithmetic of a batch-1 decode step bar attention over the cache, and it reads
-    every weight once: when the weights do not stay in cache (10.7M fp32 parameters are 43 MB, more
-    than this CPU's L3), it runs at memory bandwidth, not at the matmul rate."""
+    def __init__(self, weights: list[torch.Tensor]):
+        super().__init__()
+        self.weights = torch.nn.ParameterList(weights)
+
+    def forward(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [F.linear(x, w) for x, w in zip(inputs, self.weights, strict=True)]
+
+
+def weight_pass_seconds(weights: list[torch.Tensor], reps: int = 20, compiled: bool = False) -> float:
+    """Median time of one mat-vec through every weight matrix of the model, in forward order, in
+    eager PyTorch or (``compiled``) through torch.compile with the CPU decode step's settings.
+
+    It reads every weight once: when the weights do not stay in cache (10.7M fp32 parameters are
+    43 MB, more than this CPU's L3), it runs at memory bandwidth, not at the matmul rate."""
     inputs = [torch.randn(1, w.size(1), dtype=w.dtype) for w in weights]
-    times = []
+    chain = MatVecChain(weights).eval()
     with torch.inference_mode():
+        if compiled:
+            compiled_chain = torch.compile(chain, dynamic=False)
+            with torch._inductor.config.patch(CPU_DECODE_COMPILE), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "TypedStorage is deprecated")  # inductor's autotuner's
+                compiled_chain(inputs)  # compiles
+            chain = compiled_chain
+        times = []
         for _ in range(reps + 2):
             t = time.perf_counter()
-            for x, w in zip(inputs, weights, strict=True):
-                F.linear(x, w)
+            chain(inputs)
             times.append(time.perf_counter() - t)
     return statistics.median(times[2:])
 
 
-def arithmetic_limit(model: GPT, avg_context: float) -> tuple[float, float, float]:
-    """(FLOPs per decoded token, weight bytes per token, tokens/s if a step cost only its mat-vecs)."""
+def arithmetic_limit(model: GPT, avg_context: float, compiled: bool = False) -> tuple[float, float, float]:
+    """(FLOPs per decoded token, weight bytes per token, tokens/s if a step cost only its mat-vecs):
+    the eager chain's, or with ``compiled`` the faster of the eager and the compiled chain."""
     cfg = model.config
     attention_flops = 4 * cfg.n_embd * avg_context  # q.k scores and the weighted sum of v, per layer
     weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
     flops = sum(2 * w.numel() for w in weights) + cfg.n_layer * attention_flops
     weight_bytes = sum(w.numel() * w.element_size() for w in weights)
-    return flops, weight_bytes, 1.0 / weight_pass_seconds(weights)
+    seconds = weight_pass_seconds(weights)
+    if compiled:
+        fast = weight_pass_seconds(weights, compiled=True)
+        print(f"  chain      eager {1 / seconds:8.1f} tok/s, compiled {1 / fast:8.1f}: the limit is the "
+              "faster", flush=True)
+        seconds = min(seconds, fast)
+    return flops, weight_bytes, 1.0 / seconds
 
 
 def bench_model(name: str, model: GPT, tokenizer, ckpt_path: Path, args) -> dict:
@@ -116,17 +148,21 @@ def bench_model(name: str, model: GPT, tokenizer, ckpt_path: Path, args) -> dict
           f"{args.tokens} new tokens from {PROMPT!r}, median of {args.runs}", flush=True)
     cached = tok_s(lambda: TorchDecoder(model), tokenizer, args.tokens, args.runs)
     print(f"  cached     {cached:8.1f} tok/s", flush=True)
-    if args.compile:
-        compiled_vs_eager(model, tokenizer, args)
+    compiled = compiled_vs_eager(model, tokenizer, args) if args.compile else None
     recompute = tok_s(lambda: RecomputeDecoder(model), tokenizer, args.tokens, args.runs)
     print(f"  recompute  {recompute:8.1f} tok/s   cached is {cached / recompute:.1f}x", flush=True)
     # with the re-prefill at block_size, the context averages 3/4 of the window
-    flops, weight_bytes, limit = arithmetic_limit(model, avg_context=0.75 * cfg.block_size)
+    flops, weight_bytes, limit = arithmetic_limit(model, avg_context=0.75 * cfg.block_size,
+                                                  compiled=args.compile)
+    reached = f"cached reaches {cached / limit:.0%} of it"
+    if compiled is not None:
+        reached += f", compiled {compiled / limit:.0%}"
     print(f"  limit      {limit:8.1f} tok/s   ({flops / 1e6:.1f} MFLOP and {weight_bytes / 1e6:.1f} MB of "
-          f"weights per token: {limit * weight_bytes / 1e9:.1f} GB/s); cached reaches {cached / limit:.0%} "
-          "of it", flush=True)
+          f"weights per token: {limit * weight_bytes / 1e9:.1f} GB/s); {reached}", flush=True)
     result = dict(cached_tok_s=cached, recompute_tok_s=recompute, speedup=cached / recompute,
                   limit_tok_s=limit)
+    if compiled is not None:
+        result |= dict(compiled_tok_s=compiled, compiled_vs_limit=compiled / limit)
     onnx = onnx_tok_s(ckpt_path, tokenizer, args)
     if onnx is not None:
         fp32 = onnx["fp32"]

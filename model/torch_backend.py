@@ -4,9 +4,11 @@ decoder model.batched drives, and the ``Backend`` that streams through model.eng
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import statistics
 import time
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -28,7 +30,13 @@ def _ready(model: GPT | Bigram, device: torch.device | str | None) -> GPT | Bigr
 
 
 Step = Literal["auto", "eager", "static", "cuda_graph", "compile"]
-CPU_DECODE_COMPILE = {"freezing": True, "cpp_wrapper": True}  # inductor's options for the CPU step
+# inductor's settings for the CPU step. freezing: the weights become constants, prepacked once.
+# max_autotune_gemm with the CPP backend: per matmul shape, time inductor's own C++ GEMM kernels against
+# ATen's (MKL) and keep the faster; MKL's mat-vec is not the fastest on every CPU. cpp_wrapper: the
+# kernels are called from C++, not one Python line each.
+CPU_DECODE_COMPILE = {"freezing": True, "cpp_wrapper": True, "max_autotune_gemm": True,
+                      "max_autotune_gemm_backends": "CPP,ATEN", "autotune_num_choices_displayed": 0,
+                      "max_autotune_report_choices_stats": False}
 Precision = Literal["auto", "fp32", "bf16"]
 BF16_MARGIN = 0.95  # decode_precision keeps bf16 weights only when a step takes < 95% of fp32's time
 
@@ -41,9 +49,9 @@ class TorchDecoder:
     masked past the position; ``static`` runs it as it is, which is how a CPU checks the maths)
     captured once as a CUDA graph and replayed, so a token costs one
     graph launch instead of a few hundred kernel launches from Python. ``compile``: the same
-    fixed-shape step through ``torch.compile``, compiled once per decoder (an option,
-    not the default). ``auto``: ``cuda_graph`` on CUDA, else ``eager``. The prompt and the window's
-    re-prefill always run eagerly, into the same cache."""
+    fixed-shape step through ``torch.compile``, compiled once per model and process and shared by
+    its decoders (an option, not the default). ``auto``: ``cuda_graph`` on CUDA, else ``eager``.
+    The prompt and the window's re-prefill always run eagerly, into the same cache."""
 
     def __init__(self, model: GPT | Bigram, device: torch.device | str | None = None, step: Step = "auto"):
         self.model = _ready(model, device)
@@ -103,18 +111,20 @@ class _StaticStep:
         self.slot = torch.zeros(1, dtype=torch.long, device=device)  # (1,)
         self.slots = torch.arange(cache.block_size, device=device)  # (S,)
         self.layers = [StaticLayerKV(layer.k, layer.v, self.slot) for layer in cache.layers]
-        self.forward = self._forward
-        if compiled:
-            # inference only: freezing folds the weights in as constants (on the CPU, prepacked for
-            # oneDNN), and the C++ wrapper calls the kernels without a Python frame per op
-            options = CPU_DECODE_COMPILE if device.type == "cpu" else None
-            self.forward = torch.compile(self._forward, dynamic=False, options=options)
+        self.compiled = compiled
         self.graph = None
         self.out: torch.Tensor | None = None  # the captured graph's output buffer
 
-    def _forward(self) -> torch.Tensor:
-        mask = (self.slots <= self.slot)[None, None, None, :]  # (1, 1, 1, S)
-        return self.model.forward_at(self.idx, self.slot, causal=False, mask=mask, caches=self.layers)
+    def forward(self) -> torch.Tensor:
+        if not self.compiled:
+            return _step_forward(self.model, self.idx, self.slot, self.slots, self.layers)
+        options = CPU_DECODE_COMPILE if self.idx.device.type == "cpu" else {}
+        # patched around the call, not passed as torch.compile's options, which (torch 2.13) do not
+        # reach the freezing passes. Compiling happens inside the first call, and again only if a
+        # guard fails
+        with torch._inductor.config.patch(options), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "TypedStorage is deprecated")  # inductor's autotuner's
+            return _compiled_step_forward()(self.model, self.idx, self.slot, self.slots, self.layers)
 
     def run(self, token: int, pos: int) -> torch.Tensor:
         """Logits (1, 1, V) for token at position pos; its key/value land in slot pos."""
@@ -144,6 +154,21 @@ class _StaticStep:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.out = self.forward()
+
+
+def _step_forward(model: GPT, idx: torch.Tensor, slot: torch.Tensor, slots: torch.Tensor,
+                  layers: list[StaticLayerKV]) -> torch.Tensor:
+    """The fixed-shape step: token idx (1, 1) at position slot (1,), attending to the slots <= it."""
+    mask = (slots <= slot)[None, None, None, :]  # (1, 1, 1, S)
+    return model.forward_at(idx, slot, causal=False, mask=mask, caches=layers)
+
+
+@functools.cache
+def _compiled_step_forward():
+    """``_step_forward`` through torch.compile, made once per process. The model and the cache come
+    in as arguments, so a new decoder (the app makes one per generation) passes the same guards and
+    reuses the code compiled for its model; another model compiles its own."""
+    return torch.compile(_step_forward, dynamic=False)
 
 
 class RecomputeDecoder:
@@ -268,14 +293,21 @@ class TorchBackend:
     """model.backend.Backend over a PyTorch model: each stream gets its own decoder and cache.
 
     ``precision`` is the weights' type for decoding (``decode_precision``); the insight views
-    (``torch_model()``) keep the model as loaded."""
+    (``torch_model()``) keep the model as loaded. ``step`` is how its decoders run a one-token step
+    (``TorchDecoder``); with ``compile`` the step is compiled here, once, not in the first
+    generation."""
 
     def __init__(
         self, model: GPT | Bigram, tokenizer: Tokenizer, path: str = "<model>", meta: dict | None = None,
-        precision: Precision = "fp32",
+        precision: Precision = "fp32", step: Step = "auto",
     ):
         self.model = _ready(model, None)
         self.decode_model, self.precision = decode_precision(self.model, precision)
+        self.step = step
+        if step == "compile" and isinstance(self.model, GPT):
+            warm = self.decoder()
+            warm.feed([0])  # the prompt runs eagerly; the step after it compiles
+            warm.feed([0])
         self.tokenizer = tokenizer
         self.path = path
         self.meta = dict(meta or {})
@@ -291,7 +323,7 @@ class TorchBackend:
             vocab=self.tokenizer.chars if isinstance(self.tokenizer, CharTokenizer) else None,
             config=config.to_dict(),
             meta=self.meta,
-            precision=self.precision,
+            precision=self.precision + ("; compiled one-token step" if self.step == "compile" else ""),
         )
 
     def unknown_chars(self, prompt: str) -> list[str]:
@@ -299,7 +331,7 @@ class TorchBackend:
 
     def decoder(self) -> TorchDecoder:
         # a fresh cache per decoder (a few MB): streams never share state, and closing one frees it
-        return TorchDecoder(self.decode_model)
+        return TorchDecoder(self.decode_model, step=self.step)
 
     def batch_decoder(self, rows: int) -> TorchBatchDecoder | None:
         """Up to ``rows`` sequences decoded together (model.batched.Batch drives it); None for the
@@ -313,8 +345,10 @@ class TorchBackend:
         return Generation(self.decoder(), self.tokenizer, prompt, settings)
 
 
-def load_backend(path: str | Path, device: Device = "cpu", precision: Precision = "fp32") -> TorchBackend:
+def load_backend(path: str | Path, device: Device = "cpu", precision: Precision = "fp32",
+                 step: Step = "auto") -> TorchBackend:
     """A slim or full training checkpoint -> a PyTorch backend on cpu, cuda, mps (or auto), decoding
-    with the weights' precision ``decode_precision`` picks (gpt-tui asks for ``auto``)."""
+    with the weights' precision ``decode_precision`` picks (gpt-tui asks for ``auto``) and the
+    one-token ``step`` asked for."""
     model, tokenizer, meta = load_model(path, resolve_device(device))
-    return TorchBackend(model, tokenizer, path=str(path), meta=meta, precision=precision)
+    return TorchBackend(model, tokenizer, path=str(path), meta=meta, precision=precision, step=step)

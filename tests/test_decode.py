@@ -50,14 +50,19 @@ def test_the_cuda_graph_step_gives_the_eager_tokens(tiny_model, char_tok):
 
 
 @pytest.mark.slow
-def test_the_compiled_step_gives_the_eager_logits_and_tokens(tiny_model, char_tok):
+def test_the_compiled_step_gives_the_eager_logits_and_tokens_compiled_once_per_model(tiny_model, char_tok):
+    from torch._dynamo.utils import counters
+
     prompt, tokens = steps_and_window(tiny_model)
     eager = decode_logits(TorchDecoder(tiny_model, step="eager"), prompt, tokens)
     compiled = decode_logits(TorchDecoder(tiny_model, step="compile"), prompt, tokens)
     for i, (a, b) in enumerate(zip(compiled, eager, strict=True)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=f"step {i}")
+    graphs = counters["stats"]["unique_graphs"]
+    # a new decoder (the app makes one per generation) reuses the step compiled for its model
     assert greedy(TorchDecoder(tiny_model, step="compile"), char_tok) == greedy(
         TorchDecoder(tiny_model, step="eager"), char_tok)
+    assert counters["stats"]["unique_graphs"] == graphs
 
 
 def test_bf16_decode_weights_give_the_fp32_logits_to_bf16_precision(tiny_model, char_tok):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from tests.conftest import REPO
@@ -79,3 +80,28 @@ def test_precision_reaches_the_pytorch_backend(tiny_ckpt, monkeypatch):
     assert auto.exit_code == 0 and 0 < len(auto.output) <= 20
     bad = runner.invoke(main, [*base, "--precision", "fp16"])
     assert bad.exit_code == 2 and "'fp16' is not one of 'auto', 'fp32', 'bf16'" in bad.output
+
+
+def test_compile_reaches_the_generation_process_not_the_ui_one(tiny_ckpt):
+    from tui.backends import factories
+
+    factory = factories(tiny_ckpt, "cpu", precision="fp32", step="compile")["torch"]
+    assert factory.step == "compile"
+    assert factory.for_ui().step == "auto"  # the app's own process decodes only step mode and views
+    local = factory.for_ui()(lambda message: None)
+    assert local.step == "auto" and factory.settled(local).step == "compile"
+    assert local.info().precision == "fp32 weights (asked for)"
+
+
+@pytest.mark.slow
+def test_a_compiled_step_prints_the_eager_completion(tiny_ckpt):
+    from tui.backends import factories
+
+    runner = CliRunner()
+    base = ["--ckpt", str(tiny_ckpt), "-n", "40", "--seed", "1", "--temperature", "0", "-p", "ROMEO:"]
+    eager = runner.invoke(main, base)
+    compiled = runner.invoke(main, [*base, "--compile"])
+    assert compiled.exit_code == 0, compiled.output
+    assert compiled.output == eager.output and len(eager.output) > 0
+    made = factories(tiny_ckpt, "cpu", precision="fp32", step="compile")["torch"](lambda message: None)
+    assert made.info().precision == "fp32 weights (asked for); compiled one-token step"

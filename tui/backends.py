@@ -49,6 +49,7 @@ class TorchFactory:
     device: str = "cpu"
     threads: int | None = None  # CPU threads for PyTorch in this process (None: leave as is)
     precision: str = "fp32"  # the decoding weights' type: fp32, bf16 or auto (model.torch_backend)
+    step: str = "auto"  # how a one-token step runs: auto, eager or compile (model.torch_backend)
 
     def __call__(self, progress: Progress) -> Backend:
         from model.torch_backend import load_backend
@@ -58,7 +59,15 @@ class TorchFactory:
 
         where = "" if self.device == "auto" else f" on {self.device}"
         progress(f"loading {self.ckpt.name} with PyTorch{where}")
-        return load_backend(self.ckpt, self.device, self.precision)  # type: ignore[arg-type]
+        if self.step == "compile":
+            progress("compiling its one-token decode step (once per process; this takes a while)")
+        return load_backend(self.ckpt, self.device, self.precision, self.step)  # type: ignore[arg-type]
+
+    def for_ui(self) -> TorchFactory:
+        """This factory for the app's own process, which decodes in step mode, the views, and the
+        streams that start before its generation process (tui.remote) is ready: compiling there
+        would only delay the app."""
+        return replace(self, step="auto")
 
     def settled(self, backend: Backend) -> TorchFactory:
         """This factory with ``auto`` precision replaced by what ``backend`` (made by it) chose, so
@@ -105,6 +114,9 @@ class OnnxFactory:
         """Nothing to settle: the file fixes how ONNX Runtime decodes."""
         return self
 
+    def for_ui(self) -> OnnxFactory:
+        return self
+
 
 class Backends:
     """The app's backends by name: the active one, the ones loaded so far (reused on a switch,
@@ -144,13 +156,13 @@ class Backends:
 
 def factories(
     ckpt: Path | None, device: str = "cpu", onnx: Path | None = None, provider: str = "auto",
-    precision: str = "fp32",
+    precision: str = "fp32", step: str = "auto",
 ) -> dict[str, BackendFactory]:
     """The backends these files allow: PyTorch needs the checkpoint; ONNX needs the .onnx or the
     checkpoint to export."""
     made: dict[str, BackendFactory] = {}
     if ckpt is not None:
-        made["torch"] = TorchFactory(ckpt, device, precision=precision)
+        made["torch"] = TorchFactory(ckpt, device, precision=precision, step=step)
     if ckpt is not None or onnx is not None:
         made["onnx"] = OnnxFactory(ckpt, onnx, provider)
     return made

@@ -72,6 +72,10 @@ def unescaped(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
               help="Weights' type for PyTorch decoding: auto times fp32 and bf16 on the model at load "
                    "(where the hardware has native bf16) and keeps the faster. "
                    "[env var: GPT_TUI_PRECISION]")
+@click.option("--compile", "compile_step", is_flag=True,
+              help="Compile PyTorch's one-token decode step with torch.compile: a wait at load (the "
+                   "app decodes eagerly meanwhile), then faster tokens on most CPUs (README: "
+                   "Performance).")
 @click.option("--temperature", default=0.8, type=click.FloatRange(min=0), help="0 = greedy.")
 @click.option("--top-k", type=click.IntRange(min=1),
               help="Sample from the k likeliest tokens [default: off].")
@@ -107,9 +111,9 @@ def unescaped(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
 @click.option("--session-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where sessions are saved [default: ~/.local/share/gpt-from-scratch/sessions].")
 def main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | None, provider: str,
-         device: str, precision: str, batch: BinaryIO | None, output: Path | None, fmt: str, parallel: int,
-         session_file: Path | None, session_dir: Path | None, unknown: str, stop: tuple[str, ...],
-         keep_stop: bool, **knobs) -> None:
+         device: str, precision: str, compile_step: bool, batch: BinaryIO | None, output: Path | None,
+         fmt: str, parallel: int, session_file: Path | None, session_dir: Path | None, unknown: str,
+         stop: tuple[str, ...], keep_stop: bool, **knobs) -> None:
     """Generate text from a GPT checkpoint: live in the terminal, one prompt, or in batch.
 
     \b
@@ -124,17 +128,17 @@ def main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | N
     130 interrupted (the lines already written are complete).
     """
     try:
-        _main(ckpt, prompt, backend_name, onnx, provider, device, precision, batch, output, fmt, parallel,
-              session_file, session_dir, unknown, stop, keep_stop, **knobs)
+        _main(ckpt, prompt, backend_name, onnx, provider, device, precision, compile_step, batch, output,
+              fmt, parallel, session_file, session_dir, unknown, stop, keep_stop, **knobs)
     except KeyboardInterrupt:  # Ctrl+C while loading: no traceback, the usual code
         click.echo("interrupted", err=True)
         sys.exit(130)
 
 
 def _main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | None, provider: str,
-          device: str, precision: str, batch: BinaryIO | None, output: Path | None, fmt: str, parallel: int,
-          session_file: Path | None, session_dir: Path | None, unknown: str, stop: tuple[str, ...],
-          keep_stop: bool, **knobs) -> None:
+          device: str, precision: str, compile_step: bool, batch: BinaryIO | None, output: Path | None,
+          fmt: str, parallel: int, session_file: Path | None, session_dir: Path | None, unknown: str,
+          stop: tuple[str, ...], keep_stop: bool, **knobs) -> None:
     if batch is None and (output is not None or fmt != "auto"):
         raise click.UsageError("--output and --format only apply with --batch")
     if prompt is not None and (batch is not None or session_file is not None):
@@ -158,7 +162,8 @@ def _main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | 
         if not (backend_name == "onnx" and onnx):
             raise
         ckpt_path = None  # an .onnx alone is enough; there is just no PyTorch backend to switch to
-    makers = factories(ckpt_path, device, onnx, provider, precision)
+    step = "compile" if compile_step else "auto"
+    makers = factories(ckpt_path, device, onnx, provider, precision, step)
     app = batch is None and prompt is None
     if app:  # the app generates in a child process: rendering never stalls the model
         from tui.remote import offloaded
@@ -177,7 +182,7 @@ def _main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | 
         from tui.app import GPTApp, freeze_heap
 
         def open_model(path: str) -> dict:
-            return offloaded(factories(resolve_ckpt(path), device, None, provider, precision))
+            return offloaded(factories(resolve_ckpt(path), device, None, provider, precision, step))
 
         gpt_app = GPTApp(backend, backend_name, makers, settings, session_dir=session_dir,
                          session_file=session_file, keep_stop=keep_stop, open_model=open_model)

@@ -53,7 +53,8 @@ def child_threads() -> int:
     return max(1, cores - 1)
 
 
-Factory = Callable[[Callable[[str], None]], Backend]  # a tui.backends dataclass: ``threads``, ``settled``
+# a tui.backends dataclass: ``threads``, ``settled``, ``for_ui``
+Factory = Callable[[Callable[[str], None]], Backend]
 
 
 class RemoteBackend:
@@ -322,7 +323,7 @@ class Offloaded:
     factory: Factory
 
     def __call__(self, progress: Callable[[str], None]) -> RemoteBackend:
-        local = self.factory(progress)
+        local = self.factory.for_ui()(progress)
         # the child decodes as this process chose (its step mode decodes here): one choice, one timing
         return RemoteBackend(local, self.factory.settled(local))
 
