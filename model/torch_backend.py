@@ -41,6 +41,10 @@ Precision = Literal["auto", "fp32", "bf16"]
 BF16_MARGIN = 0.95  # decode_precision keeps bf16 weights only when a step takes < 95% of fp32's time
 
 
+class CompileError(RuntimeError):
+    """torch.compile could not build the one-token step (on a CPU it needs a working C++ compiler)."""
+
+
 class TorchDecoder:
     """A PyTorch GPT or bigram with a KV cache: the prompt in one pass, then one position a token.
 
@@ -307,7 +311,11 @@ class TorchBackend:
         if step == "compile" and isinstance(self.model, GPT):
             warm = self.decoder()
             warm.feed([0])  # the prompt runs eagerly; the step after it compiles
-            warm.feed([0])
+            try:
+                warm.feed([0])
+            except Exception as e:  # inductor raises many kinds; the first line says what failed
+                first = (str(e).strip() or type(e).__name__).splitlines()[0]
+                raise CompileError(f"compiling the one-token decode step failed: {first}") from None
         self.tokenizer = tokenizer
         self.path = path
         self.meta = dict(meta or {})

@@ -105,3 +105,13 @@ def test_a_compiled_step_prints_the_eager_completion(tiny_ckpt):
     assert compiled.output == eager.output and len(eager.output) > 0
     made = factories(tiny_ckpt, "cpu", precision="fp32", step="compile")["torch"](lambda message: None)
     assert made.info().precision == "fp32 weights (asked for); compiled one-token step"
+
+
+def test_compile_without_a_compiler_is_a_one_line_error(tiny_ckpt, monkeypatch):
+    import torch._inductor.config as inductor
+
+    monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent/g++",))
+    result = CliRunner().invoke(main, ["--ckpt", str(tiny_ckpt), "-p", "ROMEO:", "-n", "5", "--compile"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "Error: compiling the one-token decode step failed: " in result.output
+    assert "No working C++ compiler" in result.output and "or leave out --compile" in result.output

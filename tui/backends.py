@@ -52,7 +52,7 @@ class TorchFactory:
     step: str = "auto"  # how a one-token step runs: auto, eager or compile (model.torch_backend)
 
     def __call__(self, progress: Progress) -> Backend:
-        from model.torch_backend import load_backend
+        from model.torch_backend import CompileError, load_backend
 
         if self.threads is not None:
             torch.set_num_threads(self.threads)
@@ -61,7 +61,11 @@ class TorchFactory:
         progress(f"loading {self.ckpt.name} with PyTorch{where}")
         if self.step == "compile":
             progress("compiling its one-token decode step (once per process; this takes a while)")
-        return load_backend(self.ckpt, self.device, self.precision, self.step)  # type: ignore[arg-type]
+        try:
+            return load_backend(self.ckpt, self.device, self.precision, self.step)  # type: ignore[arg-type]
+        except CompileError as e:
+            raise BackendError(f"{e}; torch.compile needs a working C++ compiler on a CPU (g++), or "
+                               "leave out --compile") from None
 
     def for_ui(self) -> TorchFactory:
         """This factory for the app's own process, which decodes in step mode, the views, and the
