@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import math
 import time
@@ -227,9 +228,10 @@ def _pick_attention(cfg: TrainConfig, fresh_model: Callable[[TrainConfig], torch
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print, given: dict | None = None,
-          named: dict[str, str] | None = None) -> Trainer:
+          named: dict[str, str] | None = None) -> Trainer | None:
     """The whole run: returns the trainer with its final state; writes ckpt.pt and metrics.jsonl.
-    Under torchrun (RANK/WORLD_SIZE set) this process is one rank of a data-parallel run.
+    Under torchrun (RANK/WORLD_SIZE set) this process is one rank of a data-parallel run, and
+    returns None: its trainer is freed before the process group is left (see below).
 
     When resuming, the settings come from the checkpoint; ``given`` names the fields the caller
     chose (the flags on the command line; None: all of ``cfg``), see ``load_for_resume``."""
@@ -246,7 +248,16 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, given: dict | No
                 cfg, ckpt = load_for_resume(cfg, given, named, log)
             check_data(cfg.data)
             with distributed.process_group(dist, distributed.device_for(dist, resolve_device(cfg.device))):
-                return _run(cfg, log, dist, ckpt)
+                tr = _run(cfg, log, dist, ckpt)
+                if not dist.enabled:
+                    return tr
+                # the rank's model and optimizer hold the process group (DDP's reducer, FSDP's
+                # meshes and sharded tensors) in reference cycles: free them while every rank is
+                # still connected. Freed after the group is destroyed, at exit, gloo's threads
+                # sometimes hung the rank or aborted it after its last checkpoint
+                del tr
+                gc.collect()
+                return None
     except TrainingInterrupted:
         raise
     except KeyboardInterrupt:  # before training started
