@@ -42,7 +42,6 @@ import argparse
 import statistics
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -53,7 +52,7 @@ from model import checkpoint
 from model.backend import Settings
 from model.engine import Generation
 from model.gpt import GPT
-from model.torch_backend import CPU_DECODE_COMPILE, RecomputeDecoder, TorchDecoder, decode_precision
+from model.torch_backend import RecomputeDecoder, TorchDecoder, compile_settings, decode_precision
 
 PROMPT = "ROMEO:\n"
 
@@ -113,8 +112,7 @@ def weight_pass_seconds(weights: list[torch.Tensor], reps: int = 20, compiled: b
     with torch.inference_mode():
         if compiled:
             compiled_chain = torch.compile(chain, dynamic=False)
-            with torch._inductor.config.patch(CPU_DECODE_COMPILE), warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "TypedStorage is deprecated")  # inductor's autotuner's
+            with compile_settings(torch.device("cpu")):
                 compiled_chain(inputs)  # compiles
             chain = compiled_chain
         times = []

@@ -3,12 +3,14 @@ decoder model.batched drives, and the ``Backend`` that streams through model.eng
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import logging
 import statistics
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -116,19 +118,20 @@ class _StaticStep:
         self.slots = torch.arange(cache.block_size, device=device)  # (S,)
         self.layers = [StaticLayerKV(layer.k, layer.v, self.slot) for layer in cache.layers]
         self.compiled = compiled
+        self.called = False  # the compiled step's first call is the one that may compile
         self.graph = None
         self.out: torch.Tensor | None = None  # the captured graph's output buffer
 
     def forward(self) -> torch.Tensor:
+        args = (self.model, self.idx, self.slot, self.slots, self.layers)
         if not self.compiled:
-            return _step_forward(self.model, self.idx, self.slot, self.slots, self.layers)
-        options = CPU_DECODE_COMPILE if self.idx.device.type == "cpu" else {}
-        # patched around the call, not passed as torch.compile's options, which (torch 2.13) do not
-        # reach the freezing passes. Compiling happens inside the first call, and again only if a
-        # guard fails
-        with torch._inductor.config.patch(options), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "TypedStorage is deprecated")  # inductor's autotuner's
-            return _compiled_step_forward()(self.model, self.idx, self.slot, self.slots, self.layers)
+            return _step_forward(*args)
+        if self.called:  # the same model and buffers: the guards pass, nothing compiles
+            return _compiled_step_forward()(*args)
+        with compile_settings(self.idx.device):  # patching is not free: only where it can compile
+            out = _compiled_step_forward()(*args)
+        self.called = True
+        return out
 
     def run(self, token: int, pos: int) -> torch.Tensor:
         """Logits (1, 1, V) for token at position pos; its key/value land in slot pos."""
@@ -165,6 +168,17 @@ def _step_forward(model: GPT, idx: torch.Tensor, slot: torch.Tensor, slots: torc
     """The fixed-shape step: token idx (1, 1) at position slot (1,), attending to the slots <= it."""
     mask = (slots <= slot)[None, None, None, :]  # (1, 1, 1, S)
     return model.forward_at(idx, slot, causal=False, mask=mask, caches=layers)
+
+
+@contextlib.contextmanager
+def compile_settings(device: torch.device) -> Iterator[None]:
+    """inductor's settings (``CPU_DECODE_COMPILE`` on a CPU) around a call that compiles. Patched
+    around the call rather than passed as torch.compile's options, which (torch 2.13) do not reach
+    the freezing passes."""
+    options = CPU_DECODE_COMPILE if device.type == "cpu" else {}
+    with torch._inductor.config.patch(options), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "TypedStorage is deprecated")  # inductor's autotuner's
+        yield
 
 
 @functools.cache
