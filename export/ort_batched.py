@@ -98,6 +98,12 @@ class OrtBatchDecoder:
             self.lengths[row] = 0
             self._trim()
 
+    def move(self, src: int, dst: int) -> None:
+        for p in self.past:  # the same columns: right-aligned rows need no shift
+            p[dst] = p[src]
+        self.lengths[dst], self.lengths[src] = self.lengths[src], 0
+        self._trim()
+
     def _trim(self) -> None:
         """Drop free rows at the bottom and columns that are padding for every row."""
         B = len(self.lengths)

@@ -5,7 +5,9 @@ for B tokens, so on a memory- or overhead-bound CPU B rows cost little more than
 runs up to ``rows`` ``engine.Generation``s side by side over a ``BatchDecoder``: each step feeds
 every row what its generation needs (a prompt, one token, or the window's re-prefill), then lets
 each generation sample and stop exactly as it would alone. When a row ends (end of text, max
-tokens, a stop string) its row is free for the next prompt at once (continuous refill).
+tokens, a stop string) its row is free for the next prompt at once (continuous refill), and the
+busy rows are packed back to the low end: a decoder's step spans rows [0, highest busy row], so a
+hole left by a short generation would otherwise be paid for by every step until the rows above it end.
 
 Nothing about sampling is batched: each generation keeps its own settings, its own
 ``torch.Generator`` (seeded per item), stop strings and block-size window, because each one is
@@ -47,6 +49,11 @@ class BatchDecoder(Protocol):
 
     def release(self, row: int) -> None:
         """Row is free: its state may be dropped."""
+        ...
+
+    def move(self, src: int, dst: int) -> None:
+        """Row dst (free) takes over row src's state, as if it had been prefilled and stepped there;
+        src is then free."""
         ...
 
 
@@ -144,6 +151,7 @@ class Batch:
             except StopIteration:  # end of text: not a token
                 self._free(b)
                 out.append((s.generation, None))
+        self._pack()
         return out
 
     def close(self) -> None:
@@ -156,6 +164,15 @@ class Batch:
     def _free(self, b: int) -> None:
         self.slots[b] = None
         self.decoder.release(b)
+
+    def _pack(self) -> None:
+        """Move the highest busy rows down into the free rows below them, so rows [0, len) are busy.
+        Between steps, where no row is waiting for the batch's logits."""
+        busy = [b for b, slot in enumerate(self.slots) if slot is not None]
+        holes = [b for b, slot in enumerate(self.slots[:len(busy)]) if slot is None]
+        for dst, src in zip(holes, reversed(busy), strict=False):  # each hole takes a row above it
+            self.decoder.move(src, dst)
+            self.slots[dst], self.slots[src] = self.slots[src], None
 
 
 def generate_all(decoder: BatchDecoder, tokenizer: Tokenizer,

@@ -137,6 +137,14 @@ class BatchKVCache:
         """A one-sequence cache over row b's slice of the buffers (from position 0)."""
         return KVCache.over(self.k[:, b:b + 1], self.v[:, b:b + 1])  # (L, 1, H, S, D)
 
+    def move(self, src: int, dst: int) -> None:
+        """Row dst takes row src's keys and values (its written slots; dst's others keep finite
+        leftovers, masked like any slot past a row's position); src becomes empty."""
+        n = self.lengths[src]
+        self.k[:, dst, :, :n] = self.k[:, src, :, :n]
+        self.v[:, dst, :, :n] = self.v[:, src, :, :n]
+        self.lengths[dst], self.lengths[src] = n, 0
+
     def step_layers(self, positions: list[int]) -> list[RowKV]:
         """The per-layer caches for one decode step of rows [0, len(positions)), row b writing its
         new key at slot positions[b]; keys are returned up to the furthest row's slot."""

@@ -262,6 +262,10 @@ class TorchBatchDecoder:
     def release(self, row: int) -> None:
         self.cache.lengths[row] = 0
 
+    @torch.inference_mode()
+    def move(self, src: int, dst: int) -> None:
+        self.cache.move(src, dst)
+
 
 def step_seconds(model: GPT | Bigram, steps: int = 8, prompt: int = 16) -> float:
     """Median time of a one-token cached step after a short prompt: what a decoded token costs."""

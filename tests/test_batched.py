@@ -80,6 +80,54 @@ def test_a_step_gives_each_row_the_logits_it_would_get_alone(tiny_model):
     torch.testing.assert_close(batch.step({1: 4})[1], decoders[1].feed([4]), rtol=0, atol=1e-5)
 
 
+def test_a_moved_row_carries_on_as_it_would_have_in_place(tiny_model):
+    g = torch.Generator().manual_seed(1)
+    V = tiny_model.config.vocab_size
+    prompts = [torch.randint(0, V, (n,), generator=g).tolist() for n in (4, 2, 7)]
+    batch = TorchBatchDecoder(tiny_model, 3)
+    alone = TorchBackend(tiny_model, None)
+    decoders = [alone.decoder() for _ in prompts]
+    for b, p in enumerate(prompts):
+        batch.prefill(b, p)
+        decoders[b].feed(p)
+    batch.step({0: 5, 1: 6, 2: 7})
+    for d, t in zip(decoders, (5, 6, 7), strict=True):
+        d.feed([t])
+    batch.release(0)
+    batch.move(2, 0)  # the longest row into the shortest one's place
+    assert batch.cache.lengths == [8, 3, 0]
+    got = batch.step({0: 8, 1: 9})
+    torch.testing.assert_close(got[0], decoders[2].feed([8]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(got[1], decoders[1].feed([9]), rtol=0, atol=1e-5)
+
+
+def test_rows_are_packed_as_generations_end(torch_backend):
+    class Recording:  # what the batch asks of the decoder
+        def __init__(self, inner):
+            self.inner, self.rows, self.block_size = inner, inner.rows, inner.block_size
+            self.prefill, self.release, self.moves, self.steps = inner.prefill, inner.release, [], []
+
+        def step(self, tokens):
+            self.steps.append(sorted(tokens))
+            return self.inner.step(tokens)
+
+        def move(self, src, dst):
+            self.moves.append((src, dst))
+            self.inner.move(src, dst)
+
+    decoder = Recording(torch_backend.batch_decoder(4))
+    batch = Batch(decoder, torch_backend.tokenizer)
+    gens = [batch.add("ROMEO:", Settings(temperature=0.0, max_new_tokens=n)) for n in (2, 3, 9, 9)]
+    while len(batch):
+        batch.step()
+    # rows 0 and 1 end after their 2nd and 3rd tokens; rows 3 then 2 take their places
+    assert decoder.moves == [(3, 0), (2, 1)]
+    assert decoder.steps[-1] == [0, 1]
+    assert [len(g.ids) for g in gens] == [2, 3, 9, 9]
+    alone = [e.id for e in torch_backend.stream("ROMEO:", Settings(temperature=0.0, max_new_tokens=9))]
+    assert gens[2].ids == gens[3].ids == alone
+
+
 def test_add_refuses_when_every_row_is_busy(torch_backend):
     batch = Batch(torch_backend.batch_decoder(1), torch_backend.tokenizer)
     batch.add("ROMEO:", Settings())
@@ -128,6 +176,25 @@ def test_onnx_rows_stay_right_aligned_and_the_past_shrinks(ort_backend):
     torch.testing.assert_close(decoder.step({0: 11})[0], alone.feed([11]), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_onnx_a_moved_row_carries_on_and_the_batch_shrinks(ort_backend):
+    decoder = ort_backend.batch_decoder(3)
+    prompts = [[1, 2, 3, 4], [5, 6], [7, 8, 9, 10, 11, 12]]
+    for b, p in enumerate(prompts):
+        decoder.prefill(b, p)
+    decoder.release(0)
+    decoder.move(2, 0)
+    assert decoder.lengths == [6, 2] and decoder.P == 6
+    expect = []
+    for p, t in ((prompts[2], 13), (prompts[1], 14)):
+        alone = ort_backend.decoder()
+        alone.feed(p)
+        expect.append(alone.feed([t]))
+    got = decoder.step({0: 13, 1: 14})
+    torch.testing.assert_close(got[0], expect[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(got[1], expect[1], rtol=0, atol=1e-5)
+
+
 def test_batch_mode_with_rows_writes_what_one_at_a_time_writes_in_input_order(torch_backend):
     import io
     import json
@@ -166,7 +233,7 @@ def test_ctrl_c_in_batch_mode_with_rows_keeps_the_lines_written(torch_backend):
         def __init__(self, inner, steps):
             self.inner, self.steps = inner, steps
             self.rows, self.block_size = inner.rows, inner.block_size
-            self.prefill, self.release = inner.prefill, inner.release
+            self.prefill, self.release, self.move = inner.prefill, inner.release, inner.move
 
         def step(self, tokens):
             self.steps -= 1
