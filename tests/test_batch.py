@@ -100,6 +100,24 @@ def test_same_seed_same_output_and_a_fresh_seed_is_recorded(tiny_ckpt):
     assert replay[0]["completion"] == fresh[0]["completion"]
 
 
+def test_cli_batch_decodes_fp32_unless_told_otherwise_and_says_so(tiny_ckpt, monkeypatch):
+    from model import torch_backend
+
+    asked = []
+    chosen = torch_backend.decode_precision
+    monkeypatch.setattr(torch_backend, "decode_precision",
+                        lambda model, precision: asked.append(precision) or chosen(model, precision))
+    monkeypatch.delenv("GPT_TUI_PRECISION")  # as a user runs it
+    base = ["--ckpt", str(tiny_ckpt), "--max-new-tokens", "5", "--seed", "3"]
+    batch = CliRunner().invoke(main, [*base, "--batch", "-"], input="ROMEO:\n")
+    assert batch.exit_code == 0, batch.output
+    assert json.loads(batch.stdout)["precision"] == "fp32 weights (asked for)"
+    auto = CliRunner().invoke(main, [*base, "--batch", "-", "--precision", "auto"], input="x\n")
+    assert auto.exit_code == 0
+    assert CliRunner().invoke(main, [*base, "-p", "ROMEO:"]).exit_code == 0
+    assert asked == ["fp32", "auto", "auto"]  # the one-shot and the app keep auto
+
+
 def test_cli_batch_from_a_file_stdin_and_to_an_output_file(tiny_ckpt, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("ROMEO:\n\nJULIET:\n")

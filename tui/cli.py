@@ -67,11 +67,10 @@ def unescaped(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
                    "run is an error.")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda", "mps"]),
               help="Device for the PyTorch backend.")
-@click.option("--precision", default="auto", type=click.Choice(["auto", "fp32", "bf16"]),
-              envvar="GPT_TUI_PRECISION",
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), envvar="GPT_TUI_PRECISION",
               help="Weights' type for PyTorch decoding: auto times fp32 and bf16 on the model at load "
-                   "(where the hardware has native bf16) and keeps the faster. "
-                   "[env var: GPT_TUI_PRECISION]")
+                   "(where the hardware has native bf16) and keeps the faster. [default: auto; fp32 "
+                   "with --batch, so a seed replays exactly] [env var: GPT_TUI_PRECISION]")
 @click.option("--compile", "compile_step", is_flag=True,
               help="Compile PyTorch's one-token decode step with torch.compile: a wait at load (the "
                    "app decodes eagerly meanwhile), then faster tokens where inductor's kernels win "
@@ -111,7 +110,7 @@ def unescaped(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
 @click.option("--session-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where sessions are saved [default: ~/.local/share/gpt-from-scratch/sessions].")
 def main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | None, provider: str,
-         device: str, precision: str, compile_step: bool, batch: BinaryIO | None, output: Path | None,
+         device: str, precision: str | None, compile_step: bool, batch: BinaryIO | None, output: Path | None,
          fmt: str, parallel: int, session_file: Path | None, session_dir: Path | None, unknown: str,
          stop: tuple[str, ...], keep_stop: bool, **knobs) -> None:
     """Generate text from a GPT checkpoint: live in the terminal, one prompt, or in batch.
@@ -136,7 +135,7 @@ def main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | N
 
 
 def _main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | None, provider: str,
-          device: str, precision: str, compile_step: bool, batch: BinaryIO | None, output: Path | None,
+          device: str, precision: str | None, compile_step: bool, batch: BinaryIO | None, output: Path | None,
           fmt: str, parallel: int, session_file: Path | None, session_dir: Path | None, unknown: str,
           stop: tuple[str, ...], keep_stop: bool, **knobs) -> None:
     if batch is None and (output is not None or fmt != "auto"):
@@ -162,6 +161,9 @@ def _main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | 
         if not (backend_name == "onnx" and onnx):
             raise
         ckpt_path = None  # an .onnx alone is enough; there is just no PyTorch backend to switch to
+    # auto's choice is timed, so two runs may choose differently, and bf16 rounds a batched row
+    # otherwise than the same row alone: a script's output must not depend on either
+    precision = precision or ("fp32" if batch is not None else "auto")
     step = "compile" if compile_step else "auto"
     makers = factories(ckpt_path, device, onnx, provider, precision, step)
     app = batch is None and prompt is None
