@@ -60,17 +60,20 @@ def test_batched_completions_equal_one_at_a_time(torch_backend, rows):
     assert batched(torch_backend, torch_backend.batch_decoder(rows), jobs) == expect
 
 
+def prefilled(model, lengths, rows, seed):
+    """A TorchBatchDecoder with random prompts of these lengths in rows 0.., and beside it a
+    one-sequence decoder per prompt fed the same; each prefill checked against it."""
+    g = torch.Generator().manual_seed(seed)
+    alone = TorchBackend(model, None)
+    batch, decoders = TorchBatchDecoder(model, rows), [alone.decoder() for _ in lengths]
+    for b, n in enumerate(lengths):
+        p = torch.randint(0, model.config.vocab_size, (n,), generator=g).tolist()
+        torch.testing.assert_close(batch.prefill(b, p), decoders[b].feed(p), rtol=0, atol=1e-6)
+    return batch, decoders
+
+
 def test_a_step_gives_each_row_the_logits_it_would_get_alone(tiny_model):
-    g = torch.Generator().manual_seed(0)
-    V = tiny_model.config.vocab_size
-    prompts = [torch.randint(0, V, (n,), generator=g).tolist() for n in (3, 9, 1)]
-    batch = TorchBatchDecoder(tiny_model, 4)
-    alone = TorchBackend(tiny_model, None)
-    for b, p in enumerate(prompts):
-        torch.testing.assert_close(batch.prefill(b, p), alone.decoder().feed(p), rtol=0, atol=1e-6)
-    decoders = [alone.decoder() for _ in prompts]
-    for d, p in zip(decoders, prompts, strict=True):
-        d.feed(p)
+    batch, decoders = prefilled(tiny_model, (3, 9, 1), rows=4, seed=0)
     for _ in range(5):
         tokens = {0: 3, 2: 7}  # row 1 skips these steps: a dummy row, untouched
         got = batch.step(tokens)
@@ -81,15 +84,7 @@ def test_a_step_gives_each_row_the_logits_it_would_get_alone(tiny_model):
 
 
 def test_a_moved_row_carries_on_as_it_would_have_in_place(tiny_model):
-    g = torch.Generator().manual_seed(1)
-    V = tiny_model.config.vocab_size
-    prompts = [torch.randint(0, V, (n,), generator=g).tolist() for n in (4, 2, 7)]
-    batch = TorchBatchDecoder(tiny_model, 3)
-    alone = TorchBackend(tiny_model, None)
-    decoders = [alone.decoder() for _ in prompts]
-    for b, p in enumerate(prompts):
-        batch.prefill(b, p)
-        decoders[b].feed(p)
+    batch, decoders = prefilled(tiny_model, (4, 2, 7), rows=3, seed=1)
     batch.step({0: 5, 1: 6, 2: 7})
     for d, t in zip(decoders, (5, 6, 7), strict=True):
         d.feed([t])
