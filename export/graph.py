@@ -21,8 +21,10 @@ import torch.nn as nn
 from model.config import GPTConfig
 from model.gpt import GPT
 
-# metadata: gpt_from_scratch.format, .config, .tokenizer and .meta (JSON), so the file alone generates
+# metadata: gpt_from_scratch.format, .config, .tokenizer and .meta (JSON), so the file alone generates,
+# and .weights: the type its weights were written in (fp32, or what export.quantize made of them)
 META_PREFIX = "gpt_from_scratch."
+WEIGHTS_KEY = f"{META_PREFIX}weights"
 FORMAT = "gpt-from-scratch-onnx/1"
 
 

@@ -26,7 +26,15 @@ from pathlib import Path
 import onnx
 import torch
 
-from export.graph import FORMAT, META_PREFIX, OnnxDecoderModel, input_names, output_names, sample_inputs
+from export.graph import (
+    FORMAT,
+    META_PREFIX,
+    WEIGHTS_KEY,
+    OnnxDecoderModel,
+    input_names,
+    output_names,
+    sample_inputs,
+)
 from export.validate import validate_export
 from model.atomic import atomic_write
 from model.checkpoint import CheckpointError, load, restore_model
@@ -42,6 +50,7 @@ def onnx_metadata(ckpt: dict) -> dict[str, str]:
         f"{META_PREFIX}config": json.dumps(ckpt["config"]),
         f"{META_PREFIX}tokenizer": json.dumps(ckpt["tokenizer"]),
         f"{META_PREFIX}meta": json.dumps(_jsonable(ckpt.get("meta", {}))),
+        WEIGHTS_KEY: "fp32",
     }
 
 

@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from export.graph import FORMAT, META_PREFIX, input_names, output_names
+from export.graph import FORMAT, META_PREFIX, WEIGHTS_KEY, input_names, output_names
 from export.ort_batched import OrtBatchDecoder
 from model.backend import BackendInfo, Settings
 from model.config import GPTConfig
@@ -83,7 +83,7 @@ def _session(path: Path, provider: Provider, threads: int | None = None):
     return session
 
 
-def _read_metadata(session, path: Path) -> tuple[GPTConfig, dict, dict]:
+def _read_metadata(session, path: Path) -> tuple[GPTConfig, dict, dict, str]:
     props = session.get_modelmeta().custom_metadata_map
     if props.get(f"{META_PREFIX}format") != FORMAT:
         raise OnnxModelError(f"{path} is not a gpt-from-scratch ONNX model (no {FORMAT} metadata); "
@@ -98,7 +98,7 @@ def _read_metadata(session, path: Path) -> tuple[GPTConfig, dict, dict]:
     if names != input_names(config.n_layer):
         raise OnnxModelError(f"{path}: inputs {names[:4]}... do not match its config; re-export it")
     _check_graph(session, config, path)
-    return config, tokenizer, meta
+    return config, tokenizer, meta, props.get(WEIGHTS_KEY, "")  # files from before the key: unknown
 
 
 def _check_graph(session, config: GPTConfig, path: Path) -> None:
@@ -173,9 +173,10 @@ class OrtDecoder:
 class OrtBackend:
     """model.backend.Backend over an exported .onnx file."""
 
-    def __init__(self, session, config: GPTConfig, tokenizer: Tokenizer, path: str, meta: dict):
+    def __init__(self, session, config: GPTConfig, tokenizer: Tokenizer, path: str, meta: dict,
+                 weights: str):
         self.session, self.config, self.tokenizer = session, config, tokenizer
-        self.path, self.meta = path, meta
+        self.path, self.meta, self.weights = path, meta, weights
 
     @property
     def provider(self) -> str:
@@ -187,6 +188,7 @@ class OrtBackend:
             block_size=self.config.block_size, device=self.provider,
             vocab=self.tokenizer.chars if isinstance(self.tokenizer, CharTokenizer) else None,
             config=self.config.to_dict(), meta=self.meta,
+            precision=f"{self.weights} weights (as exported)" if self.weights else "",
         )
 
     def unknown_chars(self, prompt: str) -> list[str]:
@@ -215,9 +217,9 @@ def load_ort_backend(path: str | Path, provider: Provider = "auto", threads: int
     if not path.is_file():
         raise OnnxModelError(f"{path} not found; export one with gpt-export onnx --ckpt CKPT --out {path}")
     session = _session(path, provider, threads)
-    config, tokenizer_dict, meta = _read_metadata(session, path)
+    config, tokenizer_dict, meta, weights = _read_metadata(session, path)
     try:
         tokenizer = tokenizer_from_dict(tokenizer_dict)
     except (ValueError, OSError, RuntimeError) as e:
         raise OnnxModelError(f"{path}: its tokenizer cannot be rebuilt here ({e})") from None
-    return OrtBackend(session, config, tokenizer, str(path), meta)
+    return OrtBackend(session, config, tokenizer, str(path), meta, weights)

@@ -39,7 +39,7 @@ import torch
 from onnx import numpy_helper
 from torch.nn import functional as F
 
-from export.graph import input_names
+from export.graph import WEIGHTS_KEY, input_names
 from export.ort_backend import OnnxModelError, OrtBackend, load_ort_backend
 from model.atomic import atomic_write
 
@@ -77,12 +77,14 @@ def fold_head_transpose(proto: onnx.ModelProto) -> int:
     return len(folded)
 
 
-def _copy_metadata(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
-    have = {p.key for p in dst.metadata_props}
-    for prop in src.metadata_props:
-        if prop.key not in have:
-            entry = dst.metadata_props.add()
-            entry.key, entry.value = prop.key, prop.value
+def _copy_metadata(src: onnx.ModelProto, dst: onnx.ModelProto, weights: str) -> None:
+    """src's metadata into dst (what the converters kept is replaced), saying what the weights are now."""
+    props = {p.key: p.value for p in src.metadata_props} | {WEIGHTS_KEY: weights}
+    kept = [p for p in dst.metadata_props if p.key not in props]
+    del dst.metadata_props[:]
+    for key, value in [*((p.key, p.value) for p in kept), *props.items()]:
+        entry = dst.metadata_props.add()
+        entry.key, entry.value = key, value
 
 
 def convert(src: Path, dst: Path, kind: Quantize | Dtype) -> None:
@@ -121,7 +123,7 @@ def convert(src: Path, dst: Path, kind: Quantize | Dtype) -> None:
         _sort_nodes(out.graph)  # the converter appends its input casts last; the checker wants order
     else:
         raise ValueError(f"kind must be int8, int4, fp16 or bf16, not {kind!r}")
-    _copy_metadata(proto, out)
+    _copy_metadata(proto, out, kind)
     onnx.save_model(out, str(dst))
 
 

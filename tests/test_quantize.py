@@ -57,6 +57,8 @@ def test_a_converted_file_validates_by_loss_and_generates(fp32_path, val_ids, ki
     assert any(f"val loss fp32 {fp32_loss:.4f}, {kind} {loss:.4f}" in m for m in said)
     backend = load_ort_backend(out, provider="cpu")  # the metadata came along: it loads alone
     assert backend.tokenizer.chars == char_tok.chars
+    assert backend.info().precision == f"{kind} weights (as exported)"
+    assert load_ort_backend(fp32_path, provider="cpu").info().precision == "fp32 weights (as exported)"
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert {"int8": "MatMulInteger", "int4": "MatMulNBits", "fp16": "Cast"}[kind] in ops
     events = list(backend.stream("ROMEO:", Settings(temperature=0.0, max_new_tokens=40)))
