@@ -25,6 +25,7 @@ from model.gpt import GPT
 # and .weights: the type its weights were written in (fp32, or what export.quantize made of them)
 META_PREFIX = "gpt_from_scratch."
 WEIGHTS_KEY = f"{META_PREFIX}weights"
+WEIGHT_TYPES = ("fp32", "fp16", "bf16", "int8", "int4")
 FORMAT = "gpt-from-scratch-onnx/1"
 
 

@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from export.graph import FORMAT, META_PREFIX, WEIGHTS_KEY, input_names, output_names
+from export.graph import FORMAT, META_PREFIX, WEIGHT_TYPES, WEIGHTS_KEY, input_names, output_names
 from export.ort_batched import OrtBatchDecoder
 from model.backend import BackendInfo, Settings
 from model.config import GPTConfig
@@ -98,7 +98,9 @@ def _read_metadata(session, path: Path) -> tuple[GPTConfig, dict, dict, str]:
     if names != input_names(config.n_layer):
         raise OnnxModelError(f"{path}: inputs {names[:4]}... do not match its config; re-export it")
     _check_graph(session, config, path)
-    return config, tokenizer, meta, props.get(WEIGHTS_KEY, "")  # files from before the key: unknown
+    weights = props.get(WEIGHTS_KEY, "")  # none in files from before the key
+    # shown to the user as it is: only the names we write, never a file's own text
+    return config, tokenizer, meta, weights if weights in WEIGHT_TYPES else ""
 
 
 def _check_graph(session, config: GPTConfig, path: Path) -> None:

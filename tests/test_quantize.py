@@ -66,6 +66,16 @@ def test_a_converted_file_validates_by_loss_and_generates(fp32_path, val_ids, ki
     assert split_loss(backend, val_ids) == pytest.approx(loss)
 
 
+def test_a_files_weights_type_is_shown_only_when_it_is_one_we_write(fp32_path, tmp_path):
+    from export.graph import WEIGHTS_KEY
+
+    proto = onnx.load(str(fp32_path))
+    for value, shown in (("int4", "int4 weights (as exported)"), ("\x1b[2Jint8", "")):
+        next(p for p in proto.metadata_props if p.key == WEIGHTS_KEY).value = value
+        onnx.save(proto, str(tmp_path / "m.onnx"))
+        assert load_ort_backend(tmp_path / "m.onnx", provider="cpu").info().precision == shown
+
+
 @pytest.mark.slow
 def test_a_file_worse_than_its_tolerance_is_refused_and_not_written(fp32_path, val_ids, monkeypatch):
     import export.quantize as quantize
