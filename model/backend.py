@@ -106,7 +106,9 @@ class BackendInfo:
     vocab: str | None = None  # the characters, for a character tokenizer
     config: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
-    precision: str = ""  # the decoding weights' type and why ("bf16 weights (a step: ...)"), if chosen
+    # the decoding weights' type and why ("bf16 weights (a step: ...)", "int8 weights (as exported)");
+    # "" where the backend cannot tell (an .onnx from before its weights were recorded)
+    precision: str = ""
 
 
 class Decoder(Protocol):

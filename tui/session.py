@@ -57,7 +57,7 @@ def record(prompt: str, completion: str, stop_reason: str | None, settings: Sett
         "seed": settings.seed,
         "backend": info.backend,
         "device": info.device,
-        "precision": info.precision or None,  # the decoding weights, where the backend chose them
+        "precision": info.precision or None,  # the decoding weights' type, where the backend knows it
         "checkpoint": info.path,
         "checkpoint_sha256": checkpoint_sha256,
         "timing": timing.to_dict(),
