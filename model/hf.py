@@ -21,6 +21,7 @@ import torch
 from model import checkpoint
 from model.bpe import GPT2_SPLIT, ByteBPETokenizer
 from model.config import GPTConfig
+from model.paths import UnsafePathError, name_inside
 from model.tokenizer import EOT
 
 # GPT-2's activation names -> ours; gelu_new and gelu_pytorch_tanh are the same tanh formula
@@ -149,9 +150,10 @@ def read_json(path: Path) -> dict:
         raise HFImportError(f"cannot read {path} ({type(e).__name__}: {e}); download it again") from None
 
 
-def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
+def read_weights(folder: Path, root: Path | None = None) -> tuple[dict[str, torch.Tensor], str]:
     """The weights of a Hugging Face folder -> (name -> tensor, file name): safetensors, its shards,
-    or pytorch_model.bin loaded with weights_only=True (a pickle that could run code is refused)."""
+    or pytorch_model.bin loaded with weights_only=True (a pickle that could run code is refused).
+    A shard named by the index must be a plain file in ``folder`` (symlinks may point inside ``root``)."""
     from safetensors.torch import load_file
 
     def read(path: Path) -> dict[str, torch.Tensor]:
@@ -165,10 +167,18 @@ def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
     if single.is_file():
         return read(single), single.name
     if index.is_file():
-        shards = sorted(set(read_json(index).get("weight_map", {}).values()))
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise HFImportError(f"{index}: its weight_map is not an object of weight -> file name")
         state = {}
+        shards: list = []  # in order, once each (a value may be any JSON: refused by name_inside)
+        for shard in weight_map.values():
+            shards += [] if shard in shards else [shard]
         for shard in shards:
-            state |= read(folder / shard)
+            try:
+                state |= read(name_inside(folder, shard, str(index), root))
+            except UnsafePathError as e:
+                raise HFImportError(str(e)) from None
         return state, index.name
     binary = folder / "pytorch_model.bin"
     if binary.is_file():
@@ -265,7 +275,8 @@ def import_hf(src: str, out: str | Path, progress: bool = True,
         raise HFImportError(f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens, the model "
                            f"{config.vocab_size}")
     say(f"reading the weights of {folder}")
-    hf_state, weights_file = read_weights(folder)
+    # a hub snapshot's files are symlinks to the blobs of its repository's cache folder
+    hf_state, weights_file = read_weights(folder, folder.parents[1] if source.startswith("hf:") else None)
     state = state_from_hf(hf_state, config, str(folder / weights_file))
     meta = {"source": source, "imported_from": "huggingface", "hf_config": hf}
     ckpt = {"config": config.to_dict(), "tokenizer": tokenizer.to_dict(), "model": state, "meta": meta}

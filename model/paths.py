@@ -45,3 +45,26 @@ def onnx_cache_dir() -> Path:
 def tokens_cache_dir() -> Path:
     """Where ``gpt-train --data FILE`` (and ``shakespeare``) keeps the text prepared as token shards."""
     return cache_dir() / "tokens"
+
+
+class UnsafePathError(ValueError):
+    """A file name read from a file (an index, a manifest) that would lead out of its folder."""
+
+
+def name_inside(folder: Path, name: object, where: str, root: Path | None = None) -> Path:
+    """``folder / name`` for a file name read from the file ``where``; refused (UnsafePathError, one
+    line naming ``where`` and the entry) unless it is a plain name inside ``folder``: a string with no
+    separator, not ``.`` or ``..``, not absolute, and if it is a symlink, one pointing inside ``root``
+    (default ``folder``; the Hugging Face cache links a snapshot's files to blobs two levels up)."""
+    plain = (isinstance(name, str) and name not in ("", ".", "..") and "\0" not in name
+             and not any(sep in name for sep in ("/", "\\", os.sep)) and not Path(name).is_absolute())
+    if not plain:
+        raise UnsafePathError(f"{where}: entry {str(name)[:80]!r} is not a plain file name inside "
+                              f"{folder}; refusing to follow it")
+    path = folder / name
+    if path.is_symlink():
+        target, base = path.resolve(), (root or folder).resolve()
+        if not target.is_relative_to(base):
+            raise UnsafePathError(f"{where}: entry {name!r} is a symlink pointing out of {base} "
+                                  f"(to {target}); refusing to follow it")
+    return path

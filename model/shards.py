@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.paths import UnsafePathError, name_inside
+
 FORMAT = "gpt-from-scratch/tokens/1"
 MANIFEST = "manifest.json"
 SHARD_PATTERN = "tokens_{:06d}.bin"
@@ -89,7 +91,7 @@ def check_shards(folder: Path, manifest: dict, full: bool = False) -> None:
     digest (cheap, at every load) or, with ``full``, the SHA-256 of the whole file."""
     itemsize = np.dtype(manifest["dtype"]).itemsize
     for shard in manifest["shards"]:
-        path = folder / shard["file"]
+        path = shard_path(folder, shard["file"])
         want = int(shard["tokens"]) * itemsize
         if not path.is_file():
             raise DataError(f"{path} is missing; re-run gpt-prepare --out {folder}")
@@ -100,6 +102,14 @@ def check_shards(folder: Path, manifest: dict, full: bool = False) -> None:
         if digest(path) != shard[key]:
             raise DataError(f"{path} does not match its checksum in {MANIFEST}; "
                             f"re-run gpt-prepare --out {folder}")
+
+
+def shard_path(folder: Path, name: object) -> Path:
+    """A shard file the manifest names: a plain name inside ``folder``, never a path out of it."""
+    try:
+        return name_inside(folder, name, str(folder / MANIFEST))
+    except UnsafePathError as e:
+        raise DataError(f"{e}; re-run gpt-prepare --out {folder}") from None
 
 
 class TokenSplit:
@@ -168,7 +178,7 @@ def open_prepared(folder: str | Path, full_check: bool = False) -> TokenData:
     folder = Path(folder)
     manifest = read_manifest(folder)
     check_shards(folder, manifest, full=full_check)
-    paths = [folder / s["file"] for s in manifest["shards"]]
+    paths = [shard_path(folder, s["file"]) for s in manifest["shards"]]
     counts = [int(s["tokens"]) for s in manifest["shards"]]
     dtype = np.dtype(manifest["dtype"])
     train, val = (TokenSplit(paths, counts, dtype, int(manifest["splits"][n]["start"]),
