@@ -34,8 +34,9 @@ def hf(src: str, out: str, progress: bool) -> None:
     except (HFImportError, CheckpointError) as e:
         raise CommandError(str(e)) from None
     c, size = ckpt["config"], Path(out).stat().st_size / 2**20
-    click.echo(f"wrote {out} ({size:.1f} MiB): {c['n_layer']} layers x {c['n_embd']}, vocab "
-               f"{c['vocab_size']}, block {c['block_size']}, from {ckpt['meta']['source']}")
+    # the paths are the user's and the folder's own names: shown, never obeyed by the terminal
+    click.echo(visible(f"wrote {out} ({size:.1f} MiB): {c['n_layer']} layers x {c['n_embd']}, vocab "
+                       f"{c['vocab_size']}, block {c['block_size']}, from {ckpt['meta']['source']}"))
 
 
 if __name__ == "__main__":

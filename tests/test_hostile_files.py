@@ -130,3 +130,11 @@ def test_a_manifest_naming_a_shard_outside_its_folder_is_refused(prepared, name)
     edit_manifest(prepared, lambda m: m["shards"][0].update(file=name))
     with pytest.raises(DataError, match=rf"manifest.json: entry '{name}' is not a plain file name"):
         open_prepared(prepared)
+
+
+def test_import_shows_a_hostile_folder_name_visibly(hf_dir, tmp_path):
+    folder = tmp_path / "a\x1b]2;owned\x07b"
+    shutil.copytree(hf_dir, folder)
+    result = CliRunner().invoke(import_cli, ["hf", str(folder), "--out", str(tmp_path / "x.pt")])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output and "a␛]2;owned␇b" in result.output
