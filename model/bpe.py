@@ -45,6 +45,8 @@ class ByteBPETokenizer:
                  eot: str = EOT, pattern: str = GPT2_SPLIT):
         import regex  # tiktoken's dependency: \p{L} classes, which re lacks
 
+        if pattern != GPT2_SPLIT:  # a pattern from a file could backtrack for hours: (a|aa)+$
+            raise ValueError(f"a BPE split pattern {pattern!r:.60} is not GPT-2's, the only one supported")
         self.vocab, self.merges, self.special = list(vocab), list(merges), dict(special)
         self.pattern = pattern
         self.stoi = {t: i for i, t in enumerate(self.vocab)}

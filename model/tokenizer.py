@@ -177,8 +177,13 @@ def tokenizer_from_dict(d: dict, ranks_file: str | Path | None = None) -> Tokeni
         except ValueError as e:
             raise TokenizerError(str(e)) from None
     if kind == "bpe-data":  # e.g. imported from Hugging Face
-        from model.bpe import ByteBPETokenizer
+        from model.bpe import GPT2_SPLIT, ByteBPETokenizer
 
+        # nothing read from a file is compiled as a regex: a crafted split pattern such as (a|aa)+$
+        # backtracks exponentially, hanging a short prompt for minutes. The importer writes GPT-2's.
+        if d["pattern"] != GPT2_SPLIT:
+            raise TokenizerError(f"the BPE tokenizer's split pattern {str(d['pattern'])!r:.60} is not "
+                                 "GPT-2's, the only one supported; re-import the model with gpt-import hf")
         try:
             return ByteBPETokenizer.from_dict(d)
         except (ValueError, TypeError, KeyError) as e:

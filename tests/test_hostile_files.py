@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from export.hf_export import export_hf
 from model import checkpoint
-from model.bpe import ByteBPETokenizer, bytes_to_unicode
+from model.bpe import GPT2_SPLIT, ByteBPETokenizer, bytes_to_unicode
 from model.config import GPTConfig
 from model.gpt import GPT
 from model.import_cli import main as import_cli
@@ -138,3 +138,32 @@ def test_import_shows_a_hostile_folder_name_visibly(hf_dir, tmp_path):
     result = CliRunner().invoke(import_cli, ["hf", str(folder), "--out", str(tmp_path / "x.pt")])
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output and "\x07" not in result.output and "a␛]2;owned␇b" in result.output
+
+
+# -- a carried tokenizer cannot bring its own regex ----------------------------------------------
+
+def byte_bpe_dict(pattern: str) -> dict:
+    byte_char = bytes_to_unicode()
+    d = ByteBPETokenizer([byte_char[b] for b in range(256)], [], {EOT: 256}).to_dict()
+    return d | {"pattern": pattern}
+
+
+def test_a_carried_bpe_with_another_split_pattern_is_refused_before_compiling_it():
+    from model.tokenizer import TokenizerError, tokenizer_from_dict
+
+    with pytest.raises(TokenizerError, match=r"split pattern '\(a\|aa\)\+\$' is not GPT-2's"):
+        tokenizer_from_dict(byte_bpe_dict("(a|aa)+$"))
+    with pytest.raises(ValueError, match="not GPT-2's"):
+        ByteBPETokenizer.from_dict(byte_bpe_dict("(a|aa)+$"))
+    assert tokenizer_from_dict(byte_bpe_dict(GPT2_SPLIT)).encode("ab") == [97, 98]  # GPT-2's still loads
+
+
+def test_a_checkpoint_carrying_a_hanging_pattern_is_refused_in_one_line(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=257, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.0))
+    ckpt = checkpoint.payload(model, ByteBPETokenizer([bytes_to_unicode()[b] for b in range(256)], [],
+                                                      {EOT: 256}))
+    ckpt["tokenizer"]["pattern"] = "(a|aa)+$"
+    checkpoint.save(ckpt, tmp_path / "evil.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="split pattern .* is not GPT-2's"):
+        checkpoint.load_model(tmp_path / "evil.pt")
