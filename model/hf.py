@@ -12,6 +12,7 @@ from the hub, and writes one of our checkpoints holding the tokenizer as data (m
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,12 @@ DOWNLOAD_ERRORS = {  # huggingface_hub's exception names -> what they mean for a
     "RepositoryNotFoundError": "no such model, or a private one",
     "GatedRepoError": "a gated model: accept its terms and log in first",
 }
+# the most a JSON file is read for: GPT-2's config.json is 1 kB, its tokenizer.json 1.4 MB, and a
+# large vocabulary's some tens of MB; a bigger file is not one of these (and would be held in memory)
+CONFIG_BYTES = 1 << 20
+TOKENIZER_BYTES = 64 << 20
+# what a checkpoint may hold as weights: floating point; an integer tensor is not a GPT-2 weight
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -45,10 +52,11 @@ class HFImportError(ValueError):
 
 
 def config_from_hf(hf: dict, where: str = "config.json") -> GPTConfig:
-    """GPT-2's config.json -> GPTConfig; refuse, naming the field, whatever our GPT cannot compute."""
+    """GPT-2's config.json -> GPTConfig; refuse, naming the field, whatever our GPT cannot compute
+    (and any field of the wrong JSON type or out of range: the file may have been crafted)."""
     if hf.get("model_type") != "gpt2":
-        raise HFImportError(f"{where}: model_type {hf.get('model_type')!r} is not 'gpt2'; only GPT-2 "
-                           "models import (the architecture our GPT shares)")
+        raise HFImportError(f"{where}: model_type {_shown(hf.get('model_type'))} is not 'gpt2'; only "
+                            "GPT-2 models import (the architecture our GPT shares)")
     refusals = {  # field: (value our GPT computes, its default in transformers)
         "scale_attn_weights": (True, True),
         "scale_attn_by_inverse_layer_idx": (False, False),
@@ -56,30 +64,42 @@ def config_from_hf(hf: dict, where: str = "config.json") -> GPTConfig:
         "add_cross_attention": (False, False),
     }
     for field, (want, default) in refusals.items():
-        if hf.get(field, default) != want:
-            raise HFImportError(f"{where}: {field}={hf[field]!r} is not supported (our GPT computes "
-                               f"{field}={want}); only plain GPT-2 models import")
+        if hf.get(field, default) is not want:  # `is`: 1 and 1.0 are not JSON's true
+            raise HFImportError(f"{where}: {field}={_shown(hf[field])} is not supported (our GPT "
+                                f"computes {field}={want}); only plain GPT-2 models import")
     act = hf.get("activation_function", "gelu_new")
-    if act not in ACTIVATIONS:
-        raise HFImportError(f"{where}: activation_function {act!r} is not supported; "
-                           f"use one of {', '.join(ACTIVATIONS)}")
+    if not isinstance(act, str) or act not in ACTIVATIONS:
+        raise HFImportError(f"{where}: activation_function {_shown(act)} is not supported; "
+                            f"use one of {', '.join(ACTIVATIONS)}")
+    missing = [k for k in ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd") if k not in hf]
+    if missing:
+        raise HFImportError(f"{where} lacks {missing[0]!r}; is it a GPT-2 config.json?")
     n_embd = hf["n_embd"]
-    if hf.get("n_inner") not in (None, 4 * n_embd):
-        raise HFImportError(f"{where}: n_inner={hf['n_inner']} is not supported (our MLP is 4 * n_embd "
-                           f"= {4 * n_embd} wide)")
-    eps = hf.get("layer_norm_epsilon", 1e-5)
+    if not isinstance(n_embd, int) or isinstance(n_embd, bool):
+        raise HFImportError(f"{where}: n_embd must be a positive integer, got {_shown(n_embd)}")
+    if hf.get("n_inner") not in (None, 4 * n_embd) or isinstance(hf.get("n_inner"), (bool, float)):
+        raise HFImportError(f"{where}: n_inner={_shown(hf['n_inner'])} is not supported (our MLP is "
+                            f"4 * n_embd = {4 * n_embd} wide)")
+    eps = number(hf, "layer_norm_epsilon", 1e-5, where)
     if abs(eps - 1e-5) > 1e-12:
         raise HFImportError(f"{where}: layer_norm_epsilon={eps} is not supported (ours is 1e-05)")
+    dropout = number(hf, "resid_pdrop", 0.1, where)
     try:
         return GPTConfig(
             vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
-            n_head=hf["n_head"], n_embd=n_embd, dropout=float(hf.get("resid_pdrop", 0.1)), bias=True,
+            n_head=hf["n_head"], n_embd=n_embd, dropout=dropout, bias=True,
             qkv_bias=True, tie_weights=hf.get("tie_word_embeddings", True), activation=ACTIVATIONS[act],
         )
-    except KeyError as e:
-        raise HFImportError(f"{where} lacks {e.args[0]!r}; is it a GPT-2 config.json?") from None
-    except ValueError as e:
-        raise HFImportError(f"{where}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise HFImportError(f"{where}: {str(e)[:160]}") from None
+
+
+def number(hf: dict, field: str, default: float, where: str) -> float:
+    """A finite JSON number of config.json (not a bool, string or NaN), or its default when absent."""
+    value = hf.get(field, default)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise HFImportError(f"{where}: {field} must be a finite number, got {_shown(value)}")
+    return float(value)
 
 
 def hf_config(config: GPTConfig, eot_id: int) -> dict:
@@ -130,11 +150,24 @@ def state_from_hf(
         if ours not in want:
             raise HFImportError(f"{where}: weight {name!r} has no place in a GPT-2; "
                                 "is it a GPT-2 checkpoint?")
-        tensor = tensor.float()
-        state[ours] = tensor.t().contiguous() if ours.endswith(CONV1D) else tensor
-        if state[ours].shape != want[ours].shape:
+        if tensor.dtype not in FLOAT_DTYPES:
+            raise HFImportError(f"{where}: {name} holds {tensor.dtype} values; GPT-2's weights are "
+                                "floating point (float32, float16 or bfloat16)")
+        shape = tuple(tensor.t().shape if ours.endswith(CONV1D) and tensor.dim() == 2 else tensor.shape)
+        if shape != tuple(want[ours].shape):
             raise HFImportError(f"{where}: {name} has shape {tuple(tensor.shape)}, its config.json wants "
-                               f"{tuple(want[ours].shape)}")
+                                f"{tuple(want[ours].shape)}")
+        tiny = torch.finfo(tensor.dtype).tiny  # the smallest normal number of the file's dtype
+        tensor = tensor.float()
+        if not torch.isfinite(tensor).all():
+            raise HFImportError(f"{where}: {name} holds NaN or infinite values; download it again")
+        # integers relabelled as floats read as subnormals (the int 1 is 1.4e-45 as a float32):
+        # no trained weight is all zeros and subnormals, but a small integer tensor is
+        if tensor.numel() > 1 and bool((tensor.abs() < tiny).all()) \
+                and bool(tensor.any()):
+            raise HFImportError(f"{where}: {name} holds only subnormal values, as integers labelled as "
+                                "floats would; download it again")
+        state[ours] = tensor.t().contiguous() if ours.endswith(CONV1D) else tensor
     if config.tie_weights:
         state["lm_head.weight"] = state.get("wte.weight")  # one matrix, as in GPT2LMHeadModel
     missing = sorted(k for k in want if state.get(k) is None)
@@ -143,11 +176,31 @@ def state_from_hf(
     return state
 
 
-def read_json(path: Path) -> dict:
+def read_text(path: Path, limit: int) -> str:
+    """A text file of a Hugging Face folder, refused when larger than ``limit`` bytes or not UTF-8."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+        size = path.stat().st_size
+        if size > limit:
+            raise HFImportError(f"{path} has {size:,} bytes, more than the {limit:,} such a file can "
+                                "need; is it the right file?")
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise HFImportError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
         raise HFImportError(f"cannot read {path} ({type(e).__name__}: {e}); download it again") from None
+
+
+def read_json(path: Path, limit: int = CONFIG_BYTES) -> dict:
+    """A JSON object of a Hugging Face folder (at most ``limit`` bytes), refused in one line if not."""
+    text = read_text(path, limit)
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise HFImportError(f"cannot read {path} ({type(e).__name__}: {str(e)[:80]}); download it again") \
+            from None
+    if not isinstance(data, dict):
+        raise HFImportError(f"{path} holds a JSON {type(data).__name__}, not an object; download it again")
+    return data
 
 
 def read_weights(folder: Path, root: Path | None = None) -> tuple[dict[str, torch.Tensor], str]:
@@ -167,7 +220,7 @@ def read_weights(folder: Path, root: Path | None = None) -> tuple[dict[str, torc
     if single.is_file():
         return read(single), single.name
     if index.is_file():
-        weight_map = read_json(index).get("weight_map")
+        weight_map = read_json(index, TOKENIZER_BYTES).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise HFImportError(f"{index}: its weight_map is not an object of weight -> file name")
         state = {}
@@ -191,50 +244,78 @@ def read_weights(folder: Path, root: Path | None = None) -> tuple[dict[str, torc
                        "pass a Hugging Face GPT-2 folder")
 
 
-def tokenizer_from_hf(folder: Path, eot_id: int | None) -> ByteBPETokenizer:
+def tokenizer_from_hf(folder: Path, eot_id: object) -> ByteBPETokenizer:
     """tokenizer.json (or vocab.json + merges.txt) -> our byte-level BPE as data."""
     path = folder / "tokenizer.json"
     if path.is_file():
-        tj = read_json(path)
-        model = tj.get("model") or {}
+        tj = read_json(path, TOKENIZER_BYTES)
+        model, pre = _object(tj, "model", path), _object(tj, "pre_tokenizer", path)
         if model.get("type") != "BPE":
-            raise HFImportError(f"{path}: model type {model.get('type')!r} is not a byte-level BPE")
+            raise HFImportError(f"{path}: model type {_shown(model.get('type'))} is not a byte-level BPE")
         defaults = {"dropout": None, "continuing_subword_prefix": None, "end_of_word_suffix": None,
                     "byte_fallback": False, "ignore_merges": False}  # GPT-2's
         for field, default in defaults.items():
             if model.get(field, default) not in (default, ""):
-                raise HFImportError(f"{path}: model.{field}={model[field]!r} is not supported (GPT-2 has "
-                                   f"{default!r})")
-        pre = tj.get("pre_tokenizer") or {}
+                raise HFImportError(f"{path}: model.{field}={_shown(model[field])} is not supported "
+                                    f"(GPT-2 has {default!r})")
         if pre.get("type") != "ByteLevel" or pre.get("add_prefix_space") or not pre.get("use_regex", True):
             raise HFImportError(f"{path}: pre_tokenizer {json.dumps(pre)[:80]} is not GPT-2's "
-                               "(ByteLevel, add_prefix_space false)")
+                                "(ByteLevel, add_prefix_space false)")
         if tj.get("normalizer"):
-            raise HFImportError(f"{path}: normalizer {tj['normalizer'].get('type')!r} is not supported")
-        vocab_map, merges = model.get("vocab", {}), model.get("merges", [])
-        special = {t["content"]: t["id"] for t in tj.get("added_tokens", [])}
+            raise HFImportError(f"{path}: normalizer {json.dumps(tj['normalizer'])[:60]} is not supported")
+        vocab_map, merges, added = model.get("vocab", {}), model.get("merges", []), tj.get("added_tokens", [])
+        if not (isinstance(added, list) and all(isinstance(t, dict) and isinstance(t.get("content"), str)
+                                                and _is_id(t.get("id")) for t in added)):
+            raise HFImportError(f"{path}: added_tokens is not a list of {{content: text, id: integer}}")
+        special = {t["content"]: t["id"] for t in added}
+        where = vocab_file = path
     else:
         vocab_path, merges_path = folder / "vocab.json", folder / "merges.txt"
         if not (vocab_path.is_file() and merges_path.is_file()):
             raise HFImportError(f"{folder} has no tokenizer.json nor vocab.json + merges.txt; "
-                               "pass a folder with GPT-2's tokenizer")
-        vocab_map = read_json(vocab_path)
-        lines = merges_path.read_text(encoding="utf-8").splitlines()
+                                "pass a folder with GPT-2's tokenizer")
+        vocab_map = read_json(vocab_path, TOKENIZER_BYTES)
+        lines = read_text(merges_path, TOKENIZER_BYTES).splitlines()
         merges = [line for line in lines if line and not line.startswith("#version")]
         special = {t: i for t, i in vocab_map.items() if t == EOT}
+        where, vocab_file = merges_path, vocab_path
+    if not (isinstance(vocab_map, dict) and all(_is_id(i) for i in vocab_map.values())):
+        raise HFImportError(f"{vocab_file}: the vocabulary is not an object of token -> integer id")
+    if not (isinstance(merges, list) and all(
+            isinstance(m, str) or (isinstance(m, list) and len(m) == 2 and all(isinstance(p, str) for p in m))
+            for m in merges)):
+        raise HFImportError(f"{where}: the merges are not a list of \"left right\" pairs")
     merges = [" ".join(m) if isinstance(m, list) else m for m in merges]  # newer files store pairs
     vocab = sorted(vocab_map, key=vocab_map.get)
     if [vocab_map[t] for t in vocab] != list(range(len(vocab))):
-        raise HFImportError(f"{folder}: the tokenizer's ids are not 0..{len(vocab) - 1} without gaps")
-    if EOT not in special and eot_id is not None and eot_id < len(vocab):
+        raise HFImportError(f"{where}: the tokenizer's ids are not 0..{len(vocab) - 1} without gaps")
+    if EOT not in special and _is_id(eot_id) and eot_id < len(vocab):
         special[vocab[eot_id]] = eot_id  # the config's eos token, under whatever name it has
     eot = EOT if EOT in special else next(iter(special), None)
     if eot is None:
-        raise HFImportError(f"{folder}: the tokenizer has no end-of-text token ({EOT})")
+        raise HFImportError(f"{where}: the tokenizer has no end-of-text token ({EOT})")
     try:
         return ByteBPETokenizer(vocab, merges, special, eot=eot, pattern=GPT2_SPLIT)
     except ValueError as e:
-        raise HFImportError(f"{folder}: unusable tokenizer ({e})") from None
+        raise HFImportError(f"{where}: unusable tokenizer ({str(e)[:120]})") from None
+
+
+def _object(data: dict, field: str, path: Path) -> dict:
+    """``data[field]`` when it is a JSON object (or absent or null: {}); refused otherwise."""
+    value = data.get(field) or {}
+    if not isinstance(value, dict):
+        raise HFImportError(f"{path}: {field} is a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def _shown(value: object) -> str:
+    """A value read from a JSON file for a message: its repr (1 and '1' differ), cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def fetch(src: str, progress: bool = True) -> tuple[Path, str]:

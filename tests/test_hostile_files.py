@@ -88,7 +88,8 @@ def test_an_index_naming_a_file_outside_its_folder_is_refused(hf_dir, tmp_path, 
     shard = str(tmp_path / "outside.safetensors") if shard == "ABS" else shard
     folder = sharded(hf_dir, tmp_path, shard)
     last = import_error(folder, tmp_path)
-    assert last.startswith(f"Error: {folder}/model.safetensors.index.json: entry {shard!r}")
+    assert last.startswith(f"Error: {folder}/model.safetensors.index.json: entry '{shard[:40]}")
+    assert last.endswith("refusing to follow it")
 
 
 def test_an_index_naming_a_symlink_out_of_its_folder_is_refused(hf_dir, tmp_path):
@@ -167,3 +168,108 @@ def test_a_checkpoint_carrying_a_hanging_pattern_is_refused_in_one_line(tmp_path
     checkpoint.save(ckpt, tmp_path / "evil.pt")
     with pytest.raises(checkpoint.CheckpointError, match="split pattern .* is not GPT-2's"):
         checkpoint.load_model(tmp_path / "evil.pt")
+
+
+# -- crafted Hugging Face folders ----------------------------------------------------------------
+
+def edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps(change(data) if callable(change) else change, allow_nan=True))
+
+
+def without(d: dict, key: str) -> dict:
+    return {k: v for k, v in d.items() if k != key}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: without(c, "n_embd"), "config.json lacks 'n_embd'"),
+    (lambda c: c | {"n_embd": "16"}, "config.json: n_embd must be a positive integer, got '16'"),
+    (lambda c: c | {"n_layer": 2.5}, "config.json: n_layer must be a positive integer"),
+    (lambda c: c | {"vocab_size": [257]}, "config.json: vocab_size must be a positive integer"),
+    (lambda c: c | {"activation_function": ["gelu"]}, "config.json: activation_function"),
+    (lambda c: c | {"layer_norm_epsilon": float("nan")}, "layer_norm_epsilon must be a finite number"),
+    (lambda c: c | {"layer_norm_epsilon": "1e-5"}, "layer_norm_epsilon must be a finite number"),
+    (lambda c: c | {"resid_pdrop": {"x": 1}}, "resid_pdrop must be a finite number"),
+    (lambda c: c | {"tie_word_embeddings": "yes"}, "tie_weights must be true or false"),
+    (lambda c: c | {"scale_attn_weights": 1}, "scale_attn_weights=1 is not supported"),
+    (lambda c: c | {"scale_attn_weights": "true"}, "scale_attn_weights='true' is not supported"),
+    (lambda c: [c], "config.json holds a JSON list, not an object"),
+])
+def test_a_crafted_config_is_one_line_naming_the_file(hf_dir, tmp_path, change, message):
+    folder = copy_of(hf_dir, tmp_path)
+    edit_json(folder / "config.json", change)
+    last = import_error(folder, tmp_path)
+    assert last.startswith(f"Error: {folder}/config.json") and message in last
+
+
+def test_a_huge_config_is_refused_before_it_is_read(hf_dir, tmp_path):
+    folder = copy_of(hf_dir, tmp_path)
+    edit_json(folder / "config.json", lambda c: c | {"padding": "x" * (2 << 20)})
+    assert "bytes, more than the 1,048,576" in import_error(folder, tmp_path)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: [t], "tokenizer.json holds a JSON list, not an object"),
+    (lambda t: t | {"model": ["BPE"]}, "tokenizer.json: model is a JSON list, not an object"),
+    (lambda t: t | {"model": t["model"] | {"merges": "a b"}}, "the merges are not a list"),
+    (lambda t: t | {"model": t["model"] | {"merges": [["a", "b", "c"]]}}, "the merges are not a list"),
+    (lambda t: t | {"model": t["model"] | {"merges": ["Ġ zz"]}}, "BPE merge 0 'Ġ zz' does not make a token"),
+    (lambda t: t | {"model": t["model"] | {"vocab": {"a": "0"}}}, "the vocabulary is not an object of"),
+    (lambda t: t | {"added_tokens": [{"content": 5, "id": "x"}]}, "added_tokens is not a list"),
+    (lambda t: t | {"normalizer": ["x"]}, "normalizer [\"x\"] is not supported"),
+])
+def test_a_crafted_tokenizer_json_is_one_line_naming_the_file(hf_dir, tmp_path, change, message):
+    folder = copy_of(hf_dir, tmp_path)
+    edit_json(folder / "tokenizer.json", change)
+    last = import_error(folder, tmp_path)
+    assert last.startswith(f"Error: {folder}/tokenizer.json") and message in last
+
+
+@pytest.mark.parametrize("merges, message", [
+    ("#version: 0.2\né t\n".encode("latin-1"), "merges.txt is not UTF-8 text"),
+    (b"#version: 0.2\nnotapair\n", "BPE merge 0 'notapair' does not make a token"),
+])
+def test_a_bad_merges_txt_is_one_line_naming_the_file(hf_dir, tmp_path, merges, message):
+    folder = copy_of(hf_dir, tmp_path)
+    (folder / "tokenizer.json").unlink()
+    edit_json(folder / "vocab.json", lambda v: v | {EOT: 256})  # as GPT-2's own vocab.json
+    (folder / "merges.txt").write_bytes(merges)
+    last = import_error(folder, tmp_path)
+    assert last.startswith(f"Error: {folder}/merges.txt") and message in last
+
+
+def rewrite_weights(folder: Path, change) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(folder / "model.safetensors")
+    change(state)
+    save_file(state, folder / "model.safetensors")
+
+
+def relabel_as_float(folder: Path, name: str) -> None:
+    """Store ``name`` as int32 values, then change the header's dtype to F32 (the bytes stay)."""
+    rewrite_weights(folder, lambda s: s.update({name: torch.ones_like(s[name], dtype=torch.int32)}))
+    data = (folder / "model.safetensors").read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = data[8:8 + n].replace(b'"I32"', b'"F32"')
+    (folder / "model.safetensors").write_bytes(data[:8] + header + data[8 + n:])
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s.update({"transformer.wpe.weight": s["transformer.wpe.weight"].int()}),
+     "transformer.wpe.weight holds torch.int32 values"),
+    (lambda s: s["transformer.ln_f.weight"].__setitem__(0, float("nan")), "ln_f.weight holds NaN"),
+    (lambda s: s.update({"transformer.wpe.weight": s["transformer.wpe.weight"][:4]}),
+     "transformer.wpe.weight has shape (4, 16), its config.json wants (8, 16)"),
+])
+def test_weights_of_the_wrong_dtype_shape_or_value_are_refused(hf_dir, tmp_path, change, message):
+    folder = copy_of(hf_dir, tmp_path)
+    rewrite_weights(folder, change)
+    last = import_error(folder, tmp_path)
+    assert last.startswith(f"Error: {folder}/model.safetensors") and message in last
+
+
+def test_integer_weights_relabelled_as_floats_are_refused(hf_dir, tmp_path):
+    folder = copy_of(hf_dir, tmp_path)
+    relabel_as_float(folder, "transformer.wpe.weight")
+    assert "transformer.wpe.weight holds only subnormal values" in import_error(folder, tmp_path)
