@@ -73,17 +73,50 @@ def read_manifest(folder: Path) -> dict:
         raise DataError(f"{path} is unreadable ({e}); re-run gpt-prepare --out {folder}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DataError(f"{path} is not a {FORMAT} manifest; re-run gpt-prepare --out {folder}")
-    try:
-        shards, splits = manifest["shards"], manifest["splits"]
-        total = sum(int(s["tokens"]) for s in shards)
-        ends = [int(splits[n]["start"]) + int(splits[n]["tokens"]) for n in SPLITS]
-        consistent = int(splits["train"]["start"]) == 0 and ends[0] == int(splits["val"]["start"]) \
-            and ends[1] == total and np.dtype(manifest["dtype"]) == dtype_for(manifest["vocab_size"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise DataError(f"{path} lacks {e}; re-run gpt-prepare --out {folder}") from None
-    if not consistent:
-        raise DataError(f"{path}: its split and shard counts disagree; re-run gpt-prepare --out {folder}")
+    problem = manifest_problem(manifest)
+    if problem:
+        raise DataError(f"{path}: {problem}; re-run gpt-prepare --out {folder}")
     return manifest
+
+
+def _count(value: object) -> bool:
+    """A JSON integer >= 0 (not a bool, a float or a string of digits)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _hex(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def manifest_problem(m: dict) -> str | None:
+    """What is wrong with a manifest's fields, types and counts, in a few words; None if nothing."""
+    vocab, shards, splits = m.get("vocab_size"), m.get("shards"), m.get("splits")
+    if not _count(vocab) or not 2 <= vocab <= 1 << 32:
+        return f"vocab_size {vocab!r:.40} is not an integer from 2 to 2**32"
+    if not _count(m.get("eot_id")) or m["eot_id"] >= vocab:
+        return f"eot_id {m.get('eot_id')!r:.40} is not a token id below vocab_size {vocab}"
+    if m.get("dtype") != dtype_for(vocab).name:
+        return f"dtype {m.get('dtype')!r:.40} is not {dtype_for(vocab).name}, which vocab_size {vocab} needs"
+    if not isinstance(m.get("tokenizer"), dict):
+        return "it has no tokenizer"
+    if not isinstance(shards, list) or not shards:
+        return "shards is not a list of shard entries"
+    for i, shard in enumerate(shards):
+        ok = isinstance(shard, dict) and isinstance(shard.get("file"), str) and _count(shard.get("tokens")) \
+            and _hex(shard.get("sha256")) and _hex(shard.get("edge_sha256"))
+        if not ok:
+            return f"shard entry {i} is not {{file, tokens, sha256, edge_sha256}} ({str(shard)[:60]})"
+    total = sum(s["tokens"] for s in shards)
+    if m.get("tokens") != total:
+        return f"tokens {m.get('tokens')!r:.40} is not the sum of its shards' tokens ({total})"
+    if not isinstance(splits, dict) or not all(isinstance(splits.get(n), dict) and _count(
+            splits[n].get("start")) and _count(splits[n].get("tokens")) for n in SPLITS):
+        return "splits is not {train: {start, tokens}, val: {start, tokens}}"
+    train, val = splits["train"], splits["val"]
+    if train["start"] != 0 or train["tokens"] != val["start"] or val["start"] + val["tokens"] != total \
+            or train["tokens"] < 2 or val["tokens"] < 2:
+        return "its split and shard counts disagree"
+    return None
 
 
 def check_shards(folder: Path, manifest: dict, full: bool = False) -> None:
@@ -102,6 +135,24 @@ def check_shards(folder: Path, manifest: dict, full: bool = False) -> None:
         if digest(path) != shard[key]:
             raise DataError(f"{path} does not match its checksum in {MANIFEST}; "
                             f"re-run gpt-prepare --out {folder}")
+        if full:  # every id below the vocabulary, or training would index past its embedding
+            ids = np.memmap(path, dtype=np.dtype(manifest["dtype"]).newbyteorder("<"), mode="r")
+            for begin in range(0, len(ids), 1 << 24):
+                check_ids(torch.from_numpy(np.asarray(ids[begin:begin + (1 << 24)]).astype(np.int64)),
+                          manifest["vocab_size"], str(path))
+
+
+def check_ids(batch: torch.Tensor, vocab_size: int, where: str) -> None:
+    """Every token id of ``batch`` is in 0..vocab_size-1, else DataError naming ``where`` (the shard
+    or folder the ids came from). Cheap: one min and one max over the batch."""
+    if batch.numel() == 0:
+        return
+    low, high = int(batch.min()), int(batch.max())
+    if low < 0 or high >= vocab_size:
+        bad = high if high >= vocab_size else low
+        raise DataError(f"{where}: token id {bad} is outside the vocabulary (0..{vocab_size - 1}); the "
+                        "data was changed after preparing: check the folder with gpt-prepare --verify DIR, "
+                        "then prepare it again")
 
 
 def shard_path(folder: Path, name: object) -> Path:

@@ -273,3 +273,70 @@ def test_integer_weights_relabelled_as_floats_are_refused(hf_dir, tmp_path):
     folder = copy_of(hf_dir, tmp_path)
     relabel_as_float(folder, "transformer.wpe.weight")
     assert "transformer.wpe.weight holds only subnormal values" in import_error(folder, tmp_path)
+
+
+def first_shard_tokens(m: dict, value) -> None:
+    m["shards"][0]["tokens"] = value
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: first_shard_tokens(m, "40"), "shard entry 0 is not {file, tokens, sha256, edge_sha256}"),
+    (lambda m: first_shard_tokens(m, -1), "shard entry 0 is not"),
+    (lambda m: m["shards"][0].update(sha256="x"), "shard entry 0 is not"),
+    (lambda m: m.update(shards={}), "shards is not a list"),
+    (lambda m: m.update(tokens=m["tokens"] + 1), "is not the sum of its shards' tokens"),
+    (lambda m: m.update(vocab_size=True), "vocab_size True is not an integer"),
+    (lambda m: m.update(eot_id=m["vocab_size"]), "is not a token id below vocab_size"),
+    (lambda m: m.update(dtype="uint32"), "dtype 'uint32' is not uint16"),
+    (lambda m: m.update(tokenizer=None), "it has no tokenizer"),
+    (lambda m: m["splits"]["val"].update(start=1.5), "splits is not {train"),
+    (lambda m: m["splits"]["val"].update(start=3, tokens=m["tokens"] - 3), "split and shard counts disagree"),
+])
+def test_a_tampered_manifest_is_refused_naming_it(prepared, change, message):
+    from model.shards import DataError, open_prepared
+
+    edit_manifest(prepared, change)
+    with pytest.raises(DataError, match=r"manifest.json: ") as e:
+        open_prepared(prepared)
+    assert message in str(e.value) and str(e.value).endswith(f"re-run gpt-prepare --out {prepared}")
+
+
+def test_a_shard_of_another_size_is_refused(prepared):
+    from model.shards import DataError, open_prepared
+
+    with open(prepared / "tokens_000000.bin", "ab") as f:
+        f.write(b"\0\0")
+    with pytest.raises(DataError, match="tokens_000000.bin has 82 bytes, its manifest says 80"):
+        open_prepared(prepared)
+
+
+def test_check_ids_names_where_the_ids_came_from_and_the_fix():
+    from model.shards import DataError, check_ids
+
+    check_ids(torch.tensor([[0, 5], [9, 1]]), 10, "data/x")
+    check_ids(torch.zeros(0, dtype=torch.long), 10, "data/x")
+    with pytest.raises(DataError, match=r"^data/x: token id 10 is outside the vocabulary \(0..9\).*"
+                                        r"gpt-prepare --verify"):
+        check_ids(torch.tensor([[0, 10]]), 10, "data/x")
+    with pytest.raises(DataError, match="token id -1 is outside"):
+        check_ids(torch.tensor([-1]), 10, "data/x")
+
+
+def test_verify_finds_ids_beyond_the_vocabulary_even_with_matching_checksums(prepared):
+    """A shard rewritten with an id past the vocabulary and its checksums recomputed: the cheap
+    load-time check passes, --verify does not."""
+    import numpy as np
+
+    from model.prepare_cli import main as prepare_cli
+    from model.shards import edge_digest, full_digest, open_prepared
+
+    shard = prepared / "tokens_000000.bin"
+    ids = np.fromfile(shard, dtype="<u2")
+    ids[3] = 60000
+    ids.tofile(shard)
+    digests = {"sha256": full_digest(shard), "edge_sha256": edge_digest(shard)}
+    edit_manifest(prepared, lambda m: m["shards"][0].update(digests))
+    open_prepared(prepared)  # the edges and sizes match
+    result = CliRunner().invoke(prepare_cli, ["--verify", str(prepared)])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {shard}: token id 60000 is outside the vocabulary")
