@@ -29,8 +29,10 @@ class StatsBar(Static):
             if len(line) <= self.size.width:
                 break
         # one line of fixed height: repaint it, never re-lay-out the screen for it; plain Content,
-        # as a str would be parsed as markup on every update
-        self.update(Content(line + (f"  ·  error: {run.error}" if run.error else "")), layout=False)
+        # as a str would be parsed as markup on every update. The error may come from a session
+        # file (or a model's text): visible, or an OSC 52 in it would set the clipboard
+        error = f"  ·  error: {visible(run.error)}" if run.error else ""
+        self.update(Content(line + error), layout=False)
 
 
 class TopBar(Static):

@@ -17,6 +17,7 @@ from textual.reactive import reactive
 from textual.style import Style
 
 from model.backend import TokenEvent
+from model.terminal import visible
 from tui.panels import confidence_colour
 from tui.transcript import Document
 from tui.widgets import DocumentView, Note
@@ -62,7 +63,8 @@ class OutputView(VerticalScroll):
         return document
 
     def add_note(self, text: str) -> None:
-        self.mount(Note(Content(text)))
+        """A note in the transcript, shown as is: notes quote checkpoint paths and metadata."""
+        self.mount(Note(Content(visible(text))))
 
     def clear(self) -> None:
         self.documents.clear()

@@ -329,7 +329,7 @@ class ABPanel(SidePanel):
             self.app.call_from_thread(self.show_result, result)
 
     def show_status(self, text: str) -> None:
-        self.query_one("#ab-body", Static).update(Content(text))
+        self.query_one("#ab-body", Static).update(Content(visible(text)))  # may quote an error
 
     def show_result(self, r: ABResult) -> None:
         self.result = r

@@ -70,6 +70,12 @@ class PromptArea(TextArea):
         row = self.cursor_location[0]
         return row == 0 if key == "up" else row == self.document.line_count - 1
 
+    def load_text(self, text: str) -> None:
+        """Text from elsewhere (the history file, a refused command, the palette) shown visibly:
+        TextArea draws control characters raw, so an ESC in the history file would reach the
+        terminal. Sending it then sends the symbols, never the escape."""
+        super().load_text(visible(text))
+
     def _show(self, text: str) -> None:
         self.load_text(text)
         self.move_cursor(self.document.end)
