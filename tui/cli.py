@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 
 import click
 
@@ -23,15 +23,34 @@ MAX_SEED = 2**63 - 1
 
 
 class ConfiguredCommand(click.Command):
-    """A command whose defaults are read from the user's config file when it is invoked."""
+    """A command whose defaults are read from the user's config file when it is invoked, and which
+    ends on Ctrl+C with one line and exit code 130 wherever it comes: PyTorch is first imported
+    while the options are parsed (a callback), where click would print "Aborted!" and exit 1."""
 
     def make_context(self, info_name, args, parent=None, **extra):
-        if "default_map" not in extra:
-            try:
-                extra["default_map"] = load_defaults()
-            except ConfigError as e:
-                raise click.ClickException(str(e)) from None
-        return super().make_context(info_name, args, parent, **extra)
+        try:
+            if "default_map" not in extra:
+                try:
+                    extra["default_map"] = load_defaults()
+                except ConfigError as e:
+                    from model.terminal import CommandError
+
+                    raise CommandError(str(e)) from None  # it quotes the file's keys and path: visibly
+            return super().make_context(info_name, args, parent, **extra)
+        except KeyboardInterrupt:
+            interrupted()
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # while importing PyTorch or loading the model
+            interrupted()
+
+
+def interrupted() -> NoReturn:
+    """Ctrl+C: one line, no traceback, the shell's code for it."""
+    click.echo("interrupted", err=True)
+    sys.exit(130)
 
 
 def resolve_ckpt(name: str) -> Path:
@@ -126,12 +145,8 @@ def main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | N
     loaded or the output failed, 2 usage error, 3 some items failed (each line carries its error),
     130 interrupted (the lines already written are complete).
     """
-    try:
-        _main(ckpt, prompt, backend_name, onnx, provider, device, precision, compile_step, batch, output,
-              fmt, parallel, session_file, session_dir, unknown, stop, keep_stop, **knobs)
-    except KeyboardInterrupt:  # Ctrl+C while loading: no traceback, the usual code
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+    _main(ckpt, prompt, backend_name, onnx, provider, device, precision, compile_step, batch, output,
+          fmt, parallel, session_file, session_dir, unknown, stop, keep_stop, **knobs)  # ^C: invoke()
 
 
 def _main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | None, provider: str,
@@ -147,8 +162,16 @@ def _main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | 
                                  param_hint="'--output'")
     from model.backend import Settings
     from model.checkpoint import CheckpointError
-    from model.terminal import visible
+    from model.terminal import CommandError, visible
     from tui.backends import BackendError, factories
+
+    if session_file is not None:  # refused before the model loads, in one line (the app reads it again)
+        from tui.session import SessionError, read_session
+
+        try:
+            read_session(session_file.expanduser())
+        except SessionError as e:
+            raise CommandError(str(e)) from None
 
     try:
         settings = Settings(stop=stop, unknown=unknown, **knobs)  # type: ignore[arg-type]

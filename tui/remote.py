@@ -24,12 +24,14 @@ parent hands each stream its messages; a closed stream's late messages are dropp
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import multiprocessing
 import os
 import pickle
 import queue
+import signal
 import threading
 import time
 from collections import deque
@@ -45,6 +47,22 @@ FLUSH = 0.015  # s: the child sends the tokens of this long at once (the first a
 # app's POST_EVERY, so the UI still gets tokens every ~30 ms, with few wake-ups of its reader thread
 START_TIMEOUT = 30.0  # s: the longest a stream waits for the child to take it (a long prefill)
 KILL_WAIT = 30.0  # s: the longest close() waits for a killed child to be gone
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored while a child starts, so the child ignores it all its life: Ctrl+C while the
+    app loads reaches every process in the terminal's group, and the child, still importing
+    PyTorch, would print a traceback over the parent's one-line exit. The parent ends the child
+    (over the pipe, or terminate()). Only the main thread may set signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def child_threads() -> int:
@@ -68,7 +86,8 @@ class RemoteBackend:
         self._conn, child_end = context.Pipe()
         self.process = context.Process(target=serve, args=(factory, child_end, threads or child_threads()),
                                        name="gpt-tui generation", daemon=True)
-        self.process.start()
+        with _sigint_ignored():  # the child inherits it: Ctrl+C in the terminal is the parent's to act on
+            self.process.start()
         child_end.close()
         self._send_lock = threading.Lock()
         self._inboxes: dict[int, queue.SimpleQueue] = {}
