@@ -75,6 +75,8 @@ def _jsonl_item(number: int, line: str) -> Item:
         return Item(number, None, error=f"line {number} is not valid JSON ({e.msg} at column {e.colno})")
     except RecursionError:
         return Item(number, None, error=f"line {number} is nested too deeply to be an item")
+    except ValueError:  # an integer of more digits than Python converts (4300), e.g. a seed
+        return Item(number, None, error=f"line {number} holds a number too long to read (over 4300 digits)")
     if not isinstance(obj, dict):
         return Item(number, None, error=f"line {number} must be a JSON object with a \"prompt\"")
     surrogate = _lone_surrogate(obj)

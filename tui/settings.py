@@ -108,10 +108,18 @@ def replace(settings: Settings, changes: Mapping[str, object]) -> Settings:
         value = changes.get(key)
         if isinstance(value, str) and value.strip().lower() in OFF:
             changes[key] = None
+    for key, value in changes.items():  # a huge int cannot even be compared with a float
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _HUGE:
+            raise ValueError(f"{key.replace('_', '-')} is out of range (a {value.bit_length()}-bit number)")
     try:
         return dataclasses.replace(settings, **changes)
-    except TypeError as e:  # a wrong type that Settings' comparisons choke on
+    except (TypeError, OverflowError) as e:  # a wrong type that Settings' comparisons choke on
         raise ValueError(f"bad setting value: {e}") from None
+
+
+# far above every bound a setting has (seed < 2^63); past it a number is named by its size, as its
+# repr in Settings' message could run to thousands of digits (or fail: str() stops at 4300)
+_HUGE = 10**30
 
 
 def to_dict(settings: Settings) -> dict:
