@@ -9,7 +9,7 @@ from pathlib import Path
 from model.backend import BackendInfo, Settings
 from tui import settings as settings_text
 from tui.output import OutputView
-from tui.session import Session, documents, record
+from tui.session import Session, SessionError, documents, record
 from tui.stats import Timing
 from tui.transcript import Run
 
@@ -42,7 +42,7 @@ class Recorder:
         self.session.autosave()
         try:
             records = self.session.open(target)
-        except OSError as e:
+        except SessionError as e:
             self.notify(str(e), "error")
             return None
         self._last = None

@@ -69,7 +69,12 @@ def save_jsonl(records: Iterable[dict], path: str | Path) -> Path:
     path = Path(path).expanduser()
     with atomic_write(path, "w", encoding="utf-8") as f:
         for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            line = json.dumps(r, ensure_ascii=False)
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate (a model's own vocabulary): ASCII JSON keeps it
+                line = json.dumps(r)
+            f.write(line + "\n")
     return path
 
 
@@ -112,19 +117,11 @@ class Session:
         return max(found, key=lambda p: (p.stat().st_mtime, p.name), default=None)
 
     def open(self, path: Path) -> list[dict]:
-        """Read a saved session and make it this one: its records, and its file for later saves."""
-        try:
-            records = load_jsonl(path)
-        except OSError as e:
-            raise OSError(f"could not load {path}: {e.strerror or e}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise OSError(f"could not load {path}: not a JSONL session file ({e})") from None
-        if not all(isinstance(r, dict) and isinstance(r.get("prompt"), str)
-                   and isinstance(r.get("completion") or "", str) for r in records):
-            raise OSError(f"could not load {path}: its lines are not gpt-tui records with a prompt")
+        """Read a saved session and make it this one: its records, and its file for later saves.
+        SessionError (this one unchanged) when the file cannot be used."""
+        records = read_session(path)
         self.history, self.path = records, path
         return records
-
 
     def save(self, path: str | None = None) -> str:
         """Write the session as JSONL (to ``path``, else its own file); a line saying where."""
@@ -166,6 +163,73 @@ def load_jsonl(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+class SessionError(ValueError):
+    """A session file that cannot be loaded; one line naming the file and what is wrong."""
+
+
+MAX_SESSION_BYTES = 256 << 20  # far above any session typed by hand; a bigger file is not one
+_MAX_INT = 2**63 - 1  # tokens, seeds and numbers: a session's are far smaller
+
+# what the app reads of a record, and the JSON types each may have (None: may be null or absent)
+_STR, _INT = (str,), (int,)
+_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {  # name -> (types, required)
+    "prompt": (_STR, True), "completion": ((str, type(None)), True),
+    "tokens": (_INT, False), "stop_reason": (_STR, False), "error": (_STR, False),
+    "seed": (_INT, False), "backend": (_STR, False), "checkpoint": (_STR, False),
+    "checkpoint_sha256": (_STR, False), "settings": ((dict,), False), "fixed_seed": ((bool,), False),
+    "document": ((int, str), False), "run": (_INT, False),
+}
+
+
+def read_session(path: str | Path) -> list[dict]:
+    """The records of a session file, each checked for what the app reads of it; SessionError
+    saying which line and field otherwise (not JSONL, not UTF-8, a wrong type, a huge number...)."""
+    where = f"could not load {path}"
+    try:
+        size = Path(path).stat().st_size
+        if size > MAX_SESSION_BYTES:
+            raise SessionError(f"{where}: {size:,} bytes is too big for a session file "
+                               f"(at most {MAX_SESSION_BYTES >> 20} MiB)")
+        records = load_jsonl(path)
+    except SessionError:
+        raise
+    except OSError as e:
+        raise SessionError(f"{where}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise SessionError(f"{where}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                           f"{e.start} of a block); is it a session file?") from None
+    except json.JSONDecodeError as e:
+        raise SessionError(f"{where}: not a JSONL session file ({e})") from None
+    except (ValueError, RecursionError):  # an integer past 4300 digits; nesting past the stack
+        raise SessionError(f"{where}: a line holds a number too long or nesting too deep to read") from None
+    for number, rec in enumerate(records, 1):
+        problem = _record_problem(rec)
+        if problem:
+            raise SessionError(f"{where}: record {number} {problem}")
+    return records
+
+
+def _record_problem(rec: object) -> str | None:
+    """What is wrong with one record, or None."""
+    if not isinstance(rec, dict):
+        return "is not a JSON object (a gpt-tui record with a prompt)"
+    for name, (types, required) in _FIELDS.items():
+        if name not in rec:
+            if required:
+                return f"has no {name!r}"
+            continue
+        value = rec[name]
+        if value is None and not required or value is None and type(None) in types:
+            continue
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            return f"has {name!r} of the wrong type ({type(value).__name__})"
+        if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= _MAX_INT:
+            return f"has {name!r} out of range (0 to 2^63-1)"
+        if isinstance(value, str) and any(0xD800 <= ord(c) < 0xE000 for c in value):
+            return f"has {name!r} holding a lone surrogate, which is not text"
+    return None
+
+
 def _fence(text: str) -> str:
     """A code fence longer than any run of backticks in text, so the text cannot close it."""
     longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
@@ -176,20 +240,23 @@ def to_markdown(records: Iterable[dict], title: str = "gpt-tui session") -> str:
     """The session for people: each generation's settings in a line, then prompt and completion."""
     out = [f"# {title}", ""]
     for i, r in enumerate(records, 1):
-        s = r["settings"]
-        facts = [r["backend"], f"temperature {s['temperature']}", f"top-k {s['top_k'] or 'off'}",
-                 f"top-p {s['top_p']}", f"seed {r['seed']}", f"{r['tokens']} tokens",
-                 STOP_NAMES.get(r["stop_reason"], str(r["stop_reason"] or "-"))]
+        s = r.get("settings") or {}  # a loaded session's records may lack what ours hold
+        facts = [r.get("backend", "?"), f"temperature {s.get('temperature', '?')}",
+                 f"top-k {s.get('top_k') or 'off'}", f"top-p {s.get('top_p', '?')}", f"seed {r.get('seed')}",
+                 f"{r.get('tokens', '?')} tokens"]
+        stop = r.get("stop_reason") or "-"
+        facts.append(STOP_NAMES.get(stop, stop))
         out += [f"## {i}", "", "*" + " · ".join(str(f) for f in facts) + "*", ""]
         for label, text in (("Prompt", r["prompt"]), ("Completion", r["completion"])):
+            text = text or ""  # a failed line's completion is null
             fence = _fence(text)
             out += [f"**{label}**", "", fence, text, fence, ""]
-        out += [f"Checkpoint `{r['checkpoint']}` (sha256 {r['checkpoint_sha256'] or 'unknown'})", ""]
+        out += [f"Checkpoint `{r.get('checkpoint')}` (sha256 {r.get('checkpoint_sha256') or 'unknown'})", ""]
     return "\n".join(out)
 
 
 def save_markdown(records: Iterable[dict], path: str | Path, title: str = "gpt-tui session") -> Path:
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_markdown(records, title), encoding="utf-8")
+    path.write_text(to_markdown(records, title), encoding="utf-8", errors="backslashreplace")
     return path
