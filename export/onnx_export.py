@@ -36,7 +36,7 @@ from export.graph import (
     sample_inputs,
 )
 from export.validate import validate_export
-from model.atomic import atomic_write
+from model.atomic import atomic_write, remove_temps
 from model.checkpoint import CheckpointError, load, restore_model
 from model.gpt import GPT
 
@@ -71,6 +71,7 @@ def export_onnx(
     say = progress or (lambda message: None)
     ckpt_path = Path(ckpt_path)
     out = Path(out_path) if out_path else ckpt_path.with_suffix(".onnx")
+    remove_temps(out)  # a killed export's temp file, which nothing else would ever remove
     say(f"loading {ckpt_path}")
     ckpt = load(ckpt_path)
     model, _ = restore_model(ckpt, ckpt_path)

@@ -41,7 +41,7 @@ from torch.nn import functional as F
 
 from export.graph import WEIGHTS_KEY, input_names
 from export.ort_backend import OnnxModelError, OrtBackend, load_ort_backend
-from model.atomic import atomic_write
+from model.atomic import atomic_write, remove_temps, write_error
 
 Quantize = Literal["int8", "int4"]
 Dtype = Literal["fp16", "bf16"]
@@ -236,9 +236,15 @@ def quantize_export(
 
     say(f"converting to {kind}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:  # beside out: the same file system
+    remove_temps(out)  # a killed export's staging folder and temp file
+    # beside out (the same file system), named as atomic_write's temps so the next export removes
+    # it if this process is killed
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp") as tmp:
         staged = Path(tmp) / "model.onnx"
-        convert(fp32_path, staged, kind)
+        try:
+            convert(fp32_path, staged, kind)
+        except OSError as e:  # a full disk while converting: one line, out untouched
+            raise write_error(out, e) from None
         with atomic_write(out, check=validate) as f:
             f.write(staged.read_bytes())
     return losses[0], losses[1]

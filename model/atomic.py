@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -63,6 +64,19 @@ def temp_files(path: str | Path) -> list[Path]:
     """Temp files atomic_write left beside ``path`` when its process was killed mid-write."""
     path = Path(path)
     return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+def remove_temps(path: str | Path) -> int:
+    """Delete what killed writers of ``path`` left beside it (temp files, and temp folders named the
+    same way) -> how many. A writer of ``path`` running at this moment loses its temp and fails in one
+    line; callers that can run twice at once hold a lock first."""
+    stale = temp_files(path)
+    for p in stale:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return len(stale)
 
 
 def _remove(tmp: Path | None) -> None:

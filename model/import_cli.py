@@ -27,11 +27,12 @@ def hf(src: str, out: str, progress: bool) -> None:
 
         gpt-import hf openai-community/gpt2 --out gpt2.pt
     """
+    from model.atomic import WriteError
     from model.hf import HFImportError, import_hf
 
     try:
         ckpt = import_hf(src, out, progress, say=lambda m: click.echo(visible(m), err=True))
-    except (HFImportError, CheckpointError) as e:
+    except (HFImportError, CheckpointError, WriteError) as e:  # WriteError: a full disk, in one line
         raise CommandError(str(e)) from None
     c, size = ckpt["config"], Path(out).stat().st_size / 2**20
     # the paths are the user's and the folder's own names: shown, never obeyed by the terminal
