@@ -14,13 +14,14 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from model.atomic import atomic_write
+from model.atomic import WriteError, atomic_write
 from model.encoders import (
     bpe_cut,
     char_cut,
@@ -98,13 +99,24 @@ class PrepareProgress:
 class ShardWriter:
     """Appends token ids to tokens_NNNNNN.bin files of ``shard_tokens`` each, hashing as it writes."""
 
-    def __init__(self, folder: Path, dtype: np.dtype, shard_tokens: int):
+    def __init__(self, folder: Path, dtype: np.dtype, shard_tokens: int, out: Path | None = None):
         self.folder, self.dtype, self.shard_tokens = folder, dtype, shard_tokens
+        self.out = out or folder  # the folder the shards are for, named in errors
         self.shards: list[dict] = []
         self.tokens = 0
         self._file = None
 
     def write(self, ids: np.ndarray) -> None:
+        try:
+            self._write(ids)
+        except OSError as e:  # a full disk: one line, the old folder is untouched
+            raise self._error(e) from None
+
+    def _error(self, e: OSError) -> WriteError:
+        return WriteError(e.errno, f"could not write the shards of {self.out}: {e.strerror or e}; "
+                                   f"{self.out} is as it was before this run")
+
+    def _write(self, ids: np.ndarray) -> None:
         ids = ids.astype(self.dtype, copy=False)
         while len(ids):
             if self._file is None or self.shards[-1]["tokens"] == self.shard_tokens:
@@ -131,7 +143,10 @@ class ShardWriter:
             self._file = None
 
     def close(self) -> list[dict]:
-        self._close_file()
+        try:
+            self._close_file()
+        except OSError as e:
+            raise self._error(e) from None
         return self.shards
 
 
@@ -154,8 +169,32 @@ def prepare(cfg: PrepareConfig, log: Callable[[str], None] = print,
     already prepared the same way is a no-op. ``tokenizer`` overrides cfg.tokenizer (training's resume).
 
     The shards are written in a temp folder beside ``out`` that takes its place when complete, so an
-    interrupted run leaves the old folder (or none) and a concurrent run of the same input is harmless."""
+    interrupted run leaves the old folder (or none); the next run removes the temp folder. A second
+    run into the same ``out`` at the same time is refused (a lock beside ``out``)."""
     out = Path(cfg.out)
+    with prepare_lock(out):
+        return _prepare(cfg, out, log, tokenizer)
+
+
+@contextmanager
+def prepare_lock(out: Path) -> Iterator[None]:
+    """Hold the lock of ``out`` (a hidden folder beside it: ``out`` itself is replaced by a rename)
+    for the block, refusing at once if another gpt-prepare holds it; then remove what killed runs
+    left beside ``out`` (their staging folders), which no one else is writing while we hold it."""
+    from model.run_folder import RunLockedError, locked  # the flock gpt-train holds on its --out
+
+    try:
+        with locked(out.parent / f".{out.name}.lock"):
+            for stale in [*out.parent.glob(f".{out.name}.partial-*"), *out.parent.glob(f".{out.name}.old-*")]:
+                shutil.rmtree(stale, ignore_errors=True)
+            yield
+    except RunLockedError:
+        raise DataError(f"{out} is being prepared by another gpt-prepare; wait for it to finish (the "
+                        "same input is then up to date), or pass another --out") from None
+
+
+def _prepare(cfg: PrepareConfig, out: Path, log: Callable[[str], None],
+             tokenizer: Tokenizer | None) -> tuple[dict, bool]:
     train_src, val_src = expand(cfg.sources), expand(cfg.val_sources)
     tok = tokenizer or resolve_tokenizer(cfg.tokenizer)
     wanted = {"train": fingerprint(train_src, cfg.text_field, cfg.max_documents),
@@ -178,7 +217,7 @@ def prepare(cfg: PrepareConfig, log: Callable[[str], None] = print,
             if tok is None:
                 tok = char_vocabulary(documents(train_src + val_src, cfg.text_field, cfg.max_documents),
                                       bar.task("vocabulary"))
-            writer = ShardWriter(staging, dtype_for(tok.vocab_size), cfg.shard_tokens)
+            writer = ShardWriter(staging, dtype_for(tok.vocab_size), cfg.shard_tokens, out)
             tick = bar.task("tokenize")
             encode = encoder_for(tok)  # once for both splits (a character table is 4 MB to build)
             cut = char_cut if isinstance(tok, CharTokenizer) else bpe_cut  # every BPE here splits as GPT-2's

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from model.atomic import WriteError
 from model.prepare import PrepareConfig, prepare
 from model.shards import DataError, open_prepared
 from model.terminal import CommandError, CommandUsageError, visible
@@ -48,7 +49,7 @@ def main(sources: tuple[str, ...], out: str | None, val_sources: tuple[str, ...]
             raise CommandUsageError("give --out DIR (or --verify DIR)")
         cfg = PrepareConfig(sources=sources, out=out, val_sources=val_sources, **options)
         prepare(cfg, log=lambda m: click.echo(visible(m), err=True))
-    except (ValueError, DataError) as e:
+    except (ValueError, DataError, WriteError) as e:  # WriteError: a full disk
         raise CommandError(str(e)) from None
     except KeyboardInterrupt:
         raise CommandError(f"interrupted; {out} is as it was before this run") from None

@@ -340,3 +340,62 @@ def test_verify_finds_ids_beyond_the_vocabulary_even_with_matching_checksums(pre
     result = CliRunner().invoke(prepare_cli, ["--verify", str(prepared)])
     assert result.exit_code == 1
     assert result.output.startswith(f"Error: {shard}: token id 60000 is outside the vocabulary")
+
+
+# -- full disks, killed runs and two runs at once ------------------------------------------------
+
+def test_a_full_disk_while_importing_is_one_line(hf_dir, tmp_path, monkeypatch):
+    import errno
+
+    def full(payload, f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    last = import_error(hf_dir, tmp_path)
+    assert last == f"Error: could not write {tmp_path / 'x.pt'}: No space left on device; nothing was written"
+
+
+def test_a_full_disk_while_preparing_is_one_line_and_leaves_no_partial_folder(tmp_path, monkeypatch):
+    import errno
+
+    from model import prepare as prepare_module
+    from model.prepare_cli import main as prepare_cli
+
+    def full(self, ids):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prepare_module.ShardWriter, "_write", full)
+    (tmp_path / "a.txt").write_text("some text to prepare\n")
+    out = tmp_path / "tokens"
+    result = CliRunner().invoke(prepare_cli, [str(tmp_path / "a.txt"), "--out", str(out), "--no-progress"])
+    assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.output.splitlines()[-1] == (f"Error: could not write the shards of {out}: No space left on "
+                                              f"device; {out} is as it was before this run")
+    assert not list(tmp_path.glob(".tokens.partial-*"))
+
+
+def test_a_killed_prepares_leftovers_go_at_the_next_run_and_a_second_run_is_refused(prepared):
+    from model.prepare import PrepareConfig, prepare, prepare_lock
+    from model.shards import DataError
+
+    stale = prepared.parent / f".{prepared.name}.partial-abc123"
+    stale.mkdir()
+    (stale / "tokens_000000.bin").write_bytes(b"\0" * 10)
+    cfg = PrepareConfig(sources=(str(prepared.parent / "a.txt"),), out=str(prepared), shard_tokens=40,
+                        workers=1, progress=False)
+    _, built = prepare(cfg, log=lambda m: None)
+    assert not built and not stale.exists()
+    with prepare_lock(prepared):  # another gpt-prepare holds it: flock is per open file, so this refuses
+        with pytest.raises(DataError, match=rf"^{prepared} is being prepared by another gpt-prepare"):
+            prepare(cfg, log=lambda m: None)
+
+
+def test_a_killed_exports_temp_file_goes_at_the_next_export(tmp_path):
+    from model.atomic import remove_temps
+
+    out = tmp_path / "m.onnx"
+    (tmp_path / ".m.onnx.k2j4.tmp").write_bytes(b"half")
+    (tmp_path / ".m.onnx.x9.tmp").mkdir()  # quantize's staging folder
+    (tmp_path / "other.onnx").write_bytes(b"kept")
+    assert remove_temps(out) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["other.onnx"]

@@ -80,7 +80,8 @@ def test_running_again_on_unchanged_input_does_nothing(tmp_path, docs):
     (folder / "a.txt").write_text("First doc, edited.\n")
     _, built, _ = run(tmp_path, folder, shard_tokens=5)
     assert built
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs", "out"]  # no temp folders left behind
+    # no temp folders left behind; the lock stays (removing it would race a run starting)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "docs", "out"]
 
 
 def test_bpe_tokens_equal_encoding_each_document_whole(tmp_path, monkeypatch):
@@ -189,7 +190,7 @@ def test_hugging_face_errors_are_one_line(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"^the stream of openwebtext failed after 2 documents \(Read timed "
                                         r"out.\); run the command again \(the output folder is as it was\)$"):
         run(tmp_path, "hf:openwebtext")
-    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
+    assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == [".out.lock"]
 
 
 def test_cli_prepares_verifies_and_explains(tmp_path):
