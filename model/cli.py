@@ -8,6 +8,7 @@ work imports what it needs when it starts.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import click
@@ -20,16 +21,32 @@ from model.train_config import (
     MAX_LEARNING_RATE,
     MAX_SEED,
     MODEL_FIELDS,
+    OPTIMIZERS,
     SettingsError,
     TrainConfig,
     flag,
     fresh,
+    parse_duration,
     preset_values,
 )
 
 D = TrainConfig()  # the defaults shown in --help: nanoGPT's train_shakespeare_char
 EXIT_INTERRUPTED = 130  # as a shell reports a process ended by SIGINT, and as gpt-tui --batch
 VERSION = {"package_name": "gpt-from-scratch"}
+
+
+class Duration(click.ParamType):
+    """``2h``, ``150m``, ``1h30m``, ``90s`` or seconds, as seconds."""
+
+    name = "DURATION"
+
+    def convert(self, value, param, ctx) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_duration(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
 
 
 class Refused(CommandUsageError):
@@ -74,6 +91,13 @@ class Refused(CommandUsageError):
 @click.option("--gradient-accumulation-steps", "grad_accum", default=D.grad_accum, type=click.IntRange(min=1),
               help="Micro-batches per optimizer step.")
 @click.option("--max-iters", default=D.max_iters, type=click.IntRange(min=1), help="Optimizer steps in all.")
+@click.option("--time-budget", type=Duration(),
+              help="Instead of --max-iters: the wall time for the whole run (2h, 150m, 1h30m); a few timed "
+                   "steps at the start fix --max-iters so that training and its evaluations fit, with the "
+                   "learning-rate schedule laid over them.")
+@click.option("--optimizer", default=D.optimizer, type=click.Choice(OPTIMIZERS),
+              help="AdamW everywhere, or Muon for the blocks' weight matrices (AdamW for embeddings, "
+                   "norms and biases); both follow --learning-rate.")
 @click.option("--learning-rate", default=D.learning_rate,
               type=click.FloatRange(0, MAX_LEARNING_RATE, min_open=True), help="Peak learning rate.")
 @click.option("--min-lr", default=D.min_lr, type=click.FloatRange(0, MAX_LEARNING_RATE),
@@ -133,7 +157,10 @@ def main(preset_name: str, out_dir: str, resume: bool, overwrite: bool, **flags)
     auto = given.get("attention") == "auto"
     if auto:
         del given["attention"]
+    started = time.perf_counter()  # a --time-budget counts from here
     try:
+        if "time_budget" in given and "max_iters" in given and not resume:
+            raise SettingsError("--time-budget fixes --max-iters from timed steps; pass one of them")
         if resume:
             if preset_given:  # the preset's values count as given, unless a flag says otherwise
                 values = {k: v for k, v in preset_values(preset_name).items() if k not in given}
@@ -151,10 +178,10 @@ def main(preset_name: str, out_dir: str, resume: bool, overwrite: bool, **flags)
                 cfg = cfg.replace(model=init_config(cfg.init_from, changes))
     except ValueError as e:  # a bad value or combination of flags
         raise Refused(str(e)) from None
-    run(cfg, given if resume else None, named)
+    run(cfg, given if resume else None, named, started)
 
 
-def run(cfg: TrainConfig, given: dict | None, named: dict[str, str] | None) -> None:
+def run(cfg: TrainConfig, given: dict | None, named: dict[str, str] | None, started: float) -> None:
     """Train, turning each way a run can end into its message and exit code."""
     try:
         from model.atomic import WriteError
@@ -165,7 +192,8 @@ def run(cfg: TrainConfig, given: dict | None, named: dict[str, str] | None) -> N
         from model.train import NonFiniteError, TrainingInterrupted, train
 
         try:
-            train(cfg, log=lambda m: click.echo(visible(m), err=True), given=given, named=named)
+            train(cfg, log=lambda m: click.echo(visible(m), err=True), given=given, named=named,
+                  started=started)
         except SettingsError as e:
             raise Refused(_on_rank(str(e))) from None
         except (ValueError, DataError, CheckpointError, NonFiniteError, RunLockedError, WriteError) as e:
@@ -289,5 +317,13 @@ def report_slim(ckpt: str, out: str, dtype: str) -> None:
     click.echo(f"{out}: {Path(out).stat().st_size / 2**20:.1f} MiB")
 
 
-if __name__ == "__main__":  # torchrun --nproc-per-node N -m model.cli ...
+def entry() -> None:
+    """The gpt-train command: main() in a process whose malloc keeps freed activations (model.allocator)."""
+    from model.allocator import relaunch_tuned
+
+    relaunch_tuned()
     main()
+
+
+if __name__ == "__main__":  # torchrun --nproc-per-node N -m model.cli ...
+    entry()

@@ -1,9 +1,10 @@
-"""Training: AdamW, warmup + cosine decay, clipping, accumulation, evaluation, checkpoints, resume.
+"""Training: AdamW or Muon, warmup + cosine decay, clipping, accumulation, evaluation, checkpoints, resume.
 
 ``train(TrainConfig)`` is the whole run; ``train_step`` is one optimizer step that tests can drive.
 The CLI (model.cli) only builds a TrainConfig (model.train_config). What a checkpoint saves and a
 resumed run gets back is model.train_state; starting from another checkpoint's weights is
-model.init_from. A run holds its folder's lock (model.run_folder) for its whole life, and never
+model.init_from; the optimizers are model.optimizers; the steps a --time-budget buys,
+model.time_budget. A run holds its folder's lock (model.run_folder) for its whole life, and never
 writes a checkpoint it could not continue from: an evaluation or weights that are not finite stop
 the run with the last good file in place.
 
@@ -25,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from model import checkpoint, distributed, run_folder
+from model import checkpoint, distributed, run_folder, time_budget
+from model.allocator import keep_freed_memory
 from model.atomic import WriteError
 from model.attention_choice import ROWS as AUTO_ROWS
 from model.attention_choice import choose_attention
@@ -35,9 +37,10 @@ from model.device import autocast, resolve_device, resolve_dtype
 from model.distributed import Dist
 from model.gpt import build_model, count_params
 from model.init_from import start_from
+from model.optimizers import make_optimizer
 from model.progress import StepStats, TrainProgress, flops_per_token, peak_flops
 from model.tokenizer import tokenizer_from_dict
-from model.train_config import SettingsError, TrainConfig, check_data
+from model.train_config import SettingsError, TrainConfig, check_data, format_duration
 from model.train_state import (
     Trainer,
     checkpoint_path,
@@ -48,7 +51,8 @@ from model.train_state import (
     saved_rng,
 )
 
-__all__ = ["NonFiniteError", "SettingsError", "TrainConfig", "TrainingInterrupted", "train", "train_step"]
+__all__ = ["NonFiniteError", "SettingsError", "TrainConfig", "TrainingInterrupted", "make_optimizer", "train",
+           "train_step"]
 
 # fp16: the gradient scaler skips a step whose gradients overflow and halves its scale; at startup
 # a few skips in a row are normal, this many means the run is not coming back
@@ -73,18 +77,6 @@ def get_lr(it: int, cfg: TrainConfig) -> float:
     ratio = (it - cfg.warmup_iters) / max(1, cfg.decay_iters - cfg.warmup_iters)
     coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
-    """AdamW with weight decay on matrices (embeddings, linear weights) only, fused on CUDA."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(
-        groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda"
-    )
 
 
 def train_step(tr: Trainer) -> tuple[float, float]:
@@ -228,13 +220,16 @@ def _pick_attention(cfg: TrainConfig, fresh_model: Callable[[TrainConfig], torch
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print, given: dict | None = None,
-          named: dict[str, str] | None = None) -> Trainer | None:
+          named: dict[str, str] | None = None, started: float | None = None) -> Trainer | None:
     """The whole run: returns the trainer with its final state; writes ckpt.pt and metrics.jsonl.
     Under torchrun (RANK/WORLD_SIZE set) this process is one rank of a data-parallel run, and
     returns None: its trainer is freed before the process group is left (see below).
 
     When resuming, the settings come from the checkpoint; ``given`` names the fields the caller
-    chose (the flags on the command line; None: all of ``cfg``), see ``load_for_resume``."""
+    chose (the flags on the command line; None: all of ``cfg``), see ``load_for_resume``. ``started``
+    is the ``time.perf_counter()`` a --time-budget counts from (the command's start; None: now)."""
+    started = time.perf_counter() if started is None else started
+    keep_freed_memory()  # before the first step's activations: see model.allocator
     dist = distributed.from_env()
     log = log if dist.is_main else lambda m: None
     out = Path(cfg.out_dir)
@@ -248,7 +243,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, given: dict | No
                 cfg, ckpt = load_for_resume(cfg, given, named, log)
             check_data(cfg.data)
             with distributed.process_group(dist, distributed.device_for(dist, resolve_device(cfg.device))):
-                tr = _run(cfg, log, dist, ckpt)
+                tr = _run(cfg, log, dist, ckpt, started)
                 if not dist.enabled:
                     return tr
                 # the rank's model and optimizer hold the process group (DDP's reducer, FSDP's
@@ -281,14 +276,43 @@ def _interrupted(cfg: TrainConfig, tr: Trainer | None, ckpt: dict | None) -> str
             f"start again with the same flags{' and --overwrite' if again else ''}")
 
 
-def _run(cfg: TrainConfig, log: Callable[[str], None], dist: Dist, ckpt: dict | None) -> Trainer:
+def _run(cfg: TrainConfig, log: Callable[[str], None], dist: Dist, ckpt: dict | None,
+         started: float) -> Trainer:
     tr: Trainer | None = None
     try:
         tr, tokenizer = setup(cfg, log, dist, ckpt)
+        if cfg.time_budget is not None and cfg.budget_plan is None:  # a fresh run: fix its steps
+            tr.cfg = _plan_budget(tr, started, log)
+        elif cfg.budget_plan is not None:
+            log(f"time budget {format_duration(cfg.time_budget)}: {cfg.max_iters:,} steps, fixed when the "
+                f"run started; {format_duration(tr.seconds)} trained so far")
         _loop(tr, tokenizer, log)
         return tr
     except KeyboardInterrupt:
         raise TrainingInterrupted(_interrupted(cfg, tr, ckpt)) from None
+
+
+def _plan_budget(tr: Trainer, started: float, log: Callable[[str], None]) -> TrainConfig:
+    """The run's config with max_iters fitted to its --time-budget (model.time_budget), measured on
+    rank 0 and sent to every rank, so that all take the same number of steps."""
+    cfg, plan = tr.cfg, [None]
+    step_s, eval_s = time_budget.measure(tr, train_step, 2 * cfg.eval_iters)
+    if tr.dist.is_main:
+        startup_s = time.perf_counter() - started
+        try:
+            steps = time_budget.plan_steps(cfg.time_budget, startup_s, step_s, eval_s, cfg.eval_interval,
+                                           cfg.warmup_iters)
+            plan[0] = time_budget.Plan(cfg.time_budget, startup_s, step_s, eval_s, steps).as_dict()
+        except SettingsError as e:
+            plan[0] = str(e)
+    if tr.dist.enabled:
+        torch.distributed.broadcast_object_list(plan, src=0)
+    if isinstance(plan[0], str):
+        raise SettingsError(plan[0])
+    planned = cfg.replace(max_iters=plan[0]["max_iters"], budget_plan=plan[0])
+    log(time_budget.Plan(**plan[0]).describe(cfg.eval_interval, cfg.warmup_iters, cfg.min_lr,
+                                             planned.decay_iters))
+    return planned
 
 
 def _loop(tr: Trainer, tokenizer, log: Callable[[str], None]) -> None:
@@ -342,7 +366,8 @@ def _loop(tr: Trainer, tokenizer, log: Callable[[str], None]) -> None:
         record(step=tr.step, train_loss=losses["train"], val_loss=losses["val"])
         bar.note(f"step {tr.step}: train {losses['train']:.4f}, val {losses['val']:.4f}")
         meta = {"steps": tr.step, "val_loss": losses["val"], "train_loss": losses["train"],
-                "tokens_seen": tr.step * tokens_per_step, "train_config": settings}
+                "tokens_seen": tr.step * tokens_per_step, "train_seconds": round(tr.seconds, 1),
+                "train_config": settings}
         if tr.origin:
             meta["init_from"] = tr.origin
         try:
@@ -352,7 +377,7 @@ def _loop(tr: Trainer, tokenizer, log: Callable[[str], None]) -> None:
                              f"gpt-train --resume --out {out}") from None
         tr.saved = (tr.step, losses["val"])
 
-    t0 = time.perf_counter()
+    t0, seconds0 = time.perf_counter(), tr.seconds  # training time of earlier sessions of this run
     show_bar = cfg.progress and dist.is_main
     if tr.step >= cfg.max_iters:
         log(f"{path} is at step {tr.step}, this run's --max-iters: nothing to do (pass a larger "
@@ -362,6 +387,7 @@ def _loop(tr: Trainer, tokenizer, log: Callable[[str], None]) -> None:
         tick, tick_step = time.perf_counter(), tr.step
         while tr.step < cfg.max_iters:
             loss, norm = train_step(tr)
+            tr.seconds = seconds0 + time.perf_counter() - t0
             if tr.step % cfg.log_interval == 0 or tr.step == cfg.max_iters:
                 now = time.perf_counter()
                 steps, seconds = tr.step - tick_step, now - tick
@@ -369,13 +395,15 @@ def _loop(tr: Trainer, tokenizer, log: Callable[[str], None]) -> None:
                 mfu = flops * tok_s / dist.world_size / peak if flops else None
                 stats = StepStats(tr.step, loss, get_lr(tr.step - 1, cfg), 1000 * seconds / steps, tok_s, mfu)
                 record(step=tr.step, loss=loss, grad_norm=norm, lr=stats.lr, ms_per_step=stats.ms_per_step,
-                       tokens_per_s=tok_s, mfu=mfu, elapsed_s=now - t0)
+                       tokens_per_s=tok_s, mfu=mfu, elapsed_s=tr.seconds)
                 bar.update(stats)
                 tick, tick_step = now, tr.step
             if tr.step % cfg.eval_interval == 0 or tr.step == cfg.max_iters:
                 started = time.perf_counter()
+                tr.seconds = seconds0 + started - t0
                 evaluate_and_save()
                 bar.evaluated(time.perf_counter() - started)
                 tick, tick_step = time.perf_counter(), tr.step  # evaluation time is not training throughput
     if tr.saved is not None:
-        log(f"done: {path} holds step {tr.saved[0]}, val loss {tr.saved[1]:.4f}")
+        took = f" after {format_duration(tr.seconds)} of training" if tr.seconds else ""
+        log(f"done: {path} holds step {tr.saved[0]}, val loss {tr.saved[1]:.4f}{took}")

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from model.config import PRESET_TRAINING, GPTConfig, preset
 
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
 
 MAX_LEARNING_RATE = 1.0  # AdamW moves every weight by about lr per step: above 1 nothing is learned
 MAX_SEED = 2**32 - 1
+MAX_DURATION = 366 * 24 * 3600.0
+Optimizer = Literal["adamw", "muon"]
+OPTIMIZERS: tuple[Optimizer, ...] = ("adamw", "muon")
 
 
 class SettingsError(ValueError):
@@ -45,6 +49,13 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # 0 disables clipping
+    # adamw everywhere, or muon for the blocks' weight matrices and AdamW for the rest (model.optimizers)
+    optimizer: Optimizer = "adamw"
+    # seconds of wall clock for the whole run: a fresh run measures its steps and fixes max_iters
+    # from them (model.time_budget); the measurements are kept in budget_plan, and from there the
+    # run is an ordinary one (a resumed run keeps its max_iters)
+    time_budget: float | None = None
+    budget_plan: dict | None = None
     eval_interval: int = 250
     eval_iters: int = 200
     log_interval: int = 10
@@ -79,6 +90,14 @@ class TrainConfig:
             raise SettingsError(f"--lr-decay-iters must be at least 1, got {self.lr_decay_iters}")
         if not 0 <= self.seed <= MAX_SEED:
             raise SettingsError(f"--seed must be in [0, {MAX_SEED}], got {self.seed}")
+        if self.optimizer not in OPTIMIZERS:
+            raise SettingsError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.time_budget is not None and not (
+                isinstance(self.time_budget, (int, float)) and 0 < self.time_budget <= MAX_DURATION):
+            raise SettingsError(f"--time-budget must be a duration up to a year, got {self.time_budget!r}")
+        if self.fsdp and self.optimizer == "muon":
+            raise SettingsError("--optimizer muon needs whole weight matrices, and --fsdp shards them; "
+                                "drop one of them")
         if self.fsdp and self.compile:
             raise SettingsError("--fsdp with --compile is not supported yet; drop one of them")
         if self.resume and self.overwrite:
@@ -135,6 +154,8 @@ def fresh(preset_name: str, given: dict[str, object]) -> TrainConfig:
     """A new run: the preset's model and training settings, with the given fields on top."""
     model = preset(preset_name).replace(**{k: v for k, v in given.items() if k in MODEL_FIELDS})
     training = PRESET_TRAINING.get(preset_name, {}) | {k: v for k, v in given.items() if k in TRAIN_FIELDS}
+    if "time_budget" in given and "lr_decay_iters" not in given:
+        training["lr_decay_iters"] = None  # a budget's schedule decays over its steps, not the preset's
     return TrainConfig(model=model, **training)
 
 
@@ -178,11 +199,11 @@ def resumed(stored: dict, model: GPTConfig, given: dict[str, object], out_dir: s
         if name not in MAY_CHANGE_ON_RESUME:
             allowed = ", ".join(flag(n) for n in MAY_CHANGE_ON_RESUME)
             raise SettingsError(
-                f"{asked}: this run's {flag(name)[2:]} is {_shown(current)} (stored in {where}); a "
+                f"{asked}: this run's {flag(name)[2:]} is {_shown(current, name)} (stored in {where}); a "
                 f"resumed run keeps its settings (only {allowed} may change): drop the flag, or "
                 "start a new run in another --out")
         changes[name] = value
-        notes.append(f"resuming with {asked} (was {_shown(current)})")
+        notes.append(f"resuming with {asked} (was {_shown(current, name)})")
     new_max = changes.get("max_iters")
     if new_max is not None:
         if new_max <= step:
@@ -196,11 +217,45 @@ def resumed(stored: dict, model: GPTConfig, given: dict[str, object], out_dir: s
     return base.replace(out_dir=out_dir, resume=True, **changes), notes
 
 
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def parse_duration(text: str) -> float:
+    """``2h``, ``150m``, ``1h30m``, ``90s`` or plain seconds -> seconds; a ValueError says the form."""
+    cleaned = text.strip().lower()
+    match = _DURATION.fullmatch(cleaned)
+    if cleaned and match and any(match.groups()):
+        seconds = sum(float(v) * _UNITS[u] for v, u in zip(match.groups(), "hms", strict=True) if v)
+    else:
+        try:
+            seconds = float(cleaned)
+        except ValueError:
+            seconds = math.nan
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_DURATION):
+        raise ValueError(f"{text!r} is not a duration up to a year; write it as 2h, 150m, 1h30m, 90s "
+                         "or seconds")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as the shortest of ``2h30m``, ``12m5s``, ``40s`` (``0.5s`` under a second)."""
+    if seconds < 0.5:
+        return f"{seconds:.2g}s"
+    if seconds < 1:
+        return f"{seconds:.1f}s"
+    s = round(seconds)
+    h, m, s = s // 3600, s % 3600 // 60, s % 60
+    return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (s, "s")) if v) or "0s"
+
+
 def _as_flag(name: str, value: object) -> str:
     if isinstance(value, bool):
         return flag(name) if value else f"--no-{flag(name)[2:]}"
-    return f"{flag(name)} {_shown(value)}"
+    return f"{flag(name)} {_shown(value, name)}"
 
 
-def _shown(value: object) -> str:
+def _shown(value: object, name: str = "") -> str:
+    if name == "time_budget" and isinstance(value, (int, float)):
+        return format_duration(value)
     return f"{value:g}" if isinstance(value, float) else str(value)

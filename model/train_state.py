@@ -42,6 +42,7 @@ class Trainer:
     origin: dict = field(default_factory=dict)  # the checkpoint --init-from started from, if any
     skipped: int = 0  # fp16 steps the scaler skipped in a row
     saved: tuple[int, float] | None = None  # (step, val loss) of the checkpoint on disk
+    seconds: float = 0.0  # wall time of the training loop so far, over every session of the run
 
     def batch(self, split: str = "train", gen: torch.Generator | None = None):
         x, y = get_batch(
@@ -91,6 +92,7 @@ def save_training(tr: Trainer, tokenizer, meta: dict) -> None:
         "world_size": tr.dist.world_size,
         "rng": rngs,  # one dict per rank, in rank order
         "scaler": tr.scaler.state_dict() if tr.scaler else None,  # fp16: its scale, for exact resume
+        "seconds": tr.seconds,
         # the model as built (vocabulary from the tokenizer), so the config describes the run
         "config": plain(dataclasses.asdict(tr.cfg.replace(model=tr.model.config))),
     }
@@ -121,6 +123,7 @@ def restore_training(tr: Trainer, ckpt: dict, rng: dict, log: Callable[[str], No
     if tr.scaler is not None and t.get("scaler"):
         tr.scaler.load_state_dict(t["scaler"])
     tr.step, tr.best_val = t["step"], t["best_val"]
+    tr.seconds = float(t.get("seconds", 0.0))  # checkpoints from before it was kept start from 0
     tr.saved = (t["step"], ckpt.get("meta", {}).get("val_loss", float("nan")))
     set_rng_state(tr, rng)
     log(f"resumed from {checkpoint_path(tr.cfg)} at step {tr.step}")

@@ -354,7 +354,7 @@ def test_the_cpu_preset_is_nanogpts_cpu_recipe():
 
 def test_the_cli_passes_the_presets_training_settings(monkeypatch, tmp_path):
     seen = []
-    monkeypatch.setattr("model.cli.run", lambda cfg, given, named: seen.append(cfg))
+    monkeypatch.setattr("model.cli.run", lambda cfg, given, named, started: seen.append(cfg))
     assert gpt_train("--preset", "cpu", "--out", str(tmp_path), "--eval-iters", "5").exit_code == 0
     assert (seen[0].batch_size, seen[0].eval_iters, seen[0].model.block_size) == (12, 5, 64)
 

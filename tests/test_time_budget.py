@@ -1,0 +1,142 @@
+"""gpt-train --time-budget: durations, the steps that fit, a measurement that leaves the run as it was,
+and a budgeted run that is an ordinary run from there (stored, resumed without measuring again)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
+
+from model import time_budget
+from model.cli import main
+from model.config import GPTConfig
+from model.train import TrainConfig, setup, train, train_step
+from model.train_config import SettingsError, format_duration, parse_duration
+from tests.conftest import TEXT
+
+
+@pytest.fixture
+def text(tmp_path):
+    path = tmp_path / "tiny.txt"
+    path.write_text(TEXT * 3)
+    return path
+
+
+def tiny(text, out, **changes) -> TrainConfig:
+    model = GPTConfig(block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.1)
+    base = dict(model=model, data=str(text), out_dir=str(out), batch_size=4, max_iters=20, eval_interval=50,
+                eval_iters=2, log_interval=10, warmup_iters=3, device="cpu", dtype="fp32", progress=False)
+    return TrainConfig(**(base | changes))
+
+
+@pytest.mark.parametrize("text, seconds", [("2h", 7200), ("150m", 9000), ("1h30m", 5400), ("90s", 90),
+                                           ("1.5h", 5400), ("5400", 5400), (" 2H ", 7200), ("1m30s", 90)])
+def test_durations_read_as_people_write_them(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "3x", "0", "-5m", "h", "1h1h", "inf", "nan", "2 h", "400d", "1e9"])
+def test_what_is_not_a_duration_says_the_form(text):
+    with pytest.raises(ValueError, match="is not a duration up to a year; write it as 2h, 150m, 1h30m"):
+        parse_duration(text)
+
+
+def test_durations_print_shortest():
+    shown = [format_duration(s) for s in (7200, 9000, 5400.4, 725, 40, 0.5)]
+    assert shown == ["2h", "2h30m", "1h30m", "12m5s", "40s", "0.5s"]
+
+
+@given(budget=st.floats(100, 1e5), startup=st.floats(0, 50), step=st.floats(0.01, 10),
+       evaluation=st.floats(0, 100), interval=st.integers(1, 1000))
+def test_the_planned_steps_are_the_most_that_fit(budget, startup, step, evaluation, interval):
+    left = budget * (1 - time_budget.MARGIN) - startup
+
+    def cost(n):
+        return n * step + time_budget.evaluations(n, interval) * evaluation
+
+    try:
+        n = time_budget.plan_steps(budget, startup, step, evaluation, interval, warmup_iters=0)
+    except SettingsError:
+        assert cost(1) > left
+        return
+    assert cost(n) <= left < cost(n + 1)
+
+
+def test_evaluations_count_every_interval_and_the_end():
+    assert [time_budget.evaluations(n, 250) for n in (1, 249, 250, 251, 500, 1690)] == [1, 1, 1, 2, 2, 7]
+
+
+def test_a_budget_too_short_for_warmup_and_one_evaluation_says_what_would_fit():
+    with pytest.raises(SettingsError, match=r"--time-budget 1m is too short: start-up took 5 s, a step "
+                                            r"takes 1.00 s and an evaluation ~10.0 s, so it fits 43 steps, "
+                                            r"not the 100 warmup steps and one evaluation; give at least "
+                                            r"1m59s, or lower "):
+        time_budget.plan_steps(60, 5, 1.0, 10.0, 250, warmup_iters=100)
+
+
+def test_measuring_leaves_the_run_exactly_as_it_was(text, tmp_path):
+    """A run that timed its steps first continues bit for bit as one that did not."""
+    cfg = tiny(text, tmp_path)
+    measured, _ = setup(cfg, log=lambda m: None)
+    step_s, eval_s = time_budget.measure(measured, train_step, 2 * cfg.eval_iters)
+    assert step_s > 0 and eval_s > 0 and measured.step == 0
+    measured_losses = [train_step(measured) for _ in range(4)]
+    plain, _ = setup(cfg, log=lambda m: None)  # reseeds: the same weights and random streams
+    assert [train_step(plain) for _ in range(4)] == measured_losses
+    weights = zip(measured.model.state_dict().items(), plain.model.state_dict().values(), strict=True)
+    for (name, a), b in weights:
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.slow  # two short runs and a resume
+def test_a_budgeted_run_stores_its_plan_and_resumes_without_measuring(text, tmp_path):
+    lines: list[str] = []
+    tr = train(tiny(text, tmp_path / "b", time_budget=3.0, eval_interval=10**6), log=lines.append)
+    plan = tr.cfg.budget_plan
+    assert plan is not None and plan["max_iters"] == tr.cfg.max_iters == tr.step > 3
+    assert any(line.startswith("time budget 3s: a step takes") and f"--max-iters {tr.step}," in line
+               for line in lines)
+    ckpt = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=True)
+    assert ckpt["train"]["config"]["time_budget"] == 3.0 and ckpt["train"]["config"]["budget_plan"] == plan
+    assert ckpt["meta"]["train_seconds"] > 0
+    # the same steps without a budget: the same weights (the measured steps were undone)
+    straight = train(tiny(text, tmp_path / "s", max_iters=tr.step, eval_interval=10**6), log=lambda m: None)
+    for a, b in zip(tr.model.state_dict().values(), straight.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # a resumed budgeted run is an ordinary one: it keeps its steps, and extending it measures nothing
+    resumed_lines: list[str] = []
+    more = train(TrainConfig(out_dir=str(tmp_path / "b"), resume=True, max_iters=tr.step + 2),
+                 log=resumed_lines.append, given={"max_iters": tr.step + 2})
+    assert more.step == tr.step + 2 and not any("a step takes" in line for line in resumed_lines)
+    assert any(line.startswith("time budget 3s:") and "fixed when the run started" in line
+               for line in resumed_lines)
+
+
+def test_the_cli_takes_a_budget_or_max_iters_not_both(tmp_path):
+    result = CliRunner().invoke(main, ["--out", str(tmp_path), "--time-budget", "2h", "--max-iters", "10"])
+    assert result.exit_code == 2
+    assert result.output.strip() == ("Error: --time-budget fixes --max-iters from timed steps; "
+                                     "pass one of them")
+    bad = CliRunner().invoke(main, ["--out", str(tmp_path), "--time-budget", "soon"])
+    assert bad.exit_code == 2 and "'soon' is not a duration up to a year" in bad.output
+
+
+def test_a_budget_replaces_the_presets_decay_steps():
+    from model.train_config import fresh
+
+    assert fresh("cpu", {}).lr_decay_iters == 2000
+    assert fresh("cpu", {"time_budget": 60.0}).lr_decay_iters is None
+    assert fresh("cpu", {"time_budget": 60.0, "lr_decay_iters": 500}).lr_decay_iters == 500
+
+
+@pytest.mark.slow  # a real (tiny) run through the CLI
+def test_a_budget_too_short_is_a_usage_error_from_the_cli(text, tmp_path):
+    result = CliRunner().invoke(main, ["--data", str(text), "--out", str(tmp_path / "r"), "--n-layer", "2",
+                                       "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--device",
+                                       "cpu", "--no-progress", "--time-budget", "0.5s"])
+    assert result.exit_code == 2, result.output
+    assert "Error: --time-budget 0.5s is too short: start-up took" in result.output
+    assert "warmup steps and one evaluation; give at least" in result.output
+    assert not (tmp_path / "r" / "ckpt.pt").exists()
