@@ -14,8 +14,8 @@ PACKAGES = ("model", "export", "tui")
 LAYER = {"model": 0, "export": 1, "tui": 2}  # a module may import its own layer or lower ones
 # the training stack: the loop, the state its checkpoints save and resume, --init-from, --attention auto,
 # the optimizers and --time-budget
-TRAINING = {"model.train", "model.train_state", "model.init_from", "model.attention_choice", "model.optimizers",
-            "model.time_budget"}
+TRAINING = {"model.train", "model.train_state", "model.init_from", "model.attention_choice",
+            "model.optimizers", "model.time_budget"}
 TRAINING_USERS = {"model.cli"} | TRAINING  # the training CLI; everything else in model/ must not need it
 
 
