@@ -1,4 +1,4 @@
-"""Kill -9 a training run at random moments, continue it each time with plain `gpt-train --resume`,
+"""Kill -9 a training run at random moments, continue it each time with `gpt-train --resume` alone,
 and compare the end with a run that was never interrupted.
 
     python bench/kill_resume.py [--kills 10] [--steps 300] [--seed 0]
@@ -9,7 +9,8 @@ killed (SIGKILL) at a random moment, again and again (one kill in five during a 
 the others at a random step still to come, spread so that the kills share the run, plus a random
 part of ten steps' time, so that evaluations and saves are hit too):
 after each kill the next command is
-`gpt-train --resume --out OUT` with no other flags, or, when the kill came before the first
+`gpt-train --resume --out OUT --data TEXT` (the data named again, as a resumed run never reads a
+path out of its checkpoint) with no other flags, or, when the kill came before the first
 checkpoint, the first command with --overwrite. The last command runs to the end. Checks: the
 final weights are torch.equal to the uninterrupted run's, and metrics.jsonl holds each step once
 with the same losses. The last line:
@@ -113,7 +114,7 @@ def measure(kills: int, steps: int, seed: int, work: Path, say=print) -> dict:
                 early += not saved
                 step = torch.load(out / "ckpt.pt", weights_only=True)["train"]["step"] if saved else 0
                 say(f"kill {killed}: {f'checkpoint at step {step}' if saved else 'no checkpoint yet'}")
-                command = (["--resume", "--out", str(out)] if saved
+                command = (["--resume", "--out", str(out), "--data", str(text)] if saved
                            else [*first, "--out", str(out), "--overwrite"])
                 continue
         if proc.wait() != 0:

@@ -7,6 +7,8 @@ stack.
 from __future__ import annotations
 
 import contextlib
+import platform
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -46,6 +48,26 @@ def resolve_dtype(dtype: DType, device: torch.device) -> torch.dtype:
             return torch.bfloat16
         return torch.float32
     return DTYPES[dtype]
+
+
+def machine(device: torch.device) -> dict[str, object]:
+    """What a run's speed depends on, for its checkpoint and log: the processor (or GPU), its
+    threads, native bf16, and torch's version."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        try:  # Linux names the model; platform.processor() often says only "x86_64"
+            for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+    bf16 = cpu_has_bf16() if device.type == "cpu" else None
+    # str(): torch's version is a str subclass, which a weights_only load refuses to rebuild
+    return {"device": name[:100], "threads": torch.get_num_threads(), "bf16_native": bf16,
+            "torch": str(torch.__version__)}
 
 
 def autocast(device: torch.device, dtype: torch.dtype):

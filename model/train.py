@@ -33,14 +33,14 @@ from model.attention_choice import ROWS as AUTO_ROWS
 from model.attention_choice import choose_attention
 from model.attention_choice import describe as describe_choice
 from model.data import get_batch, open_corpus
-from model.device import autocast, resolve_device, resolve_dtype
+from model.device import autocast, machine, resolve_device, resolve_dtype
 from model.distributed import Dist
 from model.gpt import build_model, count_params
 from model.init_from import start_from
 from model.optimizers import make_optimizer
 from model.progress import StepStats, TrainProgress, flops_per_token, peak_flops
 from model.tokenizer import tokenizer_from_dict
-from model.train_config import SettingsError, TrainConfig, check_data, format_duration
+from model.train_config import SettingsError, TrainConfig, check_data, format_duration, resume_command
 from model.train_state import (
     Trainer,
     checkpoint_path,
@@ -267,9 +267,9 @@ def _interrupted(cfg: TrainConfig, tr: Trainer | None, ckpt: dict | None) -> str
         (ckpt["train"]["step"], ckpt.get("meta", {}).get("val_loss", float("nan"))) if ckpt else None)
     if saved is not None:
         return (f"interrupted {at}; {path} holds step {saved[0]} (val loss {saved[1]:.4f}): continue "
-                f"with gpt-train --resume --out {cfg.out_dir}")
+                f"with {resume_command(cfg)}")
     if cfg.resume:
-        return f"interrupted {at}; {path} is unchanged: continue with gpt-train --resume --out {cfg.out_dir}"
+        return f"interrupted {at}; {path} is unchanged: continue with {resume_command(cfg)}"
     again = (Path(cfg.out_dir) / run_folder.METRICS).exists()
     first = min(cfg.eval_interval, cfg.max_iters)
     return (f"interrupted {at}; nothing saved yet (the first checkpoint comes at step {first}): "
@@ -331,6 +331,8 @@ def _loop(tr: Trainer, tokenizer, log: Callable[[str], None]) -> None:
         log(f"MFU is per process, relative to {what}")
     settings = plain({k: v for k, v in dataclasses.asdict(cfg).items() if k != "model"})
     settings["world_size"] = dist.world_size
+    facts = machine(tr.device)
+    log(f"on {facts['device']}, {facts['threads']} thread(s), torch {facts['torch']}")
     metrics_path = out / run_folder.METRICS
     if dist.is_main:  # every rank has read what it needs (the process group met): now write
         if cfg.resume and (dropped := run_folder.cut_metrics(metrics_path, tr.step)):
@@ -367,14 +369,14 @@ def _loop(tr: Trainer, tokenizer, log: Callable[[str], None]) -> None:
         bar.note(f"step {tr.step}: train {losses['train']:.4f}, val {losses['val']:.4f}")
         meta = {"steps": tr.step, "val_loss": losses["val"], "train_loss": losses["train"],
                 "tokens_seen": tr.step * tokens_per_step, "train_seconds": round(tr.seconds, 1),
-                "train_config": settings}
+                "machine": facts, "train_config": settings}
         if tr.origin:
             meta["init_from"] = tr.origin
         try:
             save_training(tr, tokenizer, meta)
         except WriteError as e:
             raise WriteError(e.errno, f"step {tr.step}: {e}; free some space, then continue with "
-                             f"gpt-train --resume --out {out}") from None
+                             f"{resume_command(cfg)}") from None
         tr.saved = (tr.step, losses["val"])
 
     t0, seconds0 = time.perf_counter(), tr.seconds  # training time of earlier sessions of this run

@@ -30,6 +30,10 @@ class SettingsError(ValueError):
     the message names the flag and the fix. gpt-train exits with 2, as for any usage error."""
 
 
+class StoredSettingsError(ValueError):
+    """A checkpoint's stored settings are not ones a run could have: the file is refused (exit 1)."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every setting of a run; stored in its checkpoint, so ``--resume`` continues the same run.
@@ -75,9 +79,13 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval"):
-            if getattr(self, name) < 1:
-                raise SettingsError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
+        _check_types(self)
+        for name, most in LIMITS.items():
+            value = getattr(self, name)
+            if value is not None and not (name == "warmup_iters" or value >= 1):
+                raise SettingsError(f"{flag(name)} must be at least 1, got {value}")
+            if value is not None and value > most:
+                raise SettingsError(f"{flag(name)} must be at most {most:,}, got {value:,}")
         _check_range("learning_rate", self.learning_rate, 0, MAX_LEARNING_RATE, low_open=True)
         _check_range("min_lr", self.min_lr, 0, self.learning_rate)
         _check_range("weight_decay", self.weight_decay, 0, 1)
@@ -86,12 +94,8 @@ class TrainConfig:
         _check_range("grad_clip", self.grad_clip, 0, math.inf, high_open=True)
         if self.warmup_iters < 0:
             raise SettingsError(f"--warmup-iters must be >= 0, got {self.warmup_iters}")
-        if self.lr_decay_iters is not None and self.lr_decay_iters < 1:
-            raise SettingsError(f"--lr-decay-iters must be at least 1, got {self.lr_decay_iters}")
         if not 0 <= self.seed <= MAX_SEED:
             raise SettingsError(f"--seed must be in [0, {MAX_SEED}], got {self.seed}")
-        if self.optimizer not in OPTIMIZERS:
-            raise SettingsError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.time_budget is not None and not (
                 isinstance(self.time_budget, (int, float)) and 0 < self.time_budget <= MAX_DURATION):
             raise SettingsError(f"--time-budget must be a duration up to a year, got {self.time_budget!r}")
@@ -109,6 +113,51 @@ class TrainConfig:
 
     def replace(self, **changes: object) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+# Upper bounds on counts: beyond them a run is a mistake (or a crafted checkpoint), not a plan; a
+# batch of 10^9 windows asked for gigabytes before its first step.
+LIMITS = {"batch_size": 2**16, "grad_accum": 2**16, "max_iters": 10**9, "warmup_iters": 10**9,
+          "lr_decay_iters": 10**9, "eval_interval": 10**9, "eval_iters": 10**6, "log_interval": 10**9}
+_CHOICES = {"device": ("auto", "cpu", "cuda", "mps"), "dtype": ("auto", "fp32", "bf16", "fp16"),
+            "optimizer": OPTIMIZERS}
+_PLAN = {"budget_s": float, "startup_s": float, "step_s": float, "eval_s": float, "max_iters": int}
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Each field holds its declared type: a stored config (a checkpoint's, read back on resume)
+    gets the same checks as the command line, before any value is used."""
+    for f in dataclasses.fields(cfg):
+        value, kind = getattr(cfg, f.name), str(f.type)
+        if f.name == "model":
+            ok = isinstance(value, GPTConfig)
+        elif f.name in _CHOICES:
+            if value not in _CHOICES[f.name]:
+                raise SettingsError(f"{flag(f.name)} must be one of {', '.join(_CHOICES[f.name])}, got "
+                                    f"{value!r:.40}")
+            ok = True
+        elif f.name == "budget_plan":
+            ok = value is None or (isinstance(value, dict) and set(value) == set(_PLAN) and all(
+                _is_number(value[k], t is int) and value[k] >= 0 for k, t in _PLAN.items()))
+        elif value is None:
+            ok = "None" in kind
+        elif kind.startswith("int"):
+            ok = _is_number(value, integer=True)
+        elif kind.startswith("float"):
+            ok = _is_number(value, integer=False)
+        elif kind.startswith("bool"):
+            ok = isinstance(value, bool)
+        else:  # str
+            ok = isinstance(value, str) and "\0" not in value
+        if not ok:
+            raise SettingsError(f"{flag(f.name)}: {value!r:.60} is not a valid value for it")
+
+
+def _is_number(value: object, integer: bool) -> bool:
+    if isinstance(value, bool):
+        return False
+    # a float may be inf or NaN here: the range checks name the field's range
+    return isinstance(value, int) if integer else isinstance(value, (int, float))
 
 
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "model")
@@ -134,6 +183,13 @@ def _check_range(name: str, value: float, low: float, high: float,
         shown = f"{'(' if low_open else '['}{low:g}, {'inf' if math.isinf(high) else f'{high:g}'}" \
                 f"{')' if high_open else ']'}"
         raise SettingsError(f"{flag(name)} must be a number in {shown}, got {value:g}")
+
+
+def resume_command(cfg: TrainConfig) -> str:
+    """The command that continues ``cfg``'s run: a text file or folder is named again, as a resumed
+    run never reads a data path out of its checkpoint (``resumed``)."""
+    data = "" if cfg.data == "shakespeare" else f" --data {cfg.data}"
+    return f"gpt-train --resume --out {cfg.out_dir}{data}"
 
 
 def check_data(data: str) -> None:
@@ -176,10 +232,18 @@ def resumed(stored: dict, model: GPTConfig, given: dict[str, object], out_dir: s
     user asked for a field when it was not its own flag (``--preset cpu``)."""
     unknown = set(stored) - set(TRAIN_FIELDS) - {"model"}
     if unknown:
-        raise SettingsError(f"{where} has unknown training settings {sorted(unknown)}; "
-                            "it was written by a newer gpt-from-scratch")
-    # how the stored run was started (--overwrite, say) is no part of it
-    base = TrainConfig(model=model, **{k: v for k, v in stored.items() if k not in ("model", *RUN_ACTIONS)})
+        raise StoredSettingsError(f"{where} has unknown training settings {sorted(unknown)[:5]!r:.200}; "
+                                  "it was written by a newer gpt-from-scratch")
+    try:  # how the stored run was started (--overwrite, say) is no part of it
+        kept = {k: v for k, v in stored.items() if k not in ("model", *RUN_ACTIONS)}
+        base = TrainConfig(model=model, **kept)
+    except SettingsError as e:
+        raise StoredSettingsError(f"{where} holds training settings no run could have ({e}); it cannot "
+                                  "be resumed") from None
+    if base.data != "shakespeare" and "data" not in given:
+        raise SettingsError(f"{where} trained on {base.data}: a resumed run reads data only from a path "
+                            f"given on the command line, never from one stored in a file; continue with "
+                            f"{resume_command(base.replace(out_dir=out_dir))}")
     changes: dict[str, object] = {}
     notes: list[str] = []
     for name, value in given.items():

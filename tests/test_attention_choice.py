@@ -127,7 +127,8 @@ def test_the_run_stores_the_choice_and_a_resumed_run_keeps_it(text, tmp_path, mo
     monkeypatch.setattr("model.train.choose_attention", refuse)
     for extra in ([], ["--attention", "auto"]):  # auto on resume: keep the stored choice
         steps = str(6 + len(extra))
-        more = CliRunner().invoke(main, ["--resume", "--out", str(out), "--max-iters", steps, *extra])
+        more = CliRunner().invoke(main, ["--resume", "--out", str(out), "--data", str(text), "--max-iters",
+                                         steps, *extra])
         assert more.exit_code == 0, more.output
         assert stored(out)["config"]["attention"] == "explicit"
 

@@ -20,7 +20,7 @@ from model import run_folder
 from model.cli import main
 from model.config import GPTConfig
 from model.report import read_metrics
-from model.train_config import SettingsError, TrainConfig, fresh, resumed
+from model.train_config import SettingsError, StoredSettingsError, TrainConfig, fresh, resumed
 from tests.conftest import REPO, TEXT
 
 TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "3",
@@ -132,7 +132,7 @@ def test_resume_restores_every_setting_and_cuts_the_metrics(text, tmp_path):
     (out / ".metrics.jsonl.k1ll3d.tmp").write_text("half")
     (out / ".notes.tmp").write_text("not ours")
 
-    result = gpt_train("--resume", "--out", str(out), "--max-iters", "6")
+    result = gpt_train("--resume", "--out", str(out), "--data", str(text), "--max-iters", "6")
     assert result.exit_code == 0, result.output
     after = stored(out)["train"]["config"]
     assert after == before | {"max_iters": 6, "lr_decay_iters": 4, "resume": True}  # nothing else moved
@@ -150,17 +150,18 @@ def test_resume_refuses_a_changed_setting_naming_the_stored_value(text, tmp_path
     out = tmp_path / "run"
     assert gpt_train("--data", str(text), "--out", str(out), *TINY).exit_code == 0
     ckpt_before = (out / "ckpt.pt").read_bytes()
-    result = gpt_train("--resume", "--out", str(out), "--batch-size", "64")
+    result = gpt_train("--resume", "--out", str(out), "--data", str(text), "--batch-size", "64")
     assert result.exit_code == 2
     assert result.output.startswith(
         f"Error: --batch-size 64: this run's batch-size is 3 (stored in {out / 'ckpt.pt'}); a resumed run "
         "keeps its settings (only --max-iters, --eval-interval, --log-interval, --progress may change)")
-    preset = gpt_train("--resume", "--out", str(out), "--preset", "cpu")
+    preset = gpt_train("--resume", "--out", str(out), "--data", str(text), "--preset", "cpu")
     assert preset.exit_code == 2 and "--preset cpu (which sets" in preset.output
-    shape = gpt_train("--resume", "--out", str(out), "--n-layer", "3")
+    shape = gpt_train("--resume", "--out", str(out), "--data", str(text), "--n-layer", "3")
     assert shape.exit_code == 2 and "--n-layer 3: this run's n-layer is 2" in shape.output
     assert (out / "ckpt.pt").read_bytes() == ckpt_before
-    same = gpt_train("--resume", "--out", str(out), "--batch-size", "3", "--max-iters", "5")  # equal: fine
+    same = gpt_train("--resume", "--out", str(out), "--data", str(text), "--batch-size", "3", "--max-iters",
+                     "5")  # equal: fine
     assert same.exit_code == 0, same.output
 
 
@@ -183,7 +184,7 @@ def test_resumed_config_rules():
         resumed(saved, model, {"lr_decay_iters": 20}, "out", 6, "x")
     assert resumed(saved, model, {"lr_decay_iters": 10}, "out", 6, "x")[1] == []  # the same schedule
     assert resumed(saved | {"overwrite": True}, model, {}, "out", 6, "x")[0].resume  # started afresh: fine
-    with pytest.raises(SettingsError, match="newer gpt-from-scratch"):
+    with pytest.raises(StoredSettingsError, match="newer gpt-from-scratch"):
         resumed(saved | {"flash": True}, model, {}, "out", 6, "x")
 
 
@@ -308,7 +309,7 @@ def test_a_full_disk_on_save_keeps_the_old_checkpoint(text, tmp_path, monkeypatc
     assert result.exit_code == 1
     assert result.output.splitlines()[-1] == (
         f"Error: step 4: could not write {out / 'ckpt.pt'}: No space left on device; the old file is "
-        f"unchanged; free some space, then continue with gpt-train --resume --out {out}")
+        f"unchanged; free some space, then continue with gpt-train --resume --out {out} --data {text}")
     assert stored(out)["train"]["step"] == 2
     assert sorted(p.name for p in out.iterdir()) == [".lock", "ckpt.pt", "metrics.jsonl"]
 
@@ -335,7 +336,7 @@ def test_ctrl_c_says_what_is_saved_and_exits_130(text, tmp_path, monkeypatch):
     val = stored(tmp_path / "b")["meta"]["val_loss"]
     assert late.output.splitlines()[-1] == (
         f"interrupted at step 3; {tmp_path / 'b' / 'ckpt.pt'} holds step 2 (val loss {val:.4f}): continue "
-        f"with gpt-train --resume --out {tmp_path / 'b'}")
+        f"with gpt-train --resume --out {tmp_path / 'b'} --data {text}")
 
 
 # --- presets, progress, usage errors --------------------------------------------------------------

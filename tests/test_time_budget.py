@@ -108,7 +108,7 @@ def test_a_budgeted_run_stores_its_plan_and_resumes_without_measuring(text, tmp_
     # a resumed budgeted run is an ordinary one: it keeps its steps, and extending it measures nothing
     resumed_lines: list[str] = []
     more = train(TrainConfig(out_dir=str(tmp_path / "b"), resume=True, max_iters=tr.step + 2),
-                 log=resumed_lines.append, given={"max_iters": tr.step + 2})
+                 log=resumed_lines.append, given={"max_iters": tr.step + 2, "data": str(text)})
     assert more.step == tr.step + 2 and not any("a step takes" in line for line in resumed_lines)
     assert any(line.startswith("time budget 3s:") and "fixed when the run started" in line
                for line in resumed_lines)
