@@ -279,20 +279,28 @@ def report_losses(ckpt: str, data: str) -> None:
 
 
 @report.command("plot")
-@click.argument("metrics", type=click.Path(exists=True, dir_okay=False))
+@click.argument("metrics", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", default="learning_curve.png", show_default=True, type=click.Path(dir_okay=False),
               help="PNG to write (its folder is created if missing).")
 @click.option("--title", default="", help="Plot title.")
-def report_plot(metrics: str, out: str, title: str) -> None:
+@click.option("--label", "labels", multiple=True,
+              help="With several METRICS: each run's name in the legend, in order [default: its folder].")
+def report_plot(metrics: tuple[str, ...], out: str, title: str, labels: tuple[str, ...]) -> None:
     """Plot train and val loss against steps from a gpt-train METRICS jsonl (the last row of
-    each step counts, as after a resumed run)."""
+    each step counts, as after a resumed run); several files: their runs side by side."""
     from model.atomic import WriteError
-    from model.report import plot_learning_curve
+    from model.report import compare_curves, plot_learning_curve
 
+    if labels and len(labels) != len(metrics):
+        raise Refused(f"{len(labels)} --label for {len(metrics)} metrics files; give one per file, or none")
     try:
-        click.echo(plot_learning_curve(metrics, out, title))
+        if len(metrics) == 1:
+            click.echo(plot_learning_curve(metrics[0], out, title))
+        else:
+            names = labels or tuple(Path(m).parent.name or m for m in metrics)
+            click.echo(compare_curves(list(zip(names, metrics, strict=True)), out, title))
     except (ValueError, KeyError) as e:
-        raise CommandError(f"cannot plot {metrics}: {e}") from None
+        raise CommandError(f"cannot plot {', '.join(metrics)}: {e}") from None
     except WriteError as e:
         raise CommandError(str(e)) from None
 

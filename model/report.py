@@ -47,6 +47,37 @@ def full_val_loss(model, ids: torch.Tensor, block_size: int, batch_size: int = 6
     return total / n
 
 
+def compare_curves(runs: list[tuple[str, str | Path]], out: str | Path, title: str = "") -> Path:
+    """Several runs on one plot, a colour each: the batch loss (faint) and the evaluated val loss
+    (points), against steps: how a sweep's runs compare at the same steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    lows, firsts = [], []
+    for (name, path), color in zip(runs, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4, strict=False):
+        train_rows, eval_rows = read_metrics(path)
+        if not eval_rows:
+            raise ValueError(f"{path} holds no evaluation rows; is it a gpt-train metrics.jsonl?")
+        ax.plot([r["step"] for r in train_rows], [r["loss"] for r in train_rows], color=color, alpha=0.3,
+                lw=0.8)
+        ax.plot([r["step"] for r in eval_rows], [r["val_loss"] for r in eval_rows], "o-", color=color, ms=3,
+                label=f"{name}: val {eval_rows[-1]['val_loss']:.4f}")
+        lows.append(min([r["loss"] for r in train_rows] + [r["val_loss"] for r in eval_rows]))
+        firsts.append(eval_rows[0]["val_loss"])
+    ax.set(xlabel="step", ylabel="cross-entropy (nats per token)", title=title,
+           ylim=(0.97 * min(lows), 1.2 * max(firsts)))
+    ax.grid(alpha=0.3)
+    ax.legend(title="faint: batch loss; points: val loss")
+    fig.tight_layout()
+    with atomic_write(out) as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+    return Path(out)
+
+
 def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
     """(training rows, evaluation rows) of a metrics.jsonl, by step. A step logged twice (a run
     resumed from an older checkpoint, by a version that kept the rows after it) counts once, with

@@ -80,6 +80,33 @@ def test_plot_into_a_missing_folder_creates_it(tmp_path):
     assert out.read_bytes().startswith(b"\x89PNG")
 
 
+def test_several_runs_plot_side_by_side_with_their_labels(tmp_path, monkeypatch):
+    files = []
+    for name, offset in (("adamw", 0.0), ("muon", -0.2)):
+        (tmp_path / name).mkdir()
+        metrics = tmp_path / name / "metrics.jsonl"
+        rows = [{"step": s, "loss": 4 - s / 10 + offset} for s in range(1, 5)]
+        rows.append({"step": 4, "train_loss": 3.6, "val_loss": 3.7 + offset})
+        metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        files.append(str(metrics))
+    labels = []
+    import matplotlib.axes
+
+    legend = matplotlib.axes.Axes.legend
+    monkeypatch.setattr(matplotlib.axes.Axes, "legend", lambda self, *a, **k: (
+        labels.extend(line.get_label() for line in self.get_lines() if not line.get_label().startswith("_")),
+        legend(self, *a, **k))[1])
+    out = tmp_path / "sweep.png"
+    result = CliRunner().invoke(report, ["plot", *files, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes().startswith(b"\x89PNG") and labels == ["adamw: val 3.7000", "muon: val 3.5000"]
+    named = CliRunner().invoke(report, ["plot", *files, "--out", str(out), "--label", "a", "--label", "m"])
+    assert named.exit_code == 0 and labels[2:] == ["a: val 3.7000", "m: val 3.5000"]
+    wrong = CliRunner().invoke(report, ["plot", *files, "--label", "only-one"])
+    assert wrong.exit_code == 2
+    assert wrong.output.strip() == "Error: 1 --label for 2 metrics files; give one per file, or none"
+
+
 def test_a_full_disk_during_an_export_keeps_the_old_file(tiny_ckpt, tmp_path, monkeypatch):
     import onnx
 
