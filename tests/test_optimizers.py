@@ -141,6 +141,8 @@ def test_gpt_train_starts_with_a_malloc_that_reuses_freed_activations(monkeypatc
 
     (plain, default), (tunables, tuned) = child("plain"), child("tuned")
     assert plain == "-" and tunables == TUNABLES
+    if default < 5 * 1_000:  # fresh mappings came as huge pages: too few faults to tell the two apart
+        pytest.skip(f"this kernel faulted {default} times for 5 x 64 MiB of fresh memory")
     # 5 x 64 MiB of fresh pages each time by default (16,384 faults per 64 MiB); tuned, the same memory
     # comes back from the heap
     assert default > 5 * 10_000 and tuned < 1_000, (default, tuned)
