@@ -259,6 +259,9 @@ def resumed(stored: dict, model: GPTConfig, given: dict[str, object], out_dir: s
             value, current = value or base.max_iters, base.decay_iters
         if value == current:
             continue
+        if name == "data" and _same_file(value, current):  # ./t.txt for t.txt: the path given is read
+            changes[name] = value
+            continue
         asked = (named or {}).get(name, _as_flag(name, value))
         if name not in MAY_CHANGE_ON_RESUME:
             allowed = ", ".join(flag(n) for n in MAY_CHANGE_ON_RESUME)
@@ -311,6 +314,16 @@ def format_duration(seconds: float) -> str:
     s = round(seconds)
     h, m, s = s // 3600, s % 3600 // 60, s % 60
     return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (s, "s")) if v) or "0s"
+
+
+def _same_file(a: object, b: object) -> bool:
+    """Two spellings of one existing file or folder (names are compared, never contents)."""
+    if not (isinstance(a, str) and isinstance(b, str)) or "shakespeare" in (a, b):
+        return False
+    try:
+        return Path(a).exists() and Path(a).resolve() == Path(b).resolve()
+    except (OSError, ValueError):
+        return False
 
 
 def _as_flag(name: str, value: object) -> str:

@@ -5,6 +5,8 @@ digest: the digest shows a file is whole, not who wrote it."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -133,6 +135,17 @@ def test_the_data_path_a_checkpoint_names_is_never_followed(run, tmp_path):
         f"{folder} --data {secret}")
     other = resume(folder, text)  # naming another file is a changed setting, refused as any other
     assert other.exit_code == 2 and f"this run's data is {secret}" in other.output
+
+
+def test_the_data_may_be_named_another_way(run, tmp_path, monkeypatch):
+    out, text, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    monkeypatch.chdir(text.parent)
+    result = CliRunner().invoke(main, ["--resume", "--out", str(copy), "--data", f"./{text.name}",
+                                       "--max-iters", "5"])
+    assert result.exit_code == 0, result.output
+    assert "resuming with --data" not in result.output
 
 
 def test_plain_resume_of_a_text_run_says_to_name_the_data(run, tmp_path):
