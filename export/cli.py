@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from model.terminal import CommandError, CommandUsageError, visible
+from model.terminal import CommandError, CommandUsageError, InterruptibleGroup, visible
 
 DEFAULT_CKPT = "shakespeare.pt"  # model.checkpoint.DEFAULT_CKPT, named here without importing torch
 
@@ -30,7 +30,7 @@ def checkpoint_file(ckpt: str) -> Path:
         raise CommandUsageError(str(e)) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=InterruptibleGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="gpt-from-scratch", prog_name="gpt-export")
 def main() -> None:
     """Export a trained GPT for other runtimes.

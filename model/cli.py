@@ -16,7 +16,7 @@ from click.core import ParameterSource
 
 from model.config import PRESETS
 from model.paths import DATA_DIR_ENV
-from model.terminal import CommandError, CommandUsageError, visible
+from model.terminal import CommandError, CommandUsageError, InterruptibleGroup, visible
 from model.train_config import (
     MAX_LEARNING_RATE,
     MAX_SEED,
@@ -239,7 +239,7 @@ def data_source(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=InterruptibleGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(**VERSION, prog_name="gpt-report")
 def report() -> None:
     """Measure a trained model and draw its learning curve, for a model card.

@@ -7,10 +7,10 @@ from pathlib import Path
 import click
 
 from model.checkpoint import CheckpointError
-from model.terminal import CommandError, visible
+from model.terminal import CommandError, InterruptibleGroup, visible
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=InterruptibleGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Import a model trained elsewhere."""
 

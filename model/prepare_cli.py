@@ -7,10 +7,11 @@ import click
 from model.atomic import WriteError
 from model.prepare import PrepareConfig, prepare
 from model.shards import DataError, open_prepared
-from model.terminal import CommandError, CommandUsageError, visible
+from model.terminal import CommandError, CommandUsageError, Interrupted, InterruptibleCommand, visible
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(cls=InterruptibleCommand,
+               context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.argument("sources", nargs=-1)
 @click.option("--tokenizer", default="char",
               help="char (a vocabulary built from the text), gpt2 (BPE; needs the ranks file, see "
@@ -52,7 +53,7 @@ def main(sources: tuple[str, ...], out: str | None, val_sources: tuple[str, ...]
     except (ValueError, DataError, WriteError) as e:  # WriteError: a full disk
         raise CommandError(str(e)) from None
     except KeyboardInterrupt:
-        raise CommandError(f"interrupted; {out} is as it was before this run") from None
+        raise Interrupted(f"interrupted; {out} is as it was before this run") from None
 
 
 if __name__ == "__main__":

@@ -32,3 +32,34 @@ class CommandUsageError(CommandError):
     """A command line that cannot run as given: click's usage exit code."""
 
     exit_code = 2
+
+
+EXIT_INTERRUPTED = 130  # what a shell reports for a process ended by SIGINT
+
+
+class Interrupted(CommandError):
+    """Ctrl+C, told in one line that says what is true of the output (no "Error:": the user asked)."""
+
+    exit_code = EXIT_INTERRUPTED
+
+    def show(self, file=None) -> None:
+        click.echo(self.format_message(), err=True)
+
+
+class _EndsOnCtrlC:
+    """Ctrl+C anywhere in the command (a subcommand included) ends it with one line and exit code
+    130, where click would print "Aborted!" and exit 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted") from None
+
+
+class InterruptibleCommand(_EndsOnCtrlC, click.Command):
+    pass
+
+
+class InterruptibleGroup(_EndsOnCtrlC, click.Group):
+    pass
