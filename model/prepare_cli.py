@@ -48,7 +48,10 @@ def main(sources: tuple[str, ...], out: str | None, val_sources: tuple[str, ...]
             return
         if out is None:
             raise CommandUsageError("give --out DIR (or --verify DIR)")
-        cfg = PrepareConfig(sources=sources, out=out, val_sources=val_sources, **options)
+        try:  # a bad value or a missing source is a usage error, said before any work
+            cfg = PrepareConfig(sources=sources, out=out, val_sources=val_sources, **options)
+        except ValueError as e:
+            raise CommandUsageError(str(e)) from None
         prepare(cfg, log=lambda m: click.echo(visible(m), err=True))
     except (ValueError, DataError, WriteError) as e:  # WriteError: a full disk
         raise CommandError(str(e)) from None

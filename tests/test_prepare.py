@@ -238,3 +238,16 @@ def test_training_reads_a_prepared_folder_and_resumes_from_it(tmp_path, monkeypa
     assert tr.model.config.vocab_size == 259 and tr.splits.folder == tmp_path / "out"
     tr = train(dataclasses.replace(cfg, max_iters=3, resume=True), log=lambda m: None)
     assert tr.step == 3
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--val-fraction", "2"], "2.0 is not in the range 0<x<1"),
+    ([], "give at least one source"),
+])
+def test_bad_values_are_usage_errors(args, says, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("hello world")
+    sources = [] if not args else [str(text)]
+    result = CliRunner().invoke(main, [*sources, "--out", str(tmp_path / "out"), *args])
+    assert result.exit_code == 2 and says in result.output, result.output
+    assert not (tmp_path / "out").exists()
