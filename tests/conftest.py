@@ -22,6 +22,10 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # CI and this machine have no network: read Tiny Shakespeare from ../shared/data when it is there.
 if "GPT_DATA_DIR" not in os.environ and (SHARED_DATA / "tinyshakespeare.txt").is_file():
     os.environ["GPT_DATA_DIR"] = str(SHARED_DATA)
+elif os.environ.get("GPT_DATA_DIR"):
+    # README's relative ../shared/data, resolved once from the repository root before any child
+    # process or notebook kernel starts in another folder
+    os.environ["GPT_DATA_DIR"] = str(Path(os.environ["GPT_DATA_DIR"]).resolve())
 
 # Tests never write into the user's cache: texts that training prepares into token shards on first
 # use (model.data.open_corpus) go to a temp folder of this session.
