@@ -46,7 +46,7 @@ from model.atomic import atomic_write, remove_temps, write_error
 Quantize = Literal["int8", "int4"]
 Dtype = Literal["fp16", "bf16"]
 # the largest relative rise in validation loss a file may show against fp32 before it is refused;
-# a tolerance, not a goal: README states what each kind measures
+# a tolerance, not a goal: docs/export.md states what each kind measures
 LOSS_TOLERANCE = {"int8": 0.02, "int4": 0.06, "fp16": 0.005, "bf16": 0.02}
 INT4_BLOCK = 32  # weights per scale: 32 is ONNX Runtime's finest block, the best quality
 

@@ -70,7 +70,7 @@ class GPTApp(App[None]):
     COMMANDS = App.COMMANDS | {AppCommands}
     # the screen gets -narrow below 100 columns: the side panels then overlay the transcript
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
-    BINDINGS = BINDINGS  # tui.keys: one table with the README's key table and /help
+    BINDINGS = BINDINGS  # tui.keys: one table with docs/app.md's key table and /help
 
     settings: reactive[Settings] = reactive(Settings, init=False)  # for the next token and generation
 

@@ -93,7 +93,7 @@ def unescaped(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
 @click.option("--compile", "compile_step", is_flag=True,
               help="Compile PyTorch's one-token decode step with torch.compile: a wait at load (the "
                    "app decodes eagerly meanwhile), then faster tokens where inductor's kernels win "
-                   "(README: Performance). Needs a C++ compiler.")
+                   "(docs/performance.md). Needs a C++ compiler.")
 @click.option("--temperature", default=0.8, type=click.FloatRange(min=0), help="0 = greedy.")
 @click.option("--top-k", type=click.IntRange(min=1),
               help="Sample from the k likeliest tokens [default: off].")

@@ -47,7 +47,7 @@ COMMANDS: dict[str, Spec] = {
     "ab": Spec("[PROMPT]", "the same prompt, seed and settings through torch and onnx, compared", "ab"),
     "help": Spec("", "list the commands and keys", "help"),
 }
-# keys no binding of the app lists, (key, what, the README's longer text): the prompt box's own
+# keys no binding of the app lists, (key, what, docs/app.md's longer text): the prompt box's own
 # (tui.widgets.PromptArea) and Textual's command palette
 FIXED_KEYS = (
     ("Enter", "send", "send the prompt (an empty prompt starts from the model's start-of-text token)"),
@@ -59,7 +59,7 @@ FIXED_KEYS = (
                                    "controls (Shift+Tab back)"),
     ("Ctrl+P", "palette", "the command palette: every command and key, searchable"),
 )
-# what a key bound to an action does, for the README's key table (else the binding's label)
+# what a key bound to an action does, for docs/app.md's key table (else the binding's label)
 KEY_DOCS = {
     "stop": "stop now; the text so far stays, marked `⏹ stopped`",
     "interrupt": "stop now, as in llama.cpp and ollama (idle: copies the prompt's selection, as usual)",
@@ -179,7 +179,7 @@ def _lower(label: str) -> str:
 
 
 def command_table() -> str:
-    """README's command table, from COMMANDS (tests/test_commands.py checks README holds it)."""
+    """docs/app.md's command table, from COMMANDS (tests/test_commands.py checks the guide holds it)."""
     rows = ["| command | does |", "|---|---|"]
     rows += [f"| `{f'/{name} {spec.usage}'.rstrip()}` | {spec.help} |".replace("|onnx", "\\|onnx")
              for name, spec in COMMANDS.items()]
@@ -188,7 +188,7 @@ def command_table() -> str:
 
 
 def key_table(keys: Sequence[tuple[str, str, str]]) -> str:
-    """README's key table: the fixed keys, then the app's bindings ((key, action, label) as in
+    """docs/app.md's key table: the fixed keys, then the app's bindings ((key, action, label) as in
     help_text), described by KEY_DOCS."""
     rows = ["| key | does |", "|---|---|"] + [f"| {key} | {doc} |" for key, _, doc in FIXED_KEYS]
     rows += [f"| {key_name(key)} | {KEY_DOCS.get(action, _lower(label))} |" for key, action, label in keys]

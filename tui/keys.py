@@ -1,4 +1,4 @@
-"""The app's key bindings: one table, from which the footer, /help, the palette and README's key
+"""The app's key bindings: one table, from which the footer, /help, the palette and docs/app.md's key
 table (tui.commands.key_table, with what each key does in tui.commands.KEY_DOCS) are made."""
 
 from __future__ import annotations

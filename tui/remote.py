@@ -2,7 +2,7 @@
 
 Why. In one process the app's rendering and the model's decode loop take turns on one GIL: every
 few milliseconds of Textual work on the UI thread stall the decode thread at its next PyTorch call,
-and on a small CPU the two also fight over cores (README's "Performance" section has the measured
+and on a small CPU the two also fight over cores (docs/performance.md has the measured
 cost). In its own process the decode loop never waits for the UI: the child gets all but one core,
 the UI the last one.
 
