@@ -90,3 +90,22 @@ def user_folders(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
     return home
+
+
+@pytest.fixture
+def text_file(tmp_path) -> Path:
+    """A small text to train on."""
+    path = tmp_path / "tiny.txt"
+    path.write_text(TEXT * 3)
+    return path
+
+
+def tiny_run(text_file: Path, out: Path, **changes):
+    """A TrainConfig for a 2-layer, 16-wide run of 20 steps on ``text_file``, with ``changes``."""
+    from model.train_config import TrainConfig
+
+    model = GPTConfig(block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.1)
+    base = dict(model=model, data=str(text_file), out_dir=str(out), batch_size=4, max_iters=20,
+                eval_interval=5, eval_iters=2, log_interval=1, warmup_iters=3, device="cpu",
+                dtype="fp32", progress=False)
+    return TrainConfig(**(base | changes))

@@ -15,22 +15,11 @@ from model.config import GPTConfig
 from model.optimizers import Optimizers, make_optimizer
 from model.train import TrainConfig, train
 from model.train_config import SettingsError
-from tests.conftest import TEXT
+from tests.conftest import tiny_run
 
 
-@pytest.fixture
-def text(tmp_path):
-    path = tmp_path / "tiny.txt"
-    path.write_text(TEXT * 3)
-    return path
-
-
-def tiny(text, out, **changes) -> TrainConfig:
-    model = GPTConfig(block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.1)
-    base = dict(model=model, data=str(text), out_dir=str(out), batch_size=4, max_iters=20, eval_interval=5,
-                eval_iters=2, log_interval=1, warmup_iters=3, device="cpu", dtype="fp32", progress=False,
-                optimizer="muon", learning_rate=1e-2)
-    return TrainConfig(**(base | changes))
+def tiny(text_file, out, **changes) -> TrainConfig:
+    return tiny_run(text_file, out, **(dict(optimizer="muon", learning_rate=1e-2) | changes))
 
 
 def losses(out) -> list[float]:
@@ -60,13 +49,13 @@ def test_the_schedule_sets_every_groups_learning_rate(tiny_model):
 
 
 @pytest.mark.slow  # three short runs
-def test_a_muon_run_learns_and_resumes_exactly(text, tmp_path):
-    straight = train(tiny(text, tmp_path / "straight"), log=lambda m: None)
-    train(tiny(text, tmp_path / "split", max_iters=10, lr_decay_iters=20), log=lambda m: None)
+def test_a_muon_run_learns_and_resumes_exactly(text_file, tmp_path):
+    straight = train(tiny(text_file, tmp_path / "straight"), log=lambda m: None)
+    train(tiny(text_file, tmp_path / "split", max_iters=10, lr_decay_iters=20), log=lambda m: None)
     ckpt = torch.load(tmp_path / "split" / "ckpt.pt", weights_only=True)  # Muon's state loads as plain data
     assert ckpt["train"]["config"]["optimizer"] == "muon"
     assert len(ckpt["train"]["optimizer"]["optimizers"]) == 2
-    split = train(tiny(text, tmp_path / "split", resume=True, lr_decay_iters=20), log=lambda m: None)
+    split = train(tiny(text_file, tmp_path / "split", resume=True, lr_decay_iters=20), log=lambda m: None)
     assert losses(tmp_path / "split") == losses(tmp_path / "straight")
     for a, b in zip(split.model.state_dict().values(), straight.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

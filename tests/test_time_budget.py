@@ -11,24 +11,13 @@ from hypothesis import strategies as st
 
 from model import time_budget
 from model.cli import main
-from model.config import GPTConfig
 from model.train import TrainConfig, setup, train, train_step
 from model.train_config import SettingsError, format_duration, parse_duration
-from tests.conftest import TEXT
+from tests.conftest import tiny_run
 
 
-@pytest.fixture
-def text(tmp_path):
-    path = tmp_path / "tiny.txt"
-    path.write_text(TEXT * 3)
-    return path
-
-
-def tiny(text, out, **changes) -> TrainConfig:
-    model = GPTConfig(block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.1)
-    base = dict(model=model, data=str(text), out_dir=str(out), batch_size=4, max_iters=20, eval_interval=50,
-                eval_iters=2, log_interval=10, warmup_iters=3, device="cpu", dtype="fp32", progress=False)
-    return TrainConfig(**(base | changes))
+def tiny(text_file, out, **changes) -> TrainConfig:
+    return tiny_run(text_file, out, **(dict(eval_interval=50, log_interval=10) | changes))
 
 
 @pytest.mark.parametrize("text, seconds", [("2h", 7200), ("150m", 9000), ("1h30m", 5400), ("90s", 90),
@@ -76,9 +65,9 @@ def test_a_budget_too_short_for_warmup_and_one_evaluation_says_what_would_fit():
         time_budget.plan_steps(60, 5, 1.0, 10.0, 250, warmup_iters=100)
 
 
-def test_measuring_leaves_the_run_exactly_as_it_was(text, tmp_path):
+def test_measuring_leaves_the_run_exactly_as_it_was(text_file, tmp_path):
     """A run that timed its steps first continues bit for bit as one that did not."""
-    cfg = tiny(text, tmp_path)
+    cfg = tiny(text_file, tmp_path)
     measured, _ = setup(cfg, log=lambda m: None)
     step_s, eval_s = time_budget.measure(measured, train_step, 2 * cfg.eval_iters)
     assert step_s > 0 and eval_s > 0 and measured.step == 0
@@ -91,9 +80,9 @@ def test_measuring_leaves_the_run_exactly_as_it_was(text, tmp_path):
 
 
 @pytest.mark.slow  # two short runs and a resume
-def test_a_budgeted_run_stores_its_plan_and_resumes_without_measuring(text, tmp_path):
+def test_a_budgeted_run_stores_its_plan_and_resumes_without_measuring(text_file, tmp_path):
     lines: list[str] = []
-    tr = train(tiny(text, tmp_path / "b", time_budget=3.0, eval_interval=10**6), log=lines.append)
+    tr = train(tiny(text_file, tmp_path / "b", time_budget=3.0, eval_interval=10**6), log=lines.append)
     plan = tr.cfg.budget_plan
     assert plan is not None and plan["max_iters"] == tr.cfg.max_iters == tr.step > 3
     assert any(line.startswith("time budget 3s: a step takes") and f"--max-iters {tr.step}," in line
@@ -102,13 +91,14 @@ def test_a_budgeted_run_stores_its_plan_and_resumes_without_measuring(text, tmp_
     assert ckpt["train"]["config"]["time_budget"] == 3.0 and ckpt["train"]["config"]["budget_plan"] == plan
     assert ckpt["meta"]["train_seconds"] > 0
     # the same steps without a budget: the same weights (the measured steps were undone)
-    straight = train(tiny(text, tmp_path / "s", max_iters=tr.step, eval_interval=10**6), log=lambda m: None)
+    straight = train(tiny(text_file, tmp_path / "s", max_iters=tr.step, eval_interval=10**6),
+                     log=lambda m: None)
     for a, b in zip(tr.model.state_dict().values(), straight.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     # a resumed budgeted run is an ordinary one: it keeps its steps, and extending it measures nothing
     resumed_lines: list[str] = []
     more = train(TrainConfig(out_dir=str(tmp_path / "b"), resume=True, max_iters=tr.step + 2),
-                 log=resumed_lines.append, given={"max_iters": tr.step + 2, "data": str(text)})
+                 log=resumed_lines.append, given={"max_iters": tr.step + 2, "data": str(text_file)})
     assert more.step == tr.step + 2 and not any("a step takes" in line for line in resumed_lines)
     assert any(line.startswith("time budget 3s:") and "fixed when the run started" in line
                for line in resumed_lines)
@@ -132,10 +122,10 @@ def test_a_budget_replaces_the_presets_decay_steps():
 
 
 @pytest.mark.slow  # a real (tiny) run through the CLI
-def test_a_budget_too_short_is_a_usage_error_from_the_cli(text, tmp_path):
-    result = CliRunner().invoke(main, ["--data", str(text), "--out", str(tmp_path / "r"), "--n-layer", "2",
-                                       "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--device",
-                                       "cpu", "--no-progress", "--time-budget", "0.5s"])
+def test_a_budget_too_short_is_a_usage_error_from_the_cli(text_file, tmp_path):
+    result = CliRunner().invoke(main, ["--data", str(text_file), "--out", str(tmp_path / "r"), "--n-layer",
+                                       "2", "--n-head", "2", "--n-embd", "16", "--block-size", "16",
+                                       "--device", "cpu", "--no-progress", "--time-budget", "0.5s"])
     assert result.exit_code == 2, result.output
     assert "Error: --time-budget 0.5s is too short: start-up took" in result.output
     assert "warmup steps and one evaluation; give at least" in result.output

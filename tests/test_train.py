@@ -6,22 +6,7 @@ import torch
 from model.config import GPTConfig
 from model.report import full_val_loss
 from model.train import NonFiniteError, TrainConfig, evaluate, get_lr, setup, train, train_step
-from tests.conftest import TEXT
-
-
-@pytest.fixture
-def text_file(tmp_path):
-    path = tmp_path / "tiny.txt"
-    path.write_text(TEXT * 3)
-    return path
-
-
-def tiny_run(text_file, out, **changes) -> TrainConfig:
-    model = GPTConfig(block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.1)
-    base = dict(model=model, data=str(text_file), out_dir=str(out), batch_size=4, max_iters=20,
-                eval_interval=5, eval_iters=2, log_interval=1, warmup_iters=3, device="cpu",
-                dtype="fp32", progress=False)
-    return TrainConfig(**(base | changes))
+from tests.conftest import tiny_run
 
 
 def train_losses(out) -> list[float]:
