@@ -14,7 +14,7 @@ from model.torch_backend import TorchBackend
 SHIPPED = SHIPPED_DIR / DEFAULT_CKPT
 CARD = SHIPPED_DIR / "README.md"
 # the shape the model card states
-CONFIG = dict(kind="gpt", vocab_size=66, block_size=256, n_layer=4, n_head=4, n_embd=256, tie_weights=True)
+CONFIG = dict(kind="gpt", vocab_size=66, block_size=256, n_layer=6, n_head=6, n_embd=384, tie_weights=True)
 
 
 def card_val_loss() -> float:
