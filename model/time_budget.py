@@ -9,6 +9,11 @@ is: a few real optimizer steps on the run's own model, batch and precision (thei
 so the run starts from the very state it would have without a budget), and a few evaluation
 forwards. ``plan_steps`` fits the steps and evaluations into what is left of the budget after the
 start-up, keeping back a small margin for a slower stretch of the machine.
+
+A shared machine can slow down by more than any margin worth keeping (a neighbour's load, a
+clock that drops over hours), so the plan is backed by a deadline: ``out_of_time`` stops the run
+early, evaluated and checkpointed, when another step and the final evaluation would no longer fit.
+The steps it did take are the plan's steps, so up to there the run is the one planned.
 """
 
 from __future__ import annotations
@@ -56,6 +61,12 @@ class Plan:
                 f"({MARGIN:.0%} kept back): --max-iters {self.max_iters}, warmup {warmup_iters}, cosine to "
                 f"{min_lr:g} at {'the last step' if decay_iters == self.max_iters else f'step {decay_iters}'}"
                 )
+
+
+def out_of_time(plan: dict, seconds: float, step_s: float) -> bool:
+    """Whether a run under ``plan`` (a Plan as stored) that has trained for ``seconds`` must stop
+    now: one more step of ``step_s`` and the closing evaluation would end past the budget."""
+    return plan["startup_s"] + seconds + step_s + plan["eval_s"] > plan["budget_s"]
 
 
 def plan_steps(budget_s: float, startup_s: float, step_s: float, eval_s: float,

@@ -315,6 +315,29 @@ def _plan_budget(tr: Trainer, started: float, log: Callable[[str], None]) -> Tra
     return planned
 
 
+def _out_of_time(tr: Trainer, plan: dict, seconds: float, step_s: float) -> bool:
+    """model.time_budget.out_of_time, agreed by every rank: one whose clock ran out stops them all."""
+    late = time_budget.out_of_time(plan, seconds, step_s)
+    if not tr.dist.enabled:
+        return late
+    flag = torch.tensor([float(late)], device=tr.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def _budget_spent(cfg: TrainConfig, step: int, step_s: float, resumed: bool) -> str:
+    """The line a --time-budget run logs when its deadline comes before its last planned step."""
+    budget = format_duration(cfg.time_budget)
+    if resumed:
+        return (f"the time budget {budget} was spent at step {step} of {cfg.max_iters:,}: nothing to do "
+                f"(pass a --max-iters above {cfg.max_iters:,} to train on past the budget)")
+    lr = get_lr(step, cfg)
+    measured = cfg.budget_plan["step_s"]
+    return (f"time budget {budget} spent: stopping at step {step} of {cfg.max_iters:,} (steps now take "
+            f"{step_s:.3f} s, {step_s / measured:.0%} of the {measured:.3f} s measured at the start); the "
+            f"learning rate is {lr:.3g}, on its way to {cfg.min_lr:g}")
+
+
 def _loop(tr: Trainer, tokenizer, log: Callable[[str], None]) -> None:
     cfg, dist = tr.cfg, tr.dist
     out, path = Path(cfg.out_dir), checkpoint_path(cfg)
@@ -384,12 +407,23 @@ def _loop(tr: Trainer, tokenizer, log: Callable[[str], None]) -> None:
     if tr.step >= cfg.max_iters:
         log(f"{path} is at step {tr.step}, this run's --max-iters: nothing to do (pass a larger "
             "--max-iters to extend it)")
+    # a --time-budget run stops at its deadline (model.time_budget.out_of_time) unless a resume
+    # extended it past its planned steps, which makes it an ordinary run
+    plan = cfg.budget_plan if cfg.budget_plan and cfg.max_iters == cfg.budget_plan["max_iters"] else None
+    first_step, step_s = tr.step, plan["step_s"] if plan else 0.0
     with TrainProgress(cfg.max_iters, tr.step, cfg.eval_interval, enabled=show_bar, log=log) as bar, metrics:
         tr.model.train()
         tick, tick_step = time.perf_counter(), tr.step
         while tr.step < cfg.max_iters:
+            if plan and _out_of_time(tr, plan, seconds0 + time.perf_counter() - t0, step_s):
+                bar.note(_budget_spent(cfg, tr.step, step_s, resumed=tr.step == first_step))
+                if tr.step > first_step and (tr.saved is None or tr.saved[0] != tr.step):
+                    evaluate_and_save()
+                break
+            step_started = time.perf_counter()
             loss, norm = train_step(tr)
             tr.seconds = seconds0 + time.perf_counter() - t0
+            step_s = max(plan["step_s"], time.perf_counter() - step_started) if plan else 0.0
             if tr.step % cfg.log_interval == 0 or tr.step == cfg.max_iters:
                 now = time.perf_counter()
                 steps, seconds = tr.step - tick_step, now - tick

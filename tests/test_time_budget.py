@@ -80,7 +80,8 @@ def test_measuring_leaves_the_run_exactly_as_it_was(text_file, tmp_path):
 
 
 @pytest.mark.slow  # two short runs and a resume
-def test_a_budgeted_run_stores_its_plan_and_resumes_without_measuring(text_file, tmp_path):
+def test_a_budgeted_run_stores_its_plan_and_resumes_without_measuring(text_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(time_budget, "out_of_time", lambda *a: False)  # the deadline: the test below
     lines: list[str] = []
     tr = train(tiny(text_file, tmp_path / "b", time_budget=3.0, eval_interval=10**6), log=lines.append)
     plan = tr.cfg.budget_plan
@@ -102,6 +103,45 @@ def test_a_budgeted_run_stores_its_plan_and_resumes_without_measuring(text_file,
     assert more.step == tr.step + 2 and not any("a step takes" in line for line in resumed_lines)
     assert any(line.startswith("time budget 3s:") and "fixed when the run started" in line
                for line in resumed_lines)
+
+
+def test_the_deadline_counts_start_up_training_one_more_step_and_the_closing_evaluation():
+    plan = {"budget_s": 100.0, "startup_s": 10.0, "eval_s": 5.0}
+    assert not time_budget.out_of_time(plan, seconds=80.0, step_s=5.0)  # 10 + 80 + 5 + 5 = 100: fits
+    assert time_budget.out_of_time(plan, seconds=80.5, step_s=5.0)
+    assert time_budget.out_of_time(plan, seconds=70.0, step_s=15.5)  # a slower step ends it sooner
+
+
+@pytest.mark.slow  # three short runs
+def test_a_run_whose_machine_slows_stops_at_its_deadline_evaluated_and_saved(text_file, tmp_path,
+                                                                             monkeypatch):
+    checks = []
+
+    def deadline_after_five_steps(plan, seconds, step_s):
+        checks.append(seconds)
+        return len(checks) > 5
+
+    monkeypatch.setattr(time_budget, "out_of_time", deadline_after_five_steps)
+    lines: list[str] = []
+    tr = train(tiny(text_file, tmp_path, time_budget=3.0, eval_interval=10**6), log=lines.append)
+    planned = tr.cfg.max_iters
+    assert tr.step == 5 < planned and tr.saved[0] == 5
+    assert any(line.startswith(f"time budget 3s spent: stopping at step 5 of {planned} (steps now take")
+               for line in lines)
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert ckpt["train"]["step"] == 5 and ckpt["meta"]["steps"] == 5
+    # resumed, the budget is still spent: nothing is trained or rewritten
+    before = (tmp_path / "ckpt.pt").stat().st_mtime_ns
+    again: list[str] = []
+    resumed = train(TrainConfig(out_dir=str(tmp_path), resume=True), log=again.append,
+                    given={"data": str(text_file)})
+    assert resumed.step == 5 and (tmp_path / "ckpt.pt").stat().st_mtime_ns == before
+    assert f"the time budget 3s was spent at step 5 of {planned}: nothing to do (pass a --max-iters " \
+           f"above {planned} to train on past the budget)" in again
+    # --max-iters makes it an ordinary run, with no deadline
+    extended = train(TrainConfig(out_dir=str(tmp_path), resume=True, max_iters=planned + 1),
+                     log=lambda m: None, given={"max_iters": planned + 1, "data": str(text_file)})
+    assert extended.step == planned + 1
 
 
 def test_the_cli_takes_a_budget_or_max_iters_not_both(tmp_path):
