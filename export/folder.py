@@ -20,6 +20,7 @@ from pathlib import Path
 
 from export.hf_export import hf_files, write_files
 from export.onnx_export import export_onnx
+from model.atomic import writing
 from model.checkpoint import load, restore_model
 from model.config import GPTConfig
 
@@ -66,9 +67,10 @@ def export_folder(
     say = progress or (lambda message: None)
     out = Path(out)
     model, tokenizer = restore_model(load(ckpt_path), ckpt_path)
-    export_onnx(ckpt_path, out / MODEL_FILE, opset, say, validate)
-    say(f"writing config.json, genai_config.json and the tokenizer into {out}")
-    files = hf_files(model.config, tokenizer)
-    files["genai_config.json"] = genai_config(model.config, tokenizer.eot_id)
-    write_files(out, files)
+    with writing(out):  # one export into the folder at a time
+        export_onnx(ckpt_path, out / MODEL_FILE, opset, say, validate)
+        say(f"writing config.json, genai_config.json and the tokenizer into {out}")
+        files = hf_files(model.config, tokenizer)
+        files["genai_config.json"] = genai_config(model.config, tokenizer.eot_id)
+        write_files(out, files)
     return out

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from model.atomic import atomic_write
+from model.atomic import atomic_write, writing
 from model.bpe import ByteBPETokenizer, bytes_to_unicode
 from model.checkpoint import CheckpointError, load, restore_model
 from model.config import GPTConfig
@@ -147,7 +147,8 @@ def export_hf(ckpt_path: str | Path, out: str | Path, say: Callable[[str], None]
     if not isinstance(model, GPT):
         raise CheckpointError(f"{ckpt_path} holds a {model.config.kind} model; only the GPT exports")
     say(f"writing {out}")
-    write_files(out, hf_files(model.config, tokenizer))
-    with atomic_write(out / "model.safetensors") as f:  # "pt": the format transformers checks for
-        f.write(save(hf_state(model), metadata={"format": "pt"}))
+    with writing(out):  # one export into the folder at a time
+        write_files(out, hf_files(model.config, tokenizer))
+        with atomic_write(out / "model.safetensors") as f:  # "pt": the format transformers checks for
+            f.write(save(hf_state(model), metadata={"format": "pt"}))
     return out

@@ -36,7 +36,7 @@ from export.graph import (
     sample_inputs,
 )
 from export.validate import validate_export
-from model.atomic import atomic_write, remove_temps
+from model.atomic import atomic_write, writing
 from model.checkpoint import CheckpointError, load, restore_model
 from model.gpt import GPT
 
@@ -71,39 +71,39 @@ def export_onnx(
     say = progress or (lambda message: None)
     ckpt_path = Path(ckpt_path)
     out = Path(out_path) if out_path else ckpt_path.with_suffix(".onnx")
-    remove_temps(out)  # a killed export's temp file, which nothing else would ever remove
-    say(f"loading {ckpt_path}")
-    ckpt = load(ckpt_path)
-    model, _ = restore_model(ckpt, ckpt_path)
-    if not isinstance(model, GPT):
-        raise CheckpointError(f"{ckpt_path} holds a {model.config.kind} model; only the GPT exports")
-    wrapper = OnnxDecoderModel(model)
-    L = model.config.n_layer
-    say(f"exporting {L} layers x {model.config.n_embd} (opset {opset or DEFAULT_OPSET})")
-    batch, new, past = torch.export.Dim("batch"), torch.export.Dim("new"), torch.export.Dim("past")
-    # the mask's length is past + new: let torch.export derive it from the graph
-    dynamic = ({0: batch, 1: new}, {0: batch, 1: torch.export.Dim.AUTO}, {0: batch, 1: new},
-               tuple({0: batch, 2: past} for _ in range(2 * L)))  # *past arrives as one tuple
-    onnx_log = logging.getLogger("torch.onnx")
-    level = onnx_log.level
-    onnx_log.setLevel(logging.ERROR)  # the exporter's notes (e.g. torchvision absent) are for its developers
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            wrapper, sample_inputs(model.config, batch=2, new=3, past=4), dynamo=True,
-            dynamic_shapes=dynamic, input_names=input_names(L), output_names=output_names(L),
-            opset_version=opset or DEFAULT_OPSET, optimize=True, verbose=False,
-        )
-    onnx_log.setLevel(level)
-    proto = program.model_proto
-    for key, value in onnx_metadata(ckpt).items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+    with writing(out):  # one export into out at a time; taking it removes a killed one's temp file
+        say(f"loading {ckpt_path}")
+        ckpt = load(ckpt_path)
+        model, _ = restore_model(ckpt, ckpt_path)
+        if not isinstance(model, GPT):
+            raise CheckpointError(f"{ckpt_path} holds a {model.config.kind} model; only the GPT exports")
+        wrapper = OnnxDecoderModel(model)
+        L = model.config.n_layer
+        say(f"exporting {L} layers x {model.config.n_embd} (opset {opset or DEFAULT_OPSET})")
+        batch, new, past = torch.export.Dim("batch"), torch.export.Dim("new"), torch.export.Dim("past")
+        # the mask's length is past + new: let torch.export derive it from the graph
+        dynamic = ({0: batch, 1: new}, {0: batch, 1: torch.export.Dim.AUTO}, {0: batch, 1: new},
+                   tuple({0: batch, 2: past} for _ in range(2 * L)))  # *past arrives as one tuple
+        onnx_log = logging.getLogger("torch.onnx")
+        level = onnx_log.level
+        onnx_log.setLevel(logging.ERROR)  # the exporter's notes are for its developers
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                wrapper, sample_inputs(model.config, batch=2, new=3, past=4), dynamo=True,
+                dynamic_shapes=dynamic, input_names=input_names(L), output_names=output_names(L),
+                opset_version=opset or DEFAULT_OPSET, optimize=True, verbose=False,
+            )
+        onnx_log.setLevel(level)
+        proto = program.model_proto
+        for key, value in onnx_metadata(ckpt).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
 
-    def check(tmp: Path) -> None:
-        if validate:
-            validate_export(tmp, model, say, shown=out)
+        def check(tmp: Path) -> None:
+            if validate:
+                validate_export(tmp, model, say, shown=out)
 
-    with atomic_write(out, check=check) as f:
-        onnx.save_model(proto, f)  # one file, no external data
-    return out
+        with atomic_write(out, check=check) as f:
+            onnx.save_model(proto, f)  # one file, no external data
+        return out

@@ -41,7 +41,7 @@ from torch.nn import functional as F
 
 from export.graph import WEIGHTS_KEY, input_names
 from export.ort_backend import OnnxModelError, OrtBackend, load_ort_backend
-from model.atomic import atomic_write, remove_temps, write_error
+from model.atomic import atomic_write, write_error, writing
 
 Quantize = Literal["int8", "int4"]
 Dtype = Literal["fp16", "bf16"]
@@ -235,11 +235,11 @@ def quantize_export(
             raise QuantizeError(f"{out}: the {kind} graph gives non-finite logits when decoding")
 
     say(f"converting to {kind}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_temps(out)  # a killed export's staging folder and temp file
-    # beside out (the same file system), named as atomic_write's temps so the next export removes
-    # it if this process is killed
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp") as tmp:
+    # the staging folder is beside out (the same file system) and named as atomic_write's temps, so
+    # that the next writer of out removes it if this process is killed; the lock, held throughout,
+    # keeps a second export from removing it while this one converts
+    with writing(out), tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.",
+                                                   suffix=".tmp") as tmp:
         staged = Path(tmp) / "model.onnx"
         try:
             convert(fp32_path, staged, kind)

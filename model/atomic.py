@@ -1,10 +1,19 @@
-"""Writing a file so that a crash at any moment leaves either the old file or the new one, never half."""
+"""Writing a file so that a crash at any moment leaves either the old file or the new one, never half.
+
+A write goes to a temp file beside its target, renamed over it when complete. One writer of a
+target at a time holds its lock (``writing``): that is what makes it safe to delete the temp
+files a killed writer left, which is done as the lock is taken, and it refuses a second command
+writing the same file (two exports into one ``.onnx``) in one line instead of letting them race.
+"""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +26,66 @@ class WriteError(OSError):
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+
+class OutputBusyError(WriteError):
+    """Another process is writing the same file."""
+
+
+_held: set[str] = set()  # the targets whose lock this process holds (taking it again is a no-op)
+_held_guard = threading.Lock()
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Hold the writer's lock of ``path`` for the block: ``flock`` on a hidden file beside it, which
+    the kernel releases however the process ends. Taken, it first removes what killed writers of
+    ``path`` left (``remove_temps``); held by another process, it raises OutputBusyError at once.
+    Re-entrant in one process, so a command may hold it around several atomic_writes of ``path``.
+    The lock file is removed on release; a writer that opened it meanwhile sees it is no longer
+    the file at that name and takes the new one."""
+    path = Path(path)
+    key = os.path.abspath(path)
+    with _held_guard:
+        mine = key in _held
+        _held.add(key)
+    if mine:
+        yield
+        return
+    lock = path.parent / f".{path.name}.lock"
+    f = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            f = open(lock, "a+", encoding="utf-8")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
+                raise OutputBusyError(errno.EBUSY, f"{path} is being written by another process (PID "
+                                                   f"{holder}); wait for it to finish, or write to "
+                                                   "another path") from None
+            try:
+                if os.fstat(f.fileno()).st_ino == os.stat(lock).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            f.close()  # its last holder removed it as we opened it: take the one at the name now
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        remove_temps(path)
+        yield
+    finally:
+        if f is not None and not f.closed:
+            lock.unlink(missing_ok=True)  # before closing: no one can hold the name's file meanwhile
+            f.close()
+        with _held_guard:
+            _held.discard(key)
 
 
 @contextmanager
@@ -33,17 +102,18 @@ def atomic_write(
     path = Path(path)
     tmp: Path | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)  # reopened by name, so f.name is the temp path (some writers read it)
-        tmp = Path(name)
-        with open(tmp, mode, encoding=encoding) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        if check is not None:
-            check(tmp)
-        os.replace(tmp, path)
+        with writing(path):  # one writer at a time: OutputBusyError if another has it
+            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)  # reopened by name, so f.name is the temp path (some writers read it)
+            tmp = Path(name)
+            os.chmod(tmp, permissions(path))  # mkstemp's are owner-only
+            with open(tmp, mode, encoding=encoding) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            if check is not None:
+                check(tmp)
+            os.replace(tmp, path)
     except OSError as e:
         _remove(tmp)
         if isinstance(e, WriteError):
@@ -52,6 +122,19 @@ def atomic_write(
     except BaseException:
         _remove(tmp)
         raise
+
+
+def permissions(path: Path, new: int = 0o666) -> int:
+    """The mode ``path`` should have once written: the old file's own, or what open() (or mkdir,
+    ``new=0o777``) gives a new one under the umask, as ``cp`` and ``torch.save`` leave it. The temp
+    files and folders a write goes through are owner-only, which a model or data set people share
+    must not stay."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0o022)  # read by setting it: the only portable way; put back at once
+        os.umask(mask)
+        return new & ~mask
 
 
 def write_error(path: Path, error: OSError) -> WriteError:

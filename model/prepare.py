@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.atomic import WriteError, atomic_write
+from model.atomic import WriteError, atomic_write, permissions
 from model.encoders import (
     bpe_cut,
     char_cut,
@@ -212,6 +212,7 @@ def _prepare(cfg: PrepareConfig, out: Path, log: Callable[[str], None],
     total = sum(sized) if len(sized) == len(train_src) + len(val_src) else None  # None: a dataset streams
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))  # unique per run
+    os.chmod(staging, permissions(out, new=0o777))  # mkdtemp's is owner-only
     try:
         with PrepareProgress(total, cfg.progress) as bar:
             if tok is None:
