@@ -19,6 +19,8 @@ class Side:
     text: str
     ids: tuple[int, ...]
     tokens_per_s: float | None  # tokens over wall time, prefill included
+    path: str = ""  # the file it decoded from
+    precision: str = ""  # its weights' type and why (BackendInfo.precision)
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,10 @@ def compare_backends(a: Backend, b: Backend, prompt: str, settings: Settings,
         if x.logits is not None and y.logits is not None:
             diffs.append(float((x.logits.float() - y.logits.float()).abs().max()))
 
-    def side(name: str, events: list[TokenEvent], rate: float | None) -> Side:
-        return Side(name, "".join(e.text for e in events), tuple(e.id for e in events), rate)
+    def side(name: str, backend: Backend, events: list[TokenEvent], rate: float | None) -> Side:
+        info = backend.info()  # what was compared: a logit difference means little without it
+        return Side(name, "".join(e.text for e in events), tuple(e.id for e in events), rate, info.path,
+                    info.precision)
 
-    return ABResult(prompt, settings, side(names[0], events_a, rate_a), side(names[1], events_b, rate_b),
-                    agree, tuple(diffs))
+    return ABResult(prompt, settings, side(names[0], a, events_a, rate_a),
+                    side(names[1], b, events_b, rate_b), agree, tuple(diffs))

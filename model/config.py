@@ -109,9 +109,10 @@ PRESET_TRAINING: dict[str, dict[str, object]] = {
     # nanoGPT's train_gpt2.py; its 8 GPUs x 5 micro-batches become 40 accumulation steps here
     "gpt2-124m": {"batch_size": 12, "grad_accum": 40, "max_iters": 600_000, "learning_rate": 6e-4,
                   "min_lr": 6e-5, "warmup_iters": 2000, "beta2": 0.95, "eval_interval": 1000},
-    # the rest of nanoGPT's CPU recipe: train_shakespeare_char with these flags
+    # the rest of nanoGPT's CPU recipe: train_shakespeare_char with these flags, and fp32, as
+    # nanoGPT computes on a CPU (no autocast there), even where this CPU has bf16
     "cpu": {"batch_size": 12, "eval_iters": 20, "log_interval": 1, "max_iters": 2000,
-            "lr_decay_iters": 2000, "device": "cpu", "compile": False},
+            "lr_decay_iters": 2000, "device": "cpu", "compile": False, "dtype": "fp32"},
     # the lecture's bigram.py: a constant learning rate of 1e-2, no warmup
     "bigram": {"batch_size": 32, "max_iters": 3000, "eval_interval": 300, "learning_rate": 1e-2,
                "min_lr": 1e-2, "warmup_iters": 0},

@@ -43,11 +43,18 @@ def peak_flops(device_type: str, device_name: str, dtype: torch.dtype) -> tuple[
                 return peak, f"the {key}'s dense bf16/fp16 peak of {peak / 1e12:.0f} TFLOP/s"
         return A100_PEAK, (f"an A100's bf16 peak of {A100_PEAK / 1e12:.0f} TFLOP/s, as nanoGPT "
                            f"({device_name} is not in model.progress.GPU_PEAK_FLOPS)")
-    # CPUs (and Apple GPUs) publish no comparable figure: measure what a large matmul reaches here
-    rate = matmul_flops(torch.device(device_type), dtype)
+    # CPUs (and Apple GPUs) publish no comparable figure: what a large matmul reaches here, measured
+    # once per machine (the best of a few tries) and remembered, so that MFU keeps one baseline
+    from model import measured
+
+    device = torch.device(device_type)
+    name = str(dtype).removeprefix("torch.")
+    best, _ = measured.remembered("matmul rate", {"dtype": name}, device,
+                                  lambda: {"flops": max(matmul_flops(device, dtype) for _ in range(3))})
+    rate = best["flops"]
     what = "CPU" if device_type == "cpu" else device_type
-    return rate, (f"this {what}'s {str(dtype).removeprefix('torch.')} matmul rate measured at the start, "
-                  f"{rate / 1e9:.1f} GFLOP/s")
+    return rate, (f"this {what}'s {name} matmul rate, {rate / 1e9:.1f} GFLOP/s (measured once on this "
+                  f"machine and kept in {measured.path()})")
 
 
 def matmul_flops(device: torch.device, dtype: torch.dtype, n: int = 512, reps: int = 4) -> float:

@@ -16,6 +16,7 @@ from typing import Literal
 
 import torch
 
+from model import measured
 from model.backend import BackendInfo, Settings
 from model.checkpoint import load_model
 from model.device import Device, cpu_has_bf16, resolve_device
@@ -300,15 +301,24 @@ def decode_precision(model: GPT | Bigram, precision: Precision = "auto") -> tupl
         return copy.deepcopy(model).to(torch.bfloat16), "bf16 weights (asked for)"
     if not bf16_worth_timing(weight.device):
         return model, "fp32 weights (no native bf16 here)"
-    half = copy.deepcopy(model).to(torch.bfloat16)
-    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
-    for _ in range(2):
-        times["fp32"].append(step_seconds(model))
-        times["bf16"].append(step_seconds(half))
-    fp32, bf16 = min(times["fp32"]), min(times["bf16"])
+
+    def race() -> dict[str, float]:
+        half = copy.deepcopy(model).to(torch.bfloat16)
+        times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+        for _ in range(2):
+            times["fp32"].append(step_seconds(model))
+            times["bf16"].append(step_seconds(half))
+        return {"fp32_s": min(times["fp32"]), "bf16_s": min(times["bf16"])}
+
+    # timed once per machine and model shape, then remembered: the same command decodes alike
+    shape = {k: v for k, v in model.config.to_dict().items() if k not in ("dropout", "attention")}
+    times, kept = measured.remembered("decode precision", shape, weight.device, race)
+    fp32, bf16 = times["fp32_s"], times["bf16_s"]
     # bf16 costs precision, so it must win by more than timing noise
-    chosen, name = (half, "bf16") if bf16 < BF16_MARGIN * fp32 else (model, "fp32")
-    return chosen, f"{name} weights (a step: fp32 {fp32 * 1e3:.1f} ms, bf16 {bf16 * 1e3:.1f} ms)"
+    name = "bf16" if bf16 < BF16_MARGIN * fp32 else "fp32"
+    chosen = copy.deepcopy(model).to(torch.bfloat16) if name == "bf16" else model
+    when = "as timed earlier on this machine" if kept else "timed now, and kept for later runs"
+    return chosen, f"{name} weights (a step: fp32 {fp32 * 1e3:.1f} ms, bf16 {bf16 * 1e3:.1f} ms; {when})"
 
 
 class TorchBackend:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import checkpoint
+from model import checkpoint, measured
 from model.config import GPTConfig
 from model.gpt import GPT
 from model.tokenizer import CharTokenizer
@@ -89,6 +89,8 @@ def user_folders(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    # the timings kept per machine too (not the whole cache folder: the tokenized corpus stays shared)
+    monkeypatch.setattr(measured, "path", lambda: home / "measured.json")
     return home
 
 

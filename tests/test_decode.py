@@ -4,6 +4,7 @@ import pytest
 import torch
 from test_engine import decode_logits
 
+from model import measured
 from model.backend import Settings
 from model.engine import Generation
 from model.torch_backend import RecomputeDecoder, TorchDecoder
@@ -93,11 +94,13 @@ def test_auto_precision_keeps_the_faster_weights_and_says_why(tiny_model, char_t
         # a step that takes 1 ms in the fast type and 2 ms in the other
         monkeypatch.setattr(tb, "step_seconds",
                             lambda m, fast=fast: 1e-3 if m.lm_head.weight.dtype == fast else 2e-3)
+        measured.path().unlink(missing_ok=True)  # timed afresh (tests/test_measured.py: kept otherwise)
         backend = tb.TorchBackend(tiny_model, char_tok, precision="auto")
         assert backend.decode_model.lm_head.weight.dtype == dtype
         fp32, bf16 = ("2.0", "1.0") if dtype == torch.bfloat16 else ("1.0", "2.0")
         name = "bf16" if dtype == torch.bfloat16 else "fp32"
-        assert backend.info().precision == f"{name} weights (a step: fp32 {fp32} ms, bf16 {bf16} ms)"
+        assert backend.info().precision == (f"{name} weights (a step: fp32 {fp32} ms, bf16 {bf16} ms; timed "
+                                            "now, and kept for later runs)")
 
 
 def test_fp32_precision_and_16_bit_checkpoints_decode_as_loaded(tiny_model, char_tok):
@@ -109,3 +112,20 @@ def test_fp32_precision_and_16_bit_checkpoints_decode_as_loaded(tiny_model, char
     assert backend.decode_model is backend.model and backend.info().precision == "fp32 weights (asked for)"
     half = TorchBackend(copy.deepcopy(tiny_model).to(torch.bfloat16), char_tok, precision="auto")
     assert half.decode_model is half.model and half.info().precision == "bfloat16 weights (as loaded)"
+
+
+def test_the_exports_greedy_check_compares_every_step_even_past_end_of_text():
+    """A model whose first greedy choice is end-of-text must still be compared over all steps."""
+    from export.validate import greedy_ids
+
+    class EndsAtOnce:  # argmax is token 0 (say end-of-text) at every step
+        def __init__(self):
+            self.fed: list[int] = []
+
+        def feed(self, ids):
+            self.fed += ids
+            return torch.tensor([1.0, 0.0, 0.0])
+
+    decoder = EndsAtOnce()
+    assert greedy_ids(decoder, [2, 1], steps=5) == [0] * 5
+    assert decoder.fed == [2, 1, 0, 0, 0, 0, 0]

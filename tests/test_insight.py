@@ -228,7 +228,10 @@ async def test_ab_agrees_fully_for_greedy_decoding_on_the_tiny_model(tiny_ckpt, 
         assert r.agreement == 1.0 and len(r.agree) == 40 and r.first_divergence is None
         assert r.a.text == r.b.text and r.max_logit_diff < 1e-3
         assert r.a.tokens_per_s > 0 and r.b.tokens_per_s > 0
-        assert "agreement 100% (40/40 steps)" in str(app.query_one("#ab-body").content)
+        body = str(app.query_one("#ab-body").content)
+        assert "agreement 100% (40/40 steps)" in body
+        # and what it compared: each side's file and weights
+        assert f"torch: {tiny_ckpt.name}, fp32 weights" in body and f"onnx: {tiny_onnx.name}, " in body
         await pilot.press("f4")  # ONNX active: attention says where it comes from
         await send(pilot, "/backend onnx")
         await send(pilot, "To")

@@ -8,6 +8,7 @@ no work, and is handed the latest run when shown again (``catch_up``). All model
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -344,6 +345,9 @@ class ABPanel(SidePanel):
                     + ("" if div is None else f", first differs at step {div + 1}")),
             Content(f"max |Δlogit| {r.max_logit_diff:.2e}"),
             Content(f"{r.a.name} {rate(r.a.tokens_per_s)} · {r.b.name} {rate(r.b.tokens_per_s)}"),
+            # what was compared: a bf16 side differs from an fp32 one by bf16's rounding
+            *(Content(visible(f"{side.name}: {os.path.basename(side.path) or '?'}, "
+                              f"{side.precision or 'weights not recorded'}")) for side in (r.a, r.b)),
             Content(""),
             Content.styled(f"{r.a.name:<18} {r.b.name}", "dim"),
         ]
