@@ -94,7 +94,8 @@ class Refused(CommandUsageError):
 @click.option("--time-budget", type=Duration(),
               help="Instead of --max-iters: the wall time for the whole run (2h, 150m, 1h30m); a few timed "
                    "steps at the start fix --max-iters so that training and its evaluations fit, with the "
-                   "learning-rate schedule laid over them.")
+                   "learning-rate schedule laid over them; a machine that slows down stops the run at the "
+                   "deadline, evaluated and saved.")
 @click.option("--optimizer", default=D.optimizer, type=click.Choice(OPTIMIZERS),
               help="AdamW everywhere, or Muon for the blocks' weight matrices (AdamW for embeddings, "
                    "norms and biases); both follow --learning-rate.")

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import click
 
-from model.checkpoint import CheckpointError
 from model.terminal import CommandError, InterruptibleGroup, visible
+
+# PyTorch is imported when a command runs, so that --help and --version answer at once
 
 
 @click.group(cls=InterruptibleGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="gpt-from-scratch", prog_name="gpt-import")
 def main() -> None:
     """Import a model trained elsewhere."""
 
@@ -28,6 +30,7 @@ def hf(src: str, out: str, progress: bool) -> None:
         gpt-import hf openai-community/gpt2 --out gpt2.pt
     """
     from model.atomic import WriteError
+    from model.checkpoint import CheckpointError
     from model.hf import HFImportError, import_hf
 
     try:

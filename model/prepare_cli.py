@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import click
 
-from model.atomic import WriteError
-from model.prepare import PrepareConfig, prepare
-from model.shards import DataError, open_prepared
 from model.terminal import CommandError, CommandUsageError, Interrupted, InterruptibleCommand, visible
+
+# PyTorch and NumPy are imported when the command runs, so that --help and --version answer at once
 
 
 @click.command(cls=InterruptibleCommand,
                context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="gpt-from-scratch", prog_name="gpt-prepare")
 @click.argument("sources", nargs=-1)
 @click.option("--tokenizer", default="char",
               help="char (a vocabulary built from the text), gpt2 (BPE; needs the ranks file, see "
@@ -40,6 +40,10 @@ def main(sources: tuple[str, ...], out: str | None, val_sources: tuple[str, ...]
         gpt-prepare books/ --tokenizer gpt2 --out data/books
         gpt-prepare hf:HuggingFaceFW/fineweb-edu:sample-10BT --tokenizer gpt2 --out data/fineweb
     """
+    from model.atomic import WriteError
+    from model.prepare import PrepareConfig, prepare
+    from model.shards import DataError, open_prepared
+
     try:
         if verify:
             data = open_prepared(verify, full_check=True)

@@ -6,6 +6,10 @@ through ``visible()``; the CLIs' errors do it in ``CommandError``."""
 
 from __future__ import annotations
 
+import os
+import sys
+from typing import NoReturn
+
 import click
 
 # C0 controls and DEL -> their Unicode "control picture" (ESC -> ␛), keeping newline and tab; C1
@@ -35,6 +39,18 @@ class CommandUsageError(CommandError):
 
 
 EXIT_INTERRUPTED = 130  # what a shell reports for a process ended by SIGINT
+EXIT_READER_GONE = 141  # and by SIGPIPE: `yes | head -1` leaves yes with this
+
+
+def reader_gone() -> NoReturn:
+    """stdout's reader went away (``gpt-tui -p ... | head -2``): end quietly, as a Unix filter that
+    SIGPIPE ends does, with its exit code. stdout is pointed at /dev/null first, so that Python's own
+    flush at exit finds nothing broken to report."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # a captured stdout (tests) has no descriptor
+        pass
+    sys.exit(EXIT_READER_GONE)
 
 
 class Interrupted(CommandError):

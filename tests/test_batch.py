@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from fake_backend import FakeBackend, FakeClock
 
@@ -190,3 +191,25 @@ def test_stop_strings_are_cut_from_completions_unless_kept():
     kept, _, _ = run(FakeBackend(), "To\n", settings, keep_stop=True)
     assert (cut[0]["completion"], kept[0]["completion"]) == ("To be,", "To be, or")
     assert cut[0]["stop_reason"] == "stop_string"
+
+
+@pytest.mark.slow  # two child processes
+@pytest.mark.parametrize("mode", [["-p", "ROMEO:", "-n", "20000"], ["--batch", "-", "-n", "200"]])
+def test_a_reader_that_goes_away_ends_the_command_quietly(tiny_ckpt, mode):
+    """`gpt-tui -p ... | head -c 5`: no "Broken pipe" error, the exit code SIGPIPE would give."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from tui.cli import main; main()", "--ckpt", str(tiny_ckpt), "--seed", "1",
+         *mode],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        proc.stdin.write(b"ROMEO:\n" * 1000)  # batch: more lines than the reader will take
+        proc.stdin.close()
+        assert len(proc.stdout.read(5)) == 5
+        proc.stdout.close()  # as head does once it has its bytes
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == 141, err
+        assert "Broken pipe" not in err and "Traceback" not in err
+    finally:
+        proc.kill()

@@ -116,7 +116,7 @@ def test_commands_keys_help_and_readme_come_from_one_table():
     assert "/clear                clear the output (Ctrl+L)" in text  # the key bound to the same action
     assert "/step                 step mode on/off: one token at a time (F7)" in text
     assert "keys: Enter send · Ctrl+J newline · ↑/↓ earlier prompts · Tab complete a /command · " \
-           "Ctrl+P palette · Esc stop · Ctrl+C stop · F2 controls" in text
+           "Ctrl+D quit · Ctrl+P palette · Esc stop · Ctrl+C stop · F2 controls" in text
     assert "F5 A/B · F6 confidence" in text and "Alt+← previous token · Alt+→ next token" in text
     assert "Ctrl+P palette" in text
     guide = (Path(__file__).resolve().parents[1] / "docs" / "app.md").read_text(encoding="utf-8")
@@ -132,6 +132,31 @@ def test_commands_keys_help_and_readme_come_from_one_table():
 ])
 def test_tab_completion(line, completed):
     assert commands.complete(line) == completed
+
+
+def test_tab_completes_paths_for_the_commands_that_take_one(tmp_path, monkeypatch):
+    (tmp_path / "runs").mkdir()
+    for name in ("shakespeare.pt", "shakespeare.onnx", "notes.txt", "s1.jsonl", ".hidden.pt"):
+        (tmp_path / name).write_text("")
+    monkeypatch.chdir(tmp_path)
+    assert commands.candidates("/model s") == ["shakespeare.onnx", "shakespeare.pt"]  # only what /model opens
+    assert commands.complete("/model s") == "/model shakespeare."
+    assert commands.complete("/model r") == "/model runs/"  # a folder: its slash, ready for the next Tab
+    assert commands.candidates("/load ") == ["runs/", "s1.jsonl"]
+    assert commands.candidates("/export n") == ["notes.txt"]
+    assert commands.candidates("/model .h") == [".hidden.pt"]
+    assert commands.candidates(f"/model {tmp_path}/sh") == [f"{tmp_path}/shakespeare.onnx",
+                                                            f"{tmp_path}/shakespeare.pt"]
+    assert commands.candidates("/model nowhere/x") == [] and commands.complete("/model zzz") is None
+    assert commands.candidates("/set rep") == ["repetition-penalty", "repetition-window"]
+
+
+def test_set_stop_alone_says_how_to_give_or_clear_stop_strings():
+    with pytest.raises(commands.CommandError, match=r"usage: /set stop TEXT \(several: comma-separated, .*"
+                                                    r"or /set stop off"):
+        commands.parse("/set stop", S)
+    assert commands.parse("/set stop off", Settings(stop=("x",))).settings.stop == ()
+    assert commands.parse("/bye", S).name == commands.parse("/exit", S).name == "quit"
 
 
 def test_stop_strings_split_at_commas_unless_quoted():

@@ -50,7 +50,7 @@ def test_every_tool_exits_130_on_ctrl_c(command, args, target, tiny_ckpt, tmp_pa
 def test_gpt_prepare_says_its_output_is_untouched_and_exits_130(tmp_path, monkeypatch):
     text = tmp_path / "t.txt"
     text.write_text("hello world " * 100)
-    monkeypatch.setattr("model.prepare_cli.prepare", ctrl_c)
+    monkeypatch.setattr("model.prepare.prepare", ctrl_c)  # gpt-prepare imports it when it runs
     result = CliRunner().invoke(gpt_prepare, [str(text), "--out", str(tmp_path / "out")])
     assert result.exit_code == 130
     assert result.output.strip() == f"interrupted; {tmp_path / 'out'} is as it was before this run"

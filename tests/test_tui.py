@@ -243,6 +243,23 @@ async def test_switching_backend_with_injected_factories():
         assert app.backend_name == "torch" and app.query_one("#backend", Select).value == "torch"
 
 
+@run_async
+async def test_a_generation_the_backend_switch_ends_says_why():
+    torch_side = FakeBackend(gated=True)
+    onnx = FakeBackend(script="onnx ", kind="onnx", device="CPUExecutionProvider", name="fake.onnx")
+    app = make_app(torch_side, factories={"onnx": lambda progress: onnx},
+                   settings=Settings(max_new_tokens=500, seed=1))
+    async with app.run_test(size=SIZE) as pilot:
+        await send(pilot, "To")
+        torch_side.allow(3)
+        await until(pilot, lambda: len(app.current.text) >= 3)
+        await send(pilot, "/backend onnx")
+        await until(pilot, lambda: app.backend_name == "onnx")
+        assert app.current.done and app.current.stop_reason == "stopped"
+        assert any(n.startswith("the generation stopped: the backend changed while it ran")
+                   for n in app.notices)
+
+
 def test_onnx_factory_exports_once_into_a_cache_beside_the_checkpoint(tmp_path, monkeypatch):
     ckpt = tmp_path / "model.pt"
     ckpt.write_bytes(b"weights")

@@ -12,15 +12,24 @@ from tests.conftest import REPO
 from tui.cli import main
 from tui.config import config_path
 
+# every console script, as pyproject.toml names it, and the function it runs
+COMMANDS = {"gpt-tui": "tui.cli:main", "gpt-train": "model.cli:main", "gpt-report": "model.cli:report",
+            "gpt-prepare": "model.prepare_cli:main", "gpt-export": "export.cli:main",
+            "gpt-import": "model.import_cli:main"}
 
-def test_help_and_version_answer_without_importing_torch_or_textual():
-    code = ("import sys; from tui.cli import main\n"
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_and_version_answer_without_importing_torch_or_textual(command):
+    module, function = COMMANDS[command].split(":")
+    code = (f"import sys; from {module} import {function} as main\n"
             "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-            "print('heavy:', [m for m in ('torch', 'textual.app') if m in sys.modules])")
+            "print('heavy:', [m for m in ('torch', 'numpy', 'textual.app') if m in sys.modules])")
     for flag in ("--help", "--version"):
         out = subprocess.run([sys.executable, "-c", code, flag], capture_output=True, text=True, cwd=REPO,
                              timeout=60, env={"PYTHONPATH": str(REPO), "PATH": ""}).stdout
         assert out.rstrip().endswith("heavy: []"), out
+        if flag == "--version":
+            assert out.startswith(f"{command}, version "), out
     assert "gpt-tui, version" in CliRunner().invoke(main, ["--version"]).output
     assert "--repetition-penalty" in CliRunner().invoke(main, ["--help"]).output
 
@@ -37,7 +46,9 @@ def test_one_shot_prints_the_completion_and_cuts_the_stop(tiny_ckpt):
     kept = runner.invoke(main, [*base, "-p", "ROMEO:", "--stop", stop, "--keep-stop"])
     assert cut.output == text[:text.index(stop)] and kept.output == text[:text.index(stop) + len(stop)]
     refused = runner.invoke(main, [*base, "-p", "café"])
-    assert refused.exit_code == 1 and "é" in refused.output and "Traceback" not in refused.output
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    assert refused.output.strip() == ("Error: 1 character(s) of the prompt are not in the model's "
+                                      "vocabulary: 'é'; remove them, or pass --unknown replace")
     assert runner.invoke(main, [*base, "-p", "x", "--batch", "-"]).exit_code == 2
 
 
@@ -54,10 +65,12 @@ def test_the_config_file_sets_defaults_that_flags_override(tiny_ckpt):
     assert runner.invoke(main, ["-p", "ROMEO:", "-n", "3"]).output == flagged.output[:3]  # a flag wins
     path.write_text("colour = 'blue'\n", encoding="utf-8")
     bad = runner.invoke(main, ["--help"])
-    assert bad.exit_code == 1 and "unknown key 'colour'" in bad.output and str(path) in bad.output
+    assert bad.exit_code == 2 and "unknown key 'colour'" in bad.output and str(path) in bad.output
     path.write_text("temperature = -2\n", encoding="utf-8")
     refused = runner.invoke(main, ["-p", "x", "--ckpt", str(tiny_ckpt)])
-    assert "-2.0 is not in the range x>=0" in refused.output
+    assert refused.exit_code == 2
+    assert refused.output.strip() == (f"Error: {path}: temperature = -2: -2.0 is not in the range x>=0; "
+                                      "fix or remove it")
 
 
 def test_precision_reaches_the_pytorch_backend(tiny_ckpt, monkeypatch):

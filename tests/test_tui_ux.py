@@ -95,6 +95,32 @@ async def test_a_session_is_autosaved_and_reloads_identically(tmp_path):
 
 
 @run_async
+async def test_quit_exit_bye_and_ctrl_d_on_an_empty_prompt_quit_and_save(tmp_path):
+    for way in ("/quit", "/exit", "/bye", "ctrl+d"):
+        app = make_app(tmp_path=tmp_path / way.strip("/"), settings=Settings(max_new_tokens=5, seed=1))
+        exits: list[str] = []
+
+        def exit_app(*args, _exit=app.exit, _way=way, _exits=exits, **kwargs):
+            _exits.append(_way)
+            _exit(*args, **kwargs)
+
+        app.exit = exit_app
+        async with app.run_test(size=SIZE) as pilot:
+            await send(pilot, "To")
+            await until(pilot, done(app))
+            prompt(app).load_text("typed")
+            await pilot.press("ctrl+d")  # text in the box: Ctrl+D edits (deletes forward), no quitting
+            assert not exits
+            prompt(app).clear()
+            if way == "ctrl+d":
+                await pilot.press("ctrl+d")
+            else:
+                await send(pilot, way)
+            assert exits == [way]
+        assert app.session.path.is_file() and "To" in app.session.path.read_text()
+
+
+@run_async
 async def test_the_palette_lists_commands_and_keys():
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
@@ -125,6 +151,9 @@ async def test_tab_completes_commands_and_setting_names():
         assert prompt(app).text == "/set "
         await pilot.press(*"rep", "tab")
         assert prompt(app).text == "/set repetition-"
+        await pilot.press("tab")  # ambiguous: a second Tab lists the candidates and keeps the focus
+        assert prompt(app).has_focus and prompt(app).text == "/set repetition-"
+        assert app.notices[-1] == "repetition-penalty  repetition-window"
         await pilot.press("p", "tab", *"1.3", "enter")
         assert app.settings.repetition_penalty == 1.3
         assert app.query_one("#set-repetition_penalty", Input).value == "1.3"

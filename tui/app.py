@@ -18,6 +18,7 @@ the keys (tui.keys) and the palette (tui.palette) run.
 from __future__ import annotations
 
 import gc
+import inspect
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -106,6 +107,7 @@ class GPTApp(App[None]):
                 yield Static(legend(), id="legend")
                 yield OutputView(id="output")
                 yield PromptArea(self.history, lambda line: commands.complete(line, self.backends.names),
+                                 lambda line: commands.candidates(line, self.backends.names),
                                  id="prompt", placeholder="a prompt; Enter sends · /help · Ctrl+P palette")
             with Vertical(id="panels"):
                 yield Controls(tuple(sorted(self.backends.names)), self.backend_name, id="controls")
@@ -128,7 +130,7 @@ class GPTApp(App[None]):
                          self.recorder, self.notify_text, self.stats.show_run, self._generate, self.clock,
                          self.keep_stop, lambda: self.settings.seed is not None)
         self.switch = BackendSwitch(self.backends, self.query_one(TopBar), self.controls, self.notify_text,
-                                    self.runs.end_current)
+                                    self._leaving_backend)
         legend_view = self.query_one("#legend")
         self.watch(self.output, "colours", lambda on: setattr(legend_view, "display", on), init=False)
         self.switch.show()
@@ -157,8 +159,18 @@ class GPTApp(App[None]):
 
     # ---- prompt, settings and commands -----------------------------------------------------
 
+    @on(PromptArea.Candidates)
+    def _candidates(self, event: PromptArea.Candidates) -> None:
+        """A second Tab: the ways the word may go on, or that none does."""
+        found = event.candidates
+        if not found:
+            self.notify_text("nothing to complete", timeout=3)
+        else:
+            shown = "  ".join(found[:40]) + (f"  … {len(found) - 40} more" if len(found) > 40 else "")
+            self.notify_text(shown, timeout=6)
+
     @on(PromptArea.Submitted)
-    def _submitted(self, event: PromptArea.Submitted) -> None:
+    async def _submitted(self, event: PromptArea.Submitted) -> None:
         line = event.text
         if commands.is_command(line):
             try:
@@ -168,7 +180,9 @@ class GPTApp(App[None]):
                 event.prompt_area.restore(line)
                 return
             action = getattr(self, f"action_{commands.COMMANDS[command.name].action}")
-            action(*((command.settings,) if command.settings is not None else command.args))
+            done = action(*((command.settings,) if command.settings is not None else command.args))
+            if inspect.isawaitable(done):  # an async action (quit), run to its end as its key runs it
+                await done
         elif line.startswith("//") and self.backend.unknown_chars("/") and self.settings.unknown == "reject":
             self.notify_text("this model's vocabulary has no '/', so //text cannot send it; drop the /, or "
                              "/set unknown replace to send its stand-in", "error", timeout=8)
@@ -352,6 +366,14 @@ class GPTApp(App[None]):
             prompt = self.documents[-1].prompt if self.documents else ""
         self.action_toggle_panel("ab", show=True)
         self.query_one(ABPanel).run(prompt, self._seeded())
+
+    def _leaving_backend(self) -> None:
+        """A switch of backend (or model) ends the running generation, which belongs to the old one:
+        say so, rather than leave a "stopped" nobody asked for unexplained."""
+        if self.current is not None and not self.current.done:
+            self.runs.end_current()
+            self.notify_text("the generation stopped: the backend changed while it ran; Ctrl+N (or "
+                             "/continue) goes on with the new one", "warning", timeout=8)
 
     async def action_quit(self) -> None:
         self.runs.end_current()

@@ -129,6 +129,8 @@ class LineFile:
         try:
             while data:
                 data = data[os.write(self.fd, data):]
+        except BrokenPipeError:  # the reader went away: nothing to cut, nothing more to say
+            raise
         except OSError as e:
             if self.regular:
                 try:
@@ -221,6 +223,8 @@ def run_batch(
         try:
             out.write(json_line(result))
             out.flush()
+        except BrokenPipeError:
+            raise
         except OSError as e:  # a text stream; LineFile raises OutputError itself
             raise OutputError(f"cannot write the output ({e.strerror or e})") from None
         summary.done += 1

@@ -30,15 +30,30 @@ class ConfiguredCommand(click.Command):
     def make_context(self, info_name, args, parent=None, **extra):
         try:
             if "default_map" not in extra:
-                try:
-                    extra["default_map"] = load_defaults()
-                except ConfigError as e:
-                    from model.terminal import CommandError
+                from model.terminal import CommandUsageError
 
-                    raise CommandError(str(e)) from None  # it quotes the file's keys and path: visibly
+                try:
+                    extra["default_map"] = self.checked(load_defaults())
+                except ConfigError as e:  # part of the command line: a usage error, as a flag's would be
+                    raise CommandUsageError(str(e)) from None  # it quotes the file's keys: shown visibly
             return super().make_context(info_name, args, parent, **extra)
         except KeyboardInterrupt:
             interrupted()
+
+    def checked(self, defaults: dict[str, object]) -> dict[str, object]:
+        """The config file's values, each through its flag's type (a range, a choice), so that a bad
+        one is blamed on the file and its key rather than on a flag nobody typed."""
+        ctx = click.Context(self)
+        for param in self.params:
+            if param.name in defaults:
+                try:
+                    param.type_cast_value(ctx, defaults[param.name])
+                except click.BadParameter as e:
+                    key = param.opts[-1].removeprefix("--") if param.opts else param.name
+                    why = e.message.rstrip(".")
+                    raise ConfigError(f"{config_path()}: {key} = {defaults[param.name]!r}: {why}; fix or "
+                                      "remove it") from None
+        return defaults
 
     def invoke(self, ctx: click.Context):
         try:
@@ -221,6 +236,7 @@ def _main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | 
         run_prompt(backend, prompt, settings, keep_stop, progress)
         return
 
+    from model.terminal import reader_gone
     from tui.batch import OutputError, read_items, run_batch
     from tui.session import file_sha256
 
@@ -233,6 +249,8 @@ def _main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | 
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:  # `gpt-tui --batch f | head -1`
+        reader_gone()
     except (OSError, OutputError) as e:
         raise click.ClickException(visible(str(e) if isinstance(e, OutputError) else
                                            f"cannot write {output}: {e.strerror or e}")) from None
@@ -256,6 +274,8 @@ def _output(path: Path | None):
 
 def run_prompt(backend, prompt: str, settings, keep_stop: bool, progress) -> None:
     """-p: the completion on stdout; a refused prompt is a one-line error (exit 1)."""
+    from model.terminal import CommandUsageError, reader_gone
+    from model.tokenizer import UnknownCharactersError
     from tui.batch import EXIT_INTERRUPTED
     from tui.oneshot import run_oneshot
     from tui.settings import fresh_seed, replace
@@ -268,7 +288,13 @@ def run_prompt(backend, prompt: str, settings, keep_stop: bool, progress) -> Non
     except KeyboardInterrupt:
         click.echo("\ninterrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    except Exception as e:  # unknown characters, a failing backend: one line, not a traceback
+    except BrokenPipeError:  # `gpt-tui -p ... | head -2`
+        reader_gone()
+    except UnknownCharactersError as e:  # the prompt given: a usage error, said in the command's words
+        raise CommandUsageError(f"{len(e.chars)} character(s) of the prompt are not in the model's "
+                                f"vocabulary: {', '.join(repr(c) for c in e.chars)}; remove them, or pass "
+                                "--unknown replace") from None
+    except Exception as e:  # a failing backend: one line, not a traceback
         from model.terminal import visible
 
         raise click.ClickException(visible(str(e) or type(e).__name__)) from None

@@ -26,8 +26,8 @@ class Spec:
 
 # the order is the order /help lists them in
 COMMANDS: dict[str, Spec] = {
-    "set": Spec("NAME VALUE", f"change a setting: {', '.join(settings_text.NAMES)} (top-k and seed take "
-                              "`off`; stop: comma-separated, a quoted one may hold a comma, `\\n` is a "
+    "set": Spec("NAME VALUE", f"change a setting: {', '.join(settings_text.NAMES)} (top-k, seed and stop "
+                              "take `off`; stop: comma-separated, a quoted one may hold a comma, `\\n` is a "
                               "newline)", "set"),
     "show": Spec("[model]", "show the settings, backend and checkpoint; model: layers, vocabulary, training, "
                  "where the weights came from", "show"),
@@ -46,7 +46,9 @@ COMMANDS: dict[str, Spec] = {
     "undo": Spec("", "step mode: take back the last token", "undo"),
     "ab": Spec("[PROMPT]", "the same prompt, seed and settings through torch and onnx, compared", "ab"),
     "help": Spec("", "list the commands and keys", "help"),
+    "quit": Spec("", "quit, saving the session first (`/exit` and `/bye` too, as in ollama)", "quit"),
 }
+ALIASES = {"exit": "quit", "bye": "quit"}
 # keys no binding of the app lists, (key, what, docs/app.md's longer text): the prompt box's own
 # (tui.widgets.PromptArea) and Textual's command palette
 FIXED_KEYS = (
@@ -55,8 +57,10 @@ FIXED_KEYS = (
     ("↑/↓", "earlier prompts", "on the prompt's first / last line: earlier prompts and commands, kept "
                                "across restarts in `~/.local/share/gpt-from-scratch/history.jsonl`"),
     ("Tab", "complete a /command", "in a `/command`: complete the command, a setting name after `/set`, a "
-                                   "backend after `/backend`; elsewhere move between prompt, output and "
-                                   "controls (Shift+Tab back)"),
+                                   "backend after `/backend`, a path after `/model`, `/load`, `/save`, "
+                                   "`/export`; when it cannot add more, list what fits. Elsewhere move "
+                                   "between prompt, output and controls (Shift+Tab back)"),
+    ("Ctrl+D", "quit", "on an empty prompt: quit, saving the session first (as at a shell or in ollama)"),
     ("Ctrl+P", "palette", "the command palette: every command and key, searchable"),
 )
 # what a key bound to an action does, for docs/app.md's key table (else the binding's label)
@@ -113,9 +117,13 @@ def parse(line: str, current: Settings, backends: tuple[str, ...] = ("torch", "o
     if not words:
         raise CommandError("empty command; /help lists the commands")
     name, args = words[0].lower(), tuple(words[1:])
+    name = ALIASES.get(name, name)
     if name not in COMMANDS:
         raise CommandError(f"unknown command /{name}; /help lists the commands")
     if name == "set":
+        if len(args) == 1 and args[0].lower() == "stop":
+            raise CommandError('usage: /set stop TEXT (several: comma-separated, "a, b" quoted), or '
+                               "/set stop off")
         if len(args) < 2:
             raise CommandError("usage: /set NAME VALUE, e.g. /set temperature 0.8 (/show lists them)")
         try:
@@ -145,27 +153,65 @@ def parse(line: str, current: Settings, backends: tuple[str, ...] = ("torch", "o
     return Command(name)
 
 
-def complete(line: str, backends: tuple[str, ...] = ("torch", "onnx")) -> str | None:
-    """Tab in the prompt: ``line`` with its last word completed (a command name, a setting name
-    after /set, a backend after /backend) as far as the candidates agree; None when nothing fits."""
+# commands whose argument is a path, and the files Tab offers for it (folders always; None: any file)
+PATH_ARGUMENTS: dict[str, tuple[str, ...] | None] = {
+    "model": (".pt", ".onnx"), "load": (".jsonl",), "save": None, "export": None}
+MAX_CANDIDATES = 200  # a folder of thousands of files: Tab lists the first, sorted
+
+
+def candidates(line: str, backends: tuple[str, ...] = ("torch", "onnx")) -> list[str]:
+    """What the last word of a command line may become, whole: a command name, a setting name after
+    /set, a backend after /backend, a file or folder (with its trailing /) after /model, /load,
+    /save and /export. Empty for text that is not a command being typed."""
     if not is_command(line) or "\n" in line:
-        return None
-    head, _, word = line[1:].rpartition(" ")
-    if not head:
-        choices: tuple[str, ...] = tuple(COMMANDS)
-    elif head.lower() == "set":
-        choices = settings_text.NAMES
-    elif head.lower() == "backend":
-        choices = backends
-    else:
-        return None
-    found = [c for c in choices if c.startswith(word.lower())]
+        return []
+    head, _, word = line[1:].partition(" ")
+    if not _:
+        head, word = "", head
+    head = head.lower()
+    if head in PATH_ARGUMENTS:
+        return _paths(word, PATH_ARGUMENTS[head])
+    if " " in word:  # past the argument Tab completes (a /set value)
+        return []
+    choices = {"": tuple(COMMANDS), "set": settings_text.NAMES, "backend": backends}.get(head, ())
+    return [c for c in choices if c.startswith(word.lower())]
+
+
+def complete(line: str, backends: tuple[str, ...] = ("torch", "onnx")) -> str | None:
+    """Tab in the prompt: ``line`` with its last word completed as far as the ``candidates`` agree
+    (a space after a whole command or setting name that takes an argument); None when Tab adds
+    nothing, and the prompt box lists the candidates instead."""
+    found = candidates(line, backends)
     if not found:
         return None
+    head, space, word = line[1:].partition(" ")
     common = os.path.commonprefix(found)
-    unique = len(found) == 1 and (head or COMMANDS[common].usage)  # a space when arguments follow
-    done = "/" + (f"{head} " if head else "") + common + (" " if unique else "")
+    if not space:  # a command name
+        done = "/" + common + (" " if len(found) == 1 and COMMANDS[common].usage else "")
+    elif head.lower() in PATH_ARGUMENTS:  # a path: a folder ends in /, a file takes nothing after it
+        done = f"/{head} {common}"
+    else:
+        done = f"/{head} {common}" + (" " if len(found) == 1 else "")
     return done if done != line else None
+
+
+def _paths(word: str, suffixes: tuple[str, ...] | None) -> list[str]:
+    """The files and folders whose path starts with ``word`` (~ expanded for the lookup, kept as typed);
+    dot-files only when the name typed starts with a dot."""
+    folder, stem = os.path.split(word)
+    try:
+        with os.scandir(os.path.expanduser(folder) or ".") as entries:
+            found = []
+            for entry in entries:
+                hidden = entry.name.startswith(".") and not stem.startswith(".")
+                if hidden or not entry.name.startswith(stem):
+                    continue
+                is_dir = entry.is_dir()
+                if is_dir or suffixes is None or entry.name.endswith(suffixes):
+                    found.append(os.path.join(folder, entry.name) + ("/" if is_dir else ""))
+    except OSError:  # a folder that is not there or not readable: nothing to offer
+        return []
+    return sorted(found)[:MAX_CANDIDATES]
 
 
 def key_name(key: str) -> str:

@@ -25,18 +25,30 @@ START = "⟨start of text⟩"
 
 class PromptArea(TextArea):
     """The multiline prompt: Enter sends; Shift+Enter or Ctrl+J adds a newline; Up and Down at the
-    first and last line walk the prompt history; Tab completes a command (``complete``)."""
+    first and last line walk the prompt history; Ctrl+D on an empty prompt quits; Tab completes a
+    command (``complete``), and when it cannot add more, posts the candidates (as readline lists
+    them on a second Tab). Inside a command Tab never moves the focus: the next keys would land in
+    another widget."""
 
     @dataclass
     class Submitted(Message):
         prompt_area: PromptArea
         text: str
 
+    @dataclass
+    class Candidates(Message):
+        """Tab could not complete further: what the last word may become (empty: nothing fits)."""
+
+        prompt_area: PromptArea
+        candidates: list[str]
+
     def __init__(self, history: PromptHistory | None = None,
-                 complete: Callable[[str], str | None] = lambda line: None, **kwargs) -> None:
+                 complete: Callable[[str], str | None] = lambda line: None,
+                 candidates: Callable[[str], list[str]] = lambda line: [], **kwargs) -> None:
         super().__init__(**kwargs)
         self.prompt_history = history or PromptHistory()
         self.complete = complete  # a line -> the line completed, or None
+        self.candidates = candidates  # a line -> what its last word may become
 
     async def _on_key(self, event: events.Key) -> None:
         if event.key == "enter":
@@ -52,10 +64,17 @@ class PromptArea(TextArea):
             event.prevent_default()
             start, end = self.selection
             self.replace("\n", start, end, maintain_selection_offset=False)
-        elif event.key == "tab" and self.text.startswith("/") and (done := self.complete(self.text)):
+        elif event.key == "tab" and self.text.startswith("/") and "\n" not in self.text:
             event.stop()
             event.prevent_default()
-            self._show(done)
+            if done := self.complete(self.text):
+                self._show(done)
+            else:
+                self.post_message(self.Candidates(self, self.candidates(self.text)))
+        elif event.key == "ctrl+d" and not self.text:  # end of input, as at a shell or in ollama
+            event.stop()
+            event.prevent_default()
+            await self.run_action("app.quit")
         elif event.key in ("up", "down") and self._at_edge(event.key):
             history = self.prompt_history
             recalled = history.previous(self.text) if event.key == "up" else history.next()
