@@ -36,6 +36,24 @@ _held: set[str] = set()  # the targets whose lock this process holds (taking it 
 _held_guard = threading.Lock()
 
 
+def take_flock(f: IO) -> str | None:
+    """Lock the open file ``f`` exclusively without waiting and write our PID in it: None once
+    taken, else the PID its holder wrote (for the refusal's message). The kernel drops the lock
+    when the holder ends, however it ends."""
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        f.seek(0)
+        return f.read().strip() or "unknown"
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return None
+
+
 @contextmanager
 def writing(path: str | Path) -> Iterator[None]:
     """Hold the writer's lock of ``path`` for the block: ``flock`` on a hidden file beside it, which
@@ -58,26 +76,16 @@ def writing(path: str | Path) -> Iterator[None]:
         path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             f = open(lock, "a+", encoding="utf-8")
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise
-                f.seek(0)
-                holder = f.read().strip() or "unknown"
+            if (holder := take_flock(f)) is not None:
                 raise OutputBusyError(errno.EBUSY, f"{path} is being written by another process (PID "
                                                    f"{holder}); wait for it to finish, or write to "
-                                                   "another path") from None
+                                                   "another path")
             try:
                 if os.fstat(f.fileno()).st_ino == os.stat(lock).st_ino:
                     break
             except FileNotFoundError:
                 pass
             f.close()  # its last holder removed it as we opened it: take the one at the name now
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
         remove_temps(path)
         yield
     finally:

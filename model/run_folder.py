@@ -8,15 +8,12 @@ never blocks the next one.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from model.atomic import atomic_write, temp_files
+from model.atomic import atomic_write, take_flock, temp_files
 from model.train_config import SettingsError
 
 CKPT = "ckpt.pt"
@@ -34,20 +31,9 @@ def locked(out: Path) -> Iterator[None]:
     out.mkdir(parents=True, exist_ok=True)
     f = open(out / LOCK, "a+", encoding="utf-8")
     try:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
+        if (holder := take_flock(f)) is not None:
             raise RunLockedError(f"{out} is in use by another gpt-train (PID {holder}); wait for it to "
-                                 "finish, or pass another --out") from None
-        # the holder's PID, for the message above (the lock itself is what counts, not the file)
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
+                                 "finish, or pass another --out")
         yield
     finally:
         f.close()  # releases the lock; the file stays, since removing it would race a starting run
