@@ -1,7 +1,9 @@
 """A run's folder (``--out``): one run at a time, never replaced by accident, tidy after a crash.
 
-OUT holds ``ckpt.pt`` (the full state at the last evaluation), ``metrics.jsonl`` (one JSON row per
-logged step and per evaluation) and ``.lock``, which a running gpt-train holds with ``flock``:
+OUT holds ``ckpt.pt`` (the full state at the last evaluation), ``best.pt`` (the weights alone at the
+evaluation with the lowest val loss so far: what to ship when a long run ends past its best, as
+nanoGPT keeps with ``always_save_checkpoint=False``), ``metrics.jsonl`` (one JSON row per logged
+step and per evaluation) and ``.lock``, which a running gpt-train holds with ``flock``:
 the kernel drops the lock when the process ends, however it ends, so a lock left by a killed run
 never blocks the next one.
 """
@@ -17,6 +19,7 @@ from model.atomic import atomic_write, take_flock, temp_files
 from model.train_config import SettingsError
 
 CKPT = "ckpt.pt"
+BEST = "best.pt"
 METRICS = "metrics.jsonl"
 LOCK = ".lock"
 
@@ -47,7 +50,7 @@ def check_start(out: Path, resume: bool, overwrite: bool) -> None:
             raise SettingsError(f"--resume: {out / CKPT} does not exist{why}; start a new run "
                                 f"{'with --overwrite' if why else 'without --resume'}")
         return
-    existing = [name for name in (CKPT, METRICS) if (out / name).exists()]
+    existing = [name for name in (CKPT, BEST, METRICS) if (out / name).exists()]
     if existing and not overwrite:
         raise SettingsError(f"{out} already holds a run ({', '.join(existing)}): continue it with "
                             "--resume, or pass --overwrite to replace it")
@@ -55,7 +58,7 @@ def check_start(out: Path, resume: bool, overwrite: bool) -> None:
 
 def clear(out: Path) -> None:
     """Remove the files of the run in ``out`` (for --overwrite)."""
-    for name in (CKPT, METRICS):
+    for name in (CKPT, BEST, METRICS):
         (out / name).unlink(missing_ok=True)
 
 

@@ -387,6 +387,7 @@ def _loop(tr: Trainer, tokenizer, log: Callable[[str], None]) -> None:
                     if finite_weights else "the weights hold values that are not finite")
             raise NonFiniteError(f"step {tr.step}: {what}; stopped without saving: {kept()} "
                                  "(try a lower --learning-rate or --dtype fp32)")
+        best = losses["val"] < tr.best_val
         tr.best_val = min(tr.best_val, losses["val"])
         record(step=tr.step, train_loss=losses["train"], val_loss=losses["val"])
         bar.note(f"step {tr.step}: train {losses['train']:.4f}, val {losses['val']:.4f}")
@@ -396,7 +397,7 @@ def _loop(tr: Trainer, tokenizer, log: Callable[[str], None]) -> None:
         if tr.origin:
             meta["init_from"] = tr.origin
         try:
-            save_training(tr, tokenizer, meta)
+            save_training(tr, tokenizer, meta, best=best)
         except WriteError as e:
             raise WriteError(e.errno, f"step {tr.step}: {e}; free some space, then continue with "
                              f"{resume_command(cfg)}") from None
@@ -442,4 +443,7 @@ def _loop(tr: Trainer, tokenizer, log: Callable[[str], None]) -> None:
                 tick, tick_step = time.perf_counter(), tr.step  # evaluation time is not training throughput
     if tr.saved is not None:
         took = f" after {format_duration(tr.seconds)} of training" if tr.seconds else ""
-        log(f"done: {path} holds step {tr.saved[0]}, val loss {tr.saved[1]:.4f}{took}")
+        best = out / run_folder.BEST
+        lower = (f"; {best} holds the weights of the lowest, {tr.best_val:.4f}"
+                 if tr.best_val < tr.saved[1] and best.is_file() else "")
+        log(f"done: {path} holds step {tr.saved[0]}, val loss {tr.saved[1]:.4f}{took}{lower}")

@@ -85,14 +85,19 @@ def set_rng_state(tr: Trainer, state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"], tr.device)
 
 
-def save_training(tr: Trainer, tokenizer, meta: dict) -> None:
+def save_training(tr: Trainer, tokenizer, meta: dict, best: bool = False) -> None:
     """Rank 0 writes the full state, with every rank's RNG state; all ranks must call it. A sharded
-    (FSDP) run's weights and optimizer state are gathered first, so the file loads in one process."""
+    (FSDP) run's weights and optimizer state are gathered first, so the file loads in one process.
+    ``best``: this evaluation's val loss is the run's lowest, so the weights alone (a slim file)
+    also go to ``best.pt``, written first: a crash between the two leaves a checkpoint whose
+    resumed run replays, bit-exact, to the same best.pt."""
     weights, optimizer_state = distributed.full_state(tr.model, tr.optimizer)
     rngs = distributed.gather(rng_state(tr), tr.dist)
     if not tr.dist.is_main:
         return
     state = checkpoint.payload(tr.model, tokenizer, meta) | {"model": weights}
+    if best:
+        checkpoint.save(state, Path(tr.cfg.out_dir) / run_folder.BEST)
     state["train"] = {
         "step": tr.step,
         "best_val": tr.best_val,

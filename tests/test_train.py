@@ -55,6 +55,29 @@ def test_checkpoint_holds_what_resume_and_inference_need(text_file, tmp_path):
     assert ckpt["config"] == tr.model.config.to_dict()
 
 
+def test_best_pt_keeps_the_weights_of_the_lowest_val_loss(text_file, tmp_path, monkeypatch):
+    """A run that passes its best (val 2.0 at step 10, then worse) leaves those weights in best.pt,
+    slim, while ckpt.pt holds the last state to resume."""
+    import model.train as train_module
+    from model import checkpoint
+
+    scripted, seen = iter([3.0, 2.0, 2.5, 2.8]), {}
+
+    def evaluate(tr, iters=None):
+        seen[tr.step] = {k: v.clone() for k, v in tr.model.state_dict().items()}
+        return {"train": 1.0, "val": next(scripted)}
+
+    monkeypatch.setattr(train_module, "evaluate", evaluate)
+    said = []
+    train(tiny_run(text_file, tmp_path), log=said.append)
+    best = checkpoint.load(tmp_path / "best.pt")
+    assert "train" not in best and best["meta"]["steps"] == 10 and best["meta"]["val_loss"] == 2.0
+    for k, v in best["model"].items():
+        torch.testing.assert_close(v, seen[10][k], rtol=0, atol=0)
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["train"]["step"] == 20
+    assert said[-1].endswith(f"{tmp_path / 'best.pt'} holds the weights of the lowest, 2.0000")
+
+
 @pytest.mark.slow
 def test_short_real_run_beats_the_bigram(shakespeare_available, tmp_path):
     """A 2-layer GPT trained briefly on Tiny Shakespeare ends below the bigram trained as long."""
