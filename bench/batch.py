@@ -1,11 +1,11 @@
-"""Batch mode: prompts one at a time against model.batched (rows sharing each forward pass).
+"""Batch mode: prompts one at a time against model.generate.batched (rows sharing each forward pass).
 
     python bench/batch.py [--parallel 16] [--runs 3] [--backends torch,onnx] [--quick]
 
 16 and 64 prompts of 4..60 characters with varied settings (greedy and sampled with a seed each,
 top-k, top-p, a stop string on some, 40..200 new tokens), on the shipped model (or shakespeare-char
 with random weights), through each backend: the loop (``backend.stream`` per prompt, what
-``gpt-tui --batch --parallel 1`` does) and ``model.batched.generate_all`` with ``--parallel`` rows
+``gpt-tui --batch --parallel 1`` does) and ``model.generate.batched.generate_all`` with ``--parallel`` rows
 and continuous refill (what ``gpt-tui --batch`` does). The two alternate, ``--runs`` times each, in
 one process; tokens/s are medians. It also counts the prompts whose completions differ (none
 expected; a floating-point tie could flip a token). Last line, torch at 16 prompts:
@@ -25,8 +25,8 @@ import torch
 from common import SHIPPED, shipped_or_random
 
 from model import checkpoint
-from model.backend import Settings
-from model.batched import generate_all
+from model.generate.backend import Settings
+from model.generate.batched import generate_all
 
 STARTS = ["KING", "ROMEO:\nO", "First Citizen:\nWe", "JULIET:\nWhat light is that",
           "MENENIUS:\nI tell you, friends, most", "DUKE VINCENTIO:\nGood morrow, and what news",
@@ -90,7 +90,7 @@ def main() -> None:
     sizes = [4, 8] if args.quick else [int(s) for s in args.sizes.split(",")]
     if args.quick:
         args.runs = 1
-    from model.torch_backend import TorchBackend
+    from model.generate.torch_backend import TorchBackend
 
     model, tokenizer, name = shipped_or_random()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {name}; {args.parallel} rows; "

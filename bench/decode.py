@@ -6,8 +6,9 @@ For the shipped model (when checkpoints/shakespeare.pt exists) and the shakespea
 random weights: tokens/s for `--tokens` new tokens from a short prompt, greedy, through the same
 ``Generation`` loop the app uses (so sampling, top candidates and the block-size window are paid
 for), median of `--runs` runs in one process, for
-  cached     model.torch_backend.TorchDecoder: one position per token on a preallocated KV cache
-  recompute  model.torch_backend.RecomputeDecoder: the whole window again every token (nanoGPT's generate)
+  cached     model.generate.torch_backend.TorchDecoder: one position per token on a preallocated KV cache
+  recompute  RecomputeDecoder (model.generate.torch_backend): the whole window again every token
+             (nanoGPT's generate)
   compiled   (--compile) TorchDecoder(step="compile"): the fixed-shape step through torch.compile,
              timed alternately with cached; its compile time is printed (it is paid once a process)
   onnx       export.ort_backend on ONNX Runtime's CPU provider (when the export package imports)
@@ -49,10 +50,10 @@ from common import SHIPPED, random_gpt2, random_shakespeare_char
 from torch.nn import functional as F
 
 from model import checkpoint
-from model.backend import Settings
-from model.engine import Generation
+from model.generate.backend import Settings
+from model.generate.engine import Generation
+from model.generate.torch_backend import RecomputeDecoder, TorchDecoder, compile_settings, decode_precision
 from model.gpt import GPT
-from model.torch_backend import RecomputeDecoder, TorchDecoder, compile_settings, decode_precision
 
 PROMPT = "ROMEO:\n"
 
@@ -198,8 +199,8 @@ def hf_tok_s(model: GPT, prompt: list[int], tokens: int, runs: int,
     """Median tokens/s of transformers' greedy generate() on our weights, as GPT2LMHeadModel."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from export.hf_export import hf_state
-    from model.hf import hf_config
+    from model.hf.load import hf_config
+    from model.hf.save import hf_state
 
     hf = GPT2LMHeadModel(GPT2Config(**hf_config(model.config, eot_id=0))).eval()
     hf.load_state_dict(hf_state(model), strict=False)  # strict=False: the tied lm_head is not listed

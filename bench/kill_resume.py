@@ -47,7 +47,7 @@ def flags(steps: int) -> list[str]:
 def gpt_train(args: list[str], log: Path) -> subprocess.Popen:
     env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}  # every run the same threads
     with open(log, "a") as f:
-        return subprocess.Popen([sys.executable, "-m", "model.cli", *args], cwd=REPO, env=env,
+        return subprocess.Popen([sys.executable, "-m", "model.train.cli", *args], cwd=REPO, env=env,
                                 stdout=f, stderr=subprocess.STDOUT)
 
 

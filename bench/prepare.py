@@ -3,9 +3,9 @@
     python bench/prepare.py [--text-mb 50] [--tokens-gb 1] [--runs 3] [--quick]
 
 1. Throughput (MB of text per second) on the same corpus (Tiny Shakespeare cut into documents of
-   ~8 KB, repeated to --text-mb, one file each): GPT-2 BPE through model.prepare (pieces encoded on
+   ~8 KB, repeated to --text-mb, one file each): GPT-2 BPE through model.data.prepare (pieces encoded on
    every core) beside nanoGPT's way (tiktoken ``encode_ordinary`` per document, EOT appended,
-   ``np.array(uint16).tofile``); and the character tokenizer through model.prepare beside
+   ``np.array(uint16).tofile``); and the character tokenizer through model.data.prepare beside
    nanoGPT's shakespeare_char way (a Python list of ids for the whole text); --runs of each, in turn,
    medians.
 2. Peak resident memory of a process that opens the data and runs training steps (the ``cpu``
@@ -40,14 +40,14 @@ import numpy as np
 import torch
 
 from model.config import preset
-from model.data import Splits, shakespeare_path
+from model.data.corpus import Splits, shakespeare_path
+from model.data.prepare import PrepareConfig, ShardWriter, prepare
+from model.data.shards import FORMAT, MANIFEST, dtype_for, open_prepared
 from model.gpt import build_model
 from model.paths import RANKS_ENV, ranks_path
-from model.prepare import PrepareConfig, ShardWriter, prepare
-from model.shards import FORMAT, MANIFEST, dtype_for, open_prepared
 from model.tokenizer import BPETokenizer, CharTokenizer
-from model.train import TrainConfig, make_optimizer, train_step
-from model.train_state import Trainer
+from model.train.loop import TrainConfig, make_optimizer, train_step
+from model.train.state import Trainer
 
 DOC_CHARS = 8_000
 GPT2_RANKS = 50_256  # GPT-2's merged and byte tokens; its end-of-text token comes after them
@@ -214,11 +214,11 @@ def run(args, work: Path) -> None:
     t_bpe, t_nano, t_char, t_nano_char = (statistics.median(times[k]) for k in times)
     bpe_tokens = open_prepared(work / "bpe").manifest["tokens"]
     nano_tokens = (work / "nanogpt_bpe.bin").stat().st_size // 2
-    print(f"GPT-2 BPE: model.prepare {mb / t_bpe:.2f} MB/s, nanoGPT's way {mb / t_nano:.2f} MB/s "
+    print(f"GPT-2 BPE: model.data.prepare {mb / t_bpe:.2f} MB/s, nanoGPT's way {mb / t_nano:.2f} MB/s "
           f"({t_nano / t_bpe:.2f}x; each run's ratio: "
           f"{', '.join(f'{n / b:.2f}' for n, b in zip(times['nano'], times['bpe'], strict=True))}); "
           f"{bpe_tokens:,} and {nano_tokens:,} tokens (nanoGPT ends the last document with one too)")
-    print(f"characters: model.prepare {mb / t_char:.2f} MB/s, nanoGPT's way {mb / t_nano_char:.2f} MB/s "
+    print(f"characters: model.data.prepare {mb / t_char:.2f} MB/s, nanoGPT's way {mb / t_nano_char:.2f} MB/s "
           f"({t_nano_char / t_char:.2f}x)")
     for name in ("bpe", "char"):
         shutil.rmtree(work / name)

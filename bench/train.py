@@ -45,7 +45,7 @@ from model.checkpoint import load
 from model.config import GPTConfig, preset
 from model.device import cpu_has_bf16
 from model.gpt import build_model, count_params
-from model.progress import flops_per_token
+from model.train.progress import flops_per_token
 
 REPO = Path(__file__).resolve().parent.parent
 NANOGPT_BATCH = 64  # train_shakespeare_char's
@@ -84,7 +84,7 @@ def shape_flags(cfg: GPTConfig, batch: int) -> list[str]:
 
 def gpt_train(flags: list[str], data: Path, out: Path, steps: int, env: dict | None = None) -> dict:
     """One fresh `gpt-train` process -> its median ms/step after two, its log, and its wall time."""
-    command = [sys.executable, "-m", "model.cli", "--data", str(data), "--out", str(out), "--overwrite",
+    command = [sys.executable, "-m", "model.train.cli", "--data", str(data), "--out", str(out), "--overwrite",
                "--max-iters", str(steps), "--eval-interval", str(steps), "--eval-iters", "1",
                "--log-interval", "1", "--no-progress", *flags]
     started = time.perf_counter()

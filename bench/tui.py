@@ -33,8 +33,8 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 
 import torch  # noqa: E402
 
-from model.backend import Backend, Settings  # noqa: E402
 from model.checkpoint import DEFAULT_CKPT, SHIPPED_DIR  # noqa: E402
+from model.generate.backend import Backend, Settings  # noqa: E402
 from tui.app import GPTApp, freeze_heap  # noqa: E402
 from tui.backends import OnnxFactory, TorchFactory  # noqa: E402
 from tui.remote import offloaded  # noqa: E402

@@ -110,9 +110,9 @@ def onnx(ckpt: str, out: str | None, opset: int | None, no_validate: bool, quant
 def hf(ckpt: str, out: str) -> None:
     """Write a Hugging Face GPT-2 folder: config.json, model.safetensors and the tokenizer files, which
     transformers.AutoModelForCausalLM.from_pretrained(OUT) loads with our logits."""
-    from export.hf_export import export_hf
     from model.atomic import WriteError
     from model.checkpoint import CheckpointError
+    from model.hf.save import export_hf
 
     path = checkpoint_file(ckpt)
     try:

@@ -7,7 +7,7 @@
   ``decoder`` (a generic decoder, nothing model-specific assumed), our input and output names, and
   ``past_present_share_buffer: false``, because our graph returns the present as past + new (a new
   buffer every step) rather than writing into a preallocated one.
-- Both take the tokenizer from ``tokenizer.json`` and friends (export.hf_export).
+- Both take the tokenizer from ``tokenizer.json`` and friends (model.hf.save).
 
 The ``model.onnx`` is the same file as the single-file export, metadata included, so our own
 ONNX Runtime backend opens it too.
@@ -18,11 +18,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from export.hf_export import hf_files, write_files
 from export.onnx_export import export_onnx
 from model.atomic import writing
 from model.checkpoint import load, restore_model
 from model.config import GPTConfig
+from model.hf.save import hf_files, write_files
 
 MODEL_FILE = "model.onnx"
 

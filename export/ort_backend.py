@@ -1,6 +1,6 @@
 """The ONNX Runtime backend: the same ``Backend`` as the PyTorch one, driven from NumPy.
 
-Everything above the model (sampling, stops, the block-size window, streaming) is model.engine's
+Everything above the model (sampling, stops, the block-size window, streaming) is model.generate.engine's
 ``Generation``; this module only supplies ``OrtDecoder``, which keeps the past keys/values as
 NumPy arrays between calls and feeds them back as ``past_key_values.*``.
 
@@ -24,9 +24,9 @@ import torch
 
 from export.graph import FORMAT, META_PREFIX, WEIGHT_TYPES, WEIGHTS_KEY, input_names, output_names
 from export.ort_batched import OrtBatchDecoder
-from model.backend import BackendInfo, Settings
 from model.config import GPTConfig
-from model.engine import Generation
+from model.generate.backend import BackendInfo, Settings
+from model.generate.engine import Generation
 from model.tokenizer import CharTokenizer, Tokenizer, tokenizer_from_dict
 
 Provider = Literal["auto", "cpu", "cuda"]
@@ -136,7 +136,7 @@ def _check_graph(session, config: GPTConfig, path: Path) -> None:
 
 
 class OrtDecoder:
-    """One sequence on an ONNX Runtime session: model.backend.Decoder with the past in NumPy."""
+    """One sequence on an ONNX Runtime session: model.generate.backend.Decoder with the past in NumPy."""
 
     def __init__(self, session, config: GPTConfig):
         self.session = session
@@ -158,7 +158,7 @@ class OrtDecoder:
         P, T = self.pos, len(ids)
         if not ids or P + T > self.block_size:
             raise ValueError(f"{P} + {T} positions exceed block_size {self.block_size}; reset() and "
-                             "re-feed the last part of the context (model.engine does this)")
+                             "re-feed the last part of the context (model.generate.engine does this)")
         if min(ids) < 0 or max(ids) >= self.config.vocab_size:
             bad = next(i for i in ids if not 0 <= i < self.config.vocab_size)
             raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size})")
@@ -173,7 +173,7 @@ class OrtDecoder:
 
 
 class OrtBackend:
-    """model.backend.Backend over an exported .onnx file."""
+    """model.generate.backend.Backend over an exported .onnx file."""
 
     def __init__(self, session, config: GPTConfig, tokenizer: Tokenizer, path: str, meta: dict,
                  weights: str):
@@ -200,7 +200,7 @@ class OrtBackend:
         return OrtDecoder(self.session, self.config)
 
     def batch_decoder(self, rows: int) -> OrtBatchDecoder:
-        """Up to ``rows`` sequences decoded together (model.batched.Batch drives it)."""
+        """Up to ``rows`` sequences decoded together (model.generate.batched.Batch drives it)."""
         return OrtBatchDecoder(self.session, self.config, rows)
 
     def torch_model(self) -> None:

@@ -1,4 +1,4 @@
-"""Batched decoding on ONNX Runtime: model.batched.BatchDecoder through the graph's own batch inputs.
+"""Batched decoding on ONNX Runtime: model.generate.batched.BatchDecoder through the graph's own batch inputs.
 
 The exported graph takes a batch with one past length P for every row, an attention_mask over the
 P + T slots and per-row position_ids (export.graph). Rows of different lengths are therefore kept

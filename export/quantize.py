@@ -168,7 +168,7 @@ def _fp16_to_bf16(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 def split_loss(backend: OrtBackend, ids: torch.Tensor, batch_size: int = 16) -> float:
     """Mean cross-entropy over every target of ``ids`` (consecutive block_size windows, each target
-    once, as model.report.full_val_loss) through the ONNX Runtime graph: prefill only, no past."""
+    once, as model.train.report.full_val_loss) through the ONNX Runtime graph: prefill only, no past."""
     config = backend.config
     block = config.block_size
     n = (len(ids) - 1) // block
@@ -263,7 +263,7 @@ def export_converted(
     into a temp folder, then converted to ``kind`` into ``out`` (default: the checkpoint's path
     with ``.{kind}.onnx``), judged on the validation split of ``data``."""
     from export.onnx_export import export_onnx
-    from model.data import open_corpus
+    from model.data.corpus import open_corpus
 
     out = Path(out) if out else ckpt_path.with_suffix(f".{kind}.onnx")
     with tempfile.TemporaryDirectory() as tmp:

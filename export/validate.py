@@ -20,9 +20,9 @@ import torch
 
 from export.graph import OnnxDecoderModel, input_names, sample_inputs
 from export.ort_backend import load_ort_backend
+from model.generate.torch_backend import TorchDecoder
 from model.gpt import GPT
 from model.tokenizer import CharTokenizer
-from model.torch_backend import TorchDecoder
 
 # fp32 on the CPU: kernels differ only in summation order, far below this
 LOGIT_TOLERANCE = 1e-4

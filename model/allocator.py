@@ -14,7 +14,7 @@ ways: ``GLIBC_TUNABLES`` read by glibc as the process starts, or ``mallopt`` cal
 Only the first holds fully: set after start-up, freed blocks above 32 MiB still went back to the
 system on some steps (half the page faults remained). So ``gpt-train`` starts itself again with the
 tunables set (``relaunch_tuned``, before any work: the same process id, arguments and streams),
-and ``keep_freed_memory`` is the in-process fallback that library callers of model.train get.
+and ``keep_freed_memory`` is the in-process fallback that library callers of model.train.loop get.
 Elsewhere (macOS, musl, Windows) nothing is changed.
 """
 

@@ -7,7 +7,7 @@ A checkpoint is a dict of plain data (``torch.load(weights_only=True)`` can read
   tokenizer  tokenizer as a dict
   model      state dict
   train      (full checkpoints only) optimizer state, step, best val loss, settings, the number
-             of processes and one RNG state per process (model.train_state.save_training)
+             of processes and one RNG state per process (model.train.state.save_training)
   meta       free-form facts for people: steps trained, val loss, data checksum
 A slim checkpoint is the same without ``train``, optionally with half-precision weights.
 

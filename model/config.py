@@ -58,7 +58,7 @@ class GPTConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.attention == "auto":
             raise ValueError("attention 'auto' is chosen by gpt-train --attention auto at the start of a run "
-                             "(model.attention_choice); a model needs 'explicit' or 'fused'")
+                             "(model.train.attention_choice); a model needs 'explicit' or 'fused'")
         if self.attention not in ("explicit", "fused"):
             raise ValueError(f"attention must be 'explicit' or 'fused', not {self.attention!r}")
         if self.activation not in ("gelu", "gelu_tanh"):

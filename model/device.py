@@ -1,6 +1,6 @@
 """Where tensors live and in which precision: choices shared by training, inference and reports.
 
-Kept apart from model.train so that loading a model to generate text never imports the training
+Kept apart from model.train.loop so that loading a model to generate text never imports the training
 stack.
 """
 

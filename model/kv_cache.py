@@ -68,7 +68,7 @@ class KVCache:
         if self.pos + n > self.block_size:
             raise ValueError(
                 f"KV cache full: {self.pos} + {n} positions exceed block_size {self.block_size}; "
-                "reset() and re-feed the last part of the context (model.engine does this)"
+                "reset() and re-feed the last part of the context (model.generate.engine does this)"
             )
 
     def advance(self, n: int) -> None:

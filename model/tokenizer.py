@@ -134,7 +134,7 @@ class BPETokenizer:
 
     @property
     def encoding(self) -> tiktoken.Encoding:
-        """The tiktoken encoding itself, for batch and NumPy encoding (model.encoders)."""
+        """The tiktoken encoding itself, for batch and NumPy encoding (model.data.encoders)."""
         return self._enc
 
     def unknown_chars(self, text: str) -> list[str]:

@@ -28,7 +28,7 @@ elif os.environ.get("GPT_DATA_DIR"):
     os.environ["GPT_DATA_DIR"] = str(Path(os.environ["GPT_DATA_DIR"]).resolve())
 
 # Tests never write into the user's cache: texts that training prepares into token shards on first
-# use (model.data.open_corpus) go to a temp folder of this session.
+# use (model.data.corpus.open_corpus) go to a temp folder of this session.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="gpt-tests-cache-")
 atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
 
@@ -104,7 +104,7 @@ def text_file(tmp_path) -> Path:
 
 def tiny_run(text_file: Path, out: Path, **changes):
     """A TrainConfig for a 2-layer, 16-wide run of 20 steps on ``text_file``, with ``changes``."""
-    from model.train_config import TrainConfig
+    from model.train.config import TrainConfig
 
     model = GPTConfig(block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.1)
     base = dict(model=model, data=str(text_file), out_dir=str(out), batch_size=4, max_iters=20,

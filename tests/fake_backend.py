@@ -1,6 +1,6 @@
 """A deterministic stand-in for a model backend, for the app and batch tests.
 
-It uses the real ``model.engine.Generation`` (sampling, stopping, settings read per token) over a
+It uses the real ``model.generate.engine.Generation`` (sampling, stopping, settings read per token) over a
 fake decoder whose logits favour the next character of a script, so tests see exact text.
 """
 
@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from model.backend import BackendInfo, Settings
-from model.engine import Generation
+from model.generate.backend import BackendInfo, Settings
+from model.generate.engine import Generation
 from model.gpt import GPT, Bigram
 from model.tokenizer import CharTokenizer
 

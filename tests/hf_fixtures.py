@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from model.data import text_source
+from model.data.corpus import text_source
 
 EOT = "<|endoftext|>"
 BPE_VOCAB = 400  # 256 bytes + 144 merges: small, and still merges common words

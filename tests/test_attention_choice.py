@@ -6,10 +6,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from model.attention_choice import PATHS, choose_attention
-from model.cli import main
 from model.config import GPTConfig
 from model.gpt import GPT
+from model.train.attention_choice import PATHS, choose_attention
+from model.train.cli import main
 from tests.conftest import TEXT
 from tests.test_runs import TINY, stored
 
@@ -112,7 +112,7 @@ def text(tmp_path):
 def test_the_run_stores_the_choice_and_a_resumed_run_keeps_it(text, tmp_path, monkeypatch):
     out = tmp_path / "run"
     chosen = {"explicit": 0.001, "fused": 0.002}
-    monkeypatch.setattr("model.train.choose_attention", lambda *a, **k: ("explicit", chosen))
+    monkeypatch.setattr("model.train.loop.choose_attention", lambda *a, **k: ("explicit", chosen))
     first = CliRunner().invoke(main, ["--data", str(text), "--out", str(out), "--attention", "auto", *TINY])
     assert first.exit_code == 0, first.output
     assert ("attention auto: fused 2.0 ms, explicit 1.0 ms per micro-step (forward + backward, median, "
@@ -124,7 +124,7 @@ def test_the_run_stores_the_choice_and_a_resumed_run_keeps_it(text, tmp_path, mo
     def refuse(*a, **k):
         raise AssertionError("a resumed run measured again")
 
-    monkeypatch.setattr("model.train.choose_attention", refuse)
+    monkeypatch.setattr("model.train.loop.choose_attention", refuse)
     for extra in ([], ["--attention", "auto"]):  # auto on resume: keep the stored choice
         steps = str(6 + len(extra))
         more = CliRunner().invoke(main, ["--resume", "--out", str(out), "--data", str(text), "--max-iters",
@@ -145,7 +145,7 @@ def test_a_forced_path_is_not_measured(text, tmp_path, monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("measured a forced path")
 
-    monkeypatch.setattr("model.train.choose_attention", refuse)
+    monkeypatch.setattr("model.train.loop.choose_attention", refuse)
     out = tmp_path / "run"
     args = ["--data", str(text), "--out", str(out), "--attention", "explicit", *TINY]
     result = CliRunner().invoke(main, args)
@@ -161,7 +161,7 @@ def test_init_from_measures_the_checkpoints_model(text, tmp_path, tiny_ckpt, mon
         seen.extend(factory(p).config.n_layer for p in PATHS)  # the checkpoint's model, each path
         return "explicit", {"explicit": 0.001, "fused": 0.002}
 
-    monkeypatch.setattr("model.train.choose_attention", pick)
+    monkeypatch.setattr("model.train.loop.choose_attention", pick)
     out = tmp_path / "run"
     args = ["--init-from", str(tiny_ckpt), "--data", str(text), "--out", str(out), "--attention", "auto",
             "--batch-size", "2", "--block-size", "16", "--max-iters", "2", "--eval-iters", "1",
@@ -179,7 +179,7 @@ def test_measuring_leaves_the_run_as_if_the_path_had_been_forced(text, tmp_path,
         choose_attention(*a, **k, steps=1)
         return "fused", {"explicit": 2.0, "fused": 1.0}
 
-    monkeypatch.setattr("model.train.choose_attention", pick)
+    monkeypatch.setattr("model.train.loop.choose_attention", pick)
     for name, path in (("auto", "auto"), ("forced", "fused")):
         args = ["--data", str(text), "--out", str(tmp_path / name), "--attention", path, "--dropout", "0.1",
                 *TINY]

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from fake_backend import FakeBackend, FakeClock
 
-from model.backend import Settings
+from model.generate.backend import Settings
 from tui.batch import EXIT_INTERRUPTED, EXIT_ITEMS_FAILED, EXIT_OK, Item, read_items, run_batch
 from tui.cli import main
 
@@ -89,7 +89,7 @@ def test_ctrl_c_keeps_the_lines_written_and_exits_130():
 
 
 def test_same_seed_same_output_and_a_fresh_seed_is_recorded(tiny_ckpt):
-    from model.torch_backend import load_backend
+    from model.generate.torch_backend import load_backend
 
     backend = load_backend(tiny_ckpt)
     prompts = "ROMEO:\nJULIET:\n"
@@ -102,7 +102,7 @@ def test_same_seed_same_output_and_a_fresh_seed_is_recorded(tiny_ckpt):
 
 
 def test_cli_batch_decodes_fp32_unless_told_otherwise_and_says_so(tiny_ckpt, monkeypatch):
-    from model import torch_backend
+    from model.generate import torch_backend
 
     asked = []
     chosen = torch_backend.decode_precision

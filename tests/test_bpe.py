@@ -3,8 +3,8 @@
 import pytest
 from test_tokenizer import write_ranks
 
-from export.hf_export import byte_bpe_from_ranks, tokenizer_files
 from model.bpe import ByteBPETokenizer, bytes_to_unicode
+from model.hf.save import byte_bpe_from_ranks, tokenizer_files
 from model.tokenizer import EOT, BPETokenizer, tokenizer_from_dict
 
 BYTES = [bytes_to_unicode()[b] for b in range(256)]

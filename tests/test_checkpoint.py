@@ -192,7 +192,7 @@ def test_weights_that_do_not_match_the_config_are_refused(tiny_ckpt, tmp_path):
 def test_gpt_report_slim_drops_training_state(tiny_ckpt, tmp_path):
     from click.testing import CliRunner
 
-    from model.cli import report
+    from model.train.cli import report
 
     full = load(tiny_ckpt) | {"train": {"step": 7, "optimizer": {"state": {0: torch.zeros(1000)}}}}
     full["meta"] = {"steps": 7, "train_config": {"out_dir": "/home/someone/runs/x", "batch_size": 4}}

@@ -1,12 +1,13 @@
 import errno
 import json
+import sys
 
 import pytest
 from click.testing import CliRunner
 
 from export.cli import main as export_cli
-from model.cli import main, report
-from model.report import split_losses
+from model.train.cli import main, report
+from model.train.report import split_losses
 from tests.conftest import TEXT
 
 
@@ -107,6 +108,16 @@ def test_several_runs_plot_side_by_side_with_their_labels(tmp_path, monkeypatch)
     assert wrong.output.strip() == "Error: 1 --label for 2 metrics files; give one per file, or none"
 
 
+def test_plot_without_its_optional_extra_names_the_extra(tmp_path, monkeypatch):
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(json.dumps({"step": 1, "loss": 4.0}) + "\n")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
+    result = CliRunner().invoke(report, ["plot", str(metrics), "--out", str(tmp_path / "c.png")])
+    said = "plotting needs matplotlib: pip install 'gpt-from-scratch[plot]' (or pip install matplotlib)"
+    assert result.exit_code == 1 and result.output == f"Error: {said}\n"
+    assert not (tmp_path / "c.png").exists()
+
+
 def test_a_full_disk_during_an_export_keeps_the_old_file(tiny_ckpt, tmp_path, monkeypatch):
     import onnx
 
@@ -133,8 +144,8 @@ def test_a_full_disk_during_an_export_keeps_the_old_file(tiny_ckpt, tmp_path, mo
 
 def test_gpt_tui_flag_bounds_are_the_settings_bounds():
     # tui.cli repeats them so that --help imports no torch; they must not drift apart
-    import model.backend
+    import model.generate.backend
     import tui.cli
 
-    assert tui.cli.MAX_NEW_TOKENS == model.backend.MAX_NEW_TOKENS
-    assert tui.cli.MAX_SEED == model.backend.MAX_SEED
+    assert tui.cli.MAX_NEW_TOKENS == model.generate.backend.MAX_NEW_TOKENS
+    assert tui.cli.MAX_SEED == model.generate.backend.MAX_SEED

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from model.backend import Settings
+from model.generate.backend import Settings
 from tui import commands
 from tui import settings as settings_text
 from tui.session import file_sha256, load_jsonl, save_jsonl, to_markdown

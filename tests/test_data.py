@@ -6,11 +6,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from model.cli import main as train_main
-from model.data import DataError, Splits, get_batch, open_corpus, shakespeare_path
-from model.prepare import PrepareConfig, prepare
-from model.shards import MANIFEST, open_prepared
+from model.data.corpus import DataError, Splits, get_batch, open_corpus, shakespeare_path
+from model.data.prepare import PrepareConfig, prepare
+from model.data.shards import MANIFEST, open_prepared
 from model.tokenizer import CharTokenizer
+from model.train.cli import main as train_main
 from tests.conftest import TEXT
 
 
@@ -19,7 +19,7 @@ def test_shakespeare_comes_from_the_data_dir_without_download(tmp_path, monkeypa
     local.mkdir()
     text = b"First Citizen:\n"
     (local / "tinyshakespeare.txt").write_bytes(text)
-    monkeypatch.setattr("model.data.SHAKESPEARE_MD5", hashlib.md5(text).hexdigest())
+    monkeypatch.setattr("model.data.corpus.SHAKESPEARE_MD5", hashlib.md5(text).hexdigest())
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("GPT_DATA_DIR", str(local))
     assert shakespeare_path() == local / "tinyshakespeare.txt"

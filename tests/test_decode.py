@@ -5,9 +5,9 @@ import torch
 from test_engine import decode_logits
 
 from model import measured
-from model.backend import Settings
-from model.engine import Generation
-from model.torch_backend import RecomputeDecoder, TorchDecoder
+from model.generate.backend import Settings
+from model.generate.engine import Generation
+from model.generate.torch_backend import RecomputeDecoder, TorchDecoder
 
 
 def greedy(decoder, tokenizer, prompt="ROMEO:", steps=60):
@@ -67,7 +67,7 @@ def test_the_compiled_step_gives_the_eager_logits_and_tokens_compiled_once_per_m
 
 
 def test_bf16_decode_weights_give_the_fp32_logits_to_bf16_precision(tiny_model, char_tok):
-    from model.torch_backend import TorchBackend
+    from model.generate.torch_backend import TorchBackend
 
     backend = TorchBackend(tiny_model, char_tok, precision="bf16")
     assert backend.decode_model.lm_head.weight.dtype == torch.bfloat16
@@ -82,7 +82,7 @@ def test_bf16_decode_weights_give_the_fp32_logits_to_bf16_precision(tiny_model, 
 
 
 def test_auto_precision_keeps_the_faster_weights_and_says_why(tiny_model, char_tok, monkeypatch):
-    import model.torch_backend as tb
+    import model.generate.torch_backend as tb
 
     monkeypatch.setattr(tb, "bf16_worth_timing", lambda device: False)
     backend = tb.TorchBackend(tiny_model, char_tok, precision="auto")
@@ -106,7 +106,7 @@ def test_auto_precision_keeps_the_faster_weights_and_says_why(tiny_model, char_t
 def test_fp32_precision_and_16_bit_checkpoints_decode_as_loaded(tiny_model, char_tok):
     import copy
 
-    from model.torch_backend import TorchBackend
+    from model.generate.torch_backend import TorchBackend
 
     backend = TorchBackend(tiny_model, char_tok)  # the constructor's default: no timing, no copy
     assert backend.decode_model is backend.model and backend.info().precision == "fp32 weights (asked for)"

@@ -14,10 +14,10 @@ import torch
 
 from model.checkpoint import CheckpointError
 from model.config import GPTConfig
-from model.data import get_batch
-from model.distributed import SINGLE, Dist, batch_generator, from_env
-from model.train import TrainConfig, setup, train_step
-from model.train_state import saved_rng
+from model.data.corpus import get_batch
+from model.train.distributed import SINGLE, Dist, batch_generator, from_env
+from model.train.loop import TrainConfig, setup, train_step
+from model.train.state import saved_rng
 from tests.conftest import REPO, TEXT
 
 STEPS, BATCH, ACCUM, BLOCK = 6, 4, 2, 16
@@ -31,7 +31,7 @@ FLAGS = ["--n-layer", "2", "--n-head", "2", "--n-embd", "16", "--block-size", st
 def torchrun(text: Path, out: Path, *flags: str) -> list[float]:
     """gpt-train as two gloo ranks on this machine -> rank 0's logged training losses."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "--monitor-interval", "0.1", "-m", "model.cli", "--data", str(text), "--out", str(out),
+           "--monitor-interval", "0.1", "-m", "model.train.cli", "--data", str(text), "--out", str(out),
            *FLAGS, *flags]
     env = os.environ | {"PYTHONPATH": str(REPO)}  # this checkout, not an installed copy
     # seconds normally; the limit leaves room for a slow, busy CI machine
@@ -175,7 +175,7 @@ def _listening(pids: list[int]) -> set[str]:
 
 
 def _launch(text: Path, out: Path, extra_env: dict, *flags: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "model.distributed", "--nproc-per-node", "2", "-m", "model.cli",
+    cmd = [sys.executable, "-m", "model.train.distributed", "--nproc-per-node", "2", "-m", "model.train.cli",
            "--data", str(text), "--out", str(out), *FLAGS, *flags]
     env = os.environ | {"PYTHONPATH": str(REPO)} | extra_env
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -238,7 +238,7 @@ def test_a_stopped_rank_ends_the_run_within_the_timeout(text, tmp_path):
 def test_the_timeout_comes_from_the_environment(monkeypatch):
     from datetime import timedelta
 
-    from model.distributed import TIMEOUT, timeout
+    from model.train.distributed import TIMEOUT, timeout
 
     monkeypatch.delenv("GPT_DIST_TIMEOUT", raising=False)
     assert timeout() == TIMEOUT == timedelta(minutes=10)

@@ -5,12 +5,12 @@ import itertools
 import pytest
 import torch
 
-from model.backend import Settings
-from model.engine import Generation
+from model.generate.backend import Settings
+from model.generate.engine import Generation
+from model.generate.sampling import distribution, sample
+from model.generate.torch_backend import RecomputeDecoder, TorchBackend, TorchDecoder, load_backend
 from model.kv_cache import KVCache
-from model.sampling import distribution, sample
 from model.tokenizer import UnknownCharactersError
-from model.torch_backend import RecomputeDecoder, TorchBackend, TorchDecoder, load_backend
 
 GREEDY = Settings(temperature=0.0, max_new_tokens=80)
 

@@ -13,8 +13,8 @@ from export.graph import input_names
 from export.onnx_export import export_onnx
 from export.ort_backend import OnnxModelError, load_ort_backend
 from export.validate import LOGIT_TOLERANCE, ValidationError, empty_past, padded_batch, validate_export
-from model.backend import Settings
-from model.torch_backend import TorchBackend, TorchDecoder
+from model.generate.backend import Settings
+from model.generate.torch_backend import TorchBackend, TorchDecoder
 
 pytestmark = pytest.mark.slow  # one export of the tiny model: ~15 s
 

@@ -9,9 +9,9 @@ import torch
 
 from model.checkpoint import load_model
 from model.config import GPTConfig
-from model.data import get_batch
-from model.distributed import batch_generator
-from model.train import TrainConfig, setup, train_step
+from model.data.corpus import get_batch
+from model.train.distributed import batch_generator
+from model.train.loop import TrainConfig, setup, train_step
 from tests.test_distributed import ACCUM, BATCH, BLOCK, STEPS, torchrun
 
 

@@ -12,15 +12,15 @@ from click.testing import CliRunner
 from hf_fixtures import EOT, VARIED_TEXT, gpt2_folder
 
 from export.cli import main as export_cli
-from export.hf_export import export_hf
 from model import checkpoint
 from model.checkpoint import load_model
 from model.config import GPTConfig
+from model.generate.torch_backend import TorchDecoder
 from model.gpt import GPT, Bigram
-from model.hf import HFImportError, import_hf
-from model.import_cli import main as import_cli
+from model.hf.cli import main as import_cli
+from model.hf.load import HFImportError, import_hf
+from model.hf.save import export_hf
 from model.tokenizer import CharTokenizer
-from model.torch_backend import TorchDecoder
 
 transformers = pytest.importorskip("transformers", reason="the dev extra: pip install -e '.[dev]'")
 PROMPT = "ROMEO:\nBut, soft! what light through yonder window breaks?"
@@ -224,7 +224,7 @@ def test_char_model_exports_with_equal_logits_and_a_round_tripping_tokenizer(tmp
                                                                              shakespeare_available):
     from tokenizers import Tokenizer
 
-    from model.data import text_source
+    from model.data.corpus import text_source
 
     text = text_source("shakespeare").read_text(encoding="utf-8")
     tok = CharTokenizer.from_text(text)
@@ -259,8 +259,8 @@ def test_bigram_does_not_export(tmp_path):
 
 @pytest.mark.slow  # a few training steps on Tiny Shakespeare
 def test_init_from_an_imported_gpt2_lowers_its_loss_and_records_where_it_started(imported, tmp_path):
-    from model.init_from import init_config
-    from model.train import TrainConfig, evaluate, setup, train, train_step
+    from model.train.init_from import init_config
+    from model.train.loop import TrainConfig, evaluate, setup, train, train_step
 
     model_config = init_config(imported, {"block_size": 32, "dropout": 0.0})
     cfg = TrainConfig(model=model_config, init_from=str(imported), out_dir=str(tmp_path / "ft"),
@@ -282,7 +282,7 @@ def test_init_from_an_imported_gpt2_lowers_its_loss_and_records_where_it_started
 
 
 def test_gpt_train_init_from_flag(imported, tmp_path):
-    from model.cli import main as train_cli
+    from model.train.cli import main as train_cli
 
     text = tmp_path / "text.txt"
     text.write_text(PROMPT * 40)
@@ -301,7 +301,7 @@ def test_gpt_train_init_from_flag(imported, tmp_path):
 
 
 def test_init_from_refuses_shape_flags_and_a_longer_block(imported):
-    from model.init_from import init_config
+    from model.train.init_from import init_config
 
     with pytest.raises(ValueError, match="--n-layer cannot change with --init-from"):
         init_config(imported, {"n_layer": 4})

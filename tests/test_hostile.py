@@ -14,7 +14,7 @@ from fake_backend import CHARS, FakeBackend, FakeClock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from model.backend import Settings
+from model.generate.backend import Settings
 from model.terminal import visible
 from tui import batch as batch_module
 from tui.batch import EXIT_ITEMS_FAILED, LineFile, OutputError, json_line, read_items, run_batch
@@ -255,7 +255,7 @@ def test_gpt_train_and_gpt_export_show_a_hostile_file_name_visibly(tmp_path):
     from click.testing import CliRunner
 
     from export.cli import main as export_main
-    from model.cli import report as report_main
+    from model.train.cli import report as report_main
 
     bad = tmp_path / "x\x1b]2;owned\x07.pt"
     bad.write_bytes(b"not a checkpoint")

@@ -12,12 +12,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from export.hf_export import export_hf
 from model import checkpoint
 from model.bpe import GPT2_SPLIT, ByteBPETokenizer, bytes_to_unicode
 from model.config import GPTConfig
 from model.gpt import GPT
-from model.import_cli import main as import_cli
+from model.hf.cli import main as import_cli
+from model.hf.save import export_hf
 from model.paths import UnsafePathError, name_inside
 from model.special import EOT
 
@@ -108,7 +108,7 @@ def test_an_index_of_plain_names_in_the_folder_imports(hf_dir, tmp_path):
 @pytest.fixture
 def prepared(tmp_path) -> Path:
     """A small prepared folder (character tokens, shards of 40 tokens)."""
-    from model.prepare import PrepareConfig, prepare
+    from model.data.prepare import PrepareConfig, prepare
 
     (tmp_path / "a.txt").write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 4)
     out = tmp_path / "tokens"
@@ -126,7 +126,7 @@ def edit_manifest(folder: Path, change) -> None:
 
 @pytest.mark.parametrize("name", ["../a.txt", "/etc/hostname"])
 def test_a_manifest_naming_a_shard_outside_its_folder_is_refused(prepared, name):
-    from model.shards import DataError, open_prepared
+    from model.data.shards import DataError, open_prepared
 
     edit_manifest(prepared, lambda m: m["shards"][0].update(file=name))
     with pytest.raises(DataError, match=rf"manifest.json: entry '{name}' is not a plain file name"):
@@ -293,7 +293,7 @@ def first_shard_tokens(m: dict, value) -> None:
     (lambda m: m["splits"]["val"].update(start=3, tokens=m["tokens"] - 3), "split and shard counts disagree"),
 ])
 def test_a_tampered_manifest_is_refused_naming_it(prepared, change, message):
-    from model.shards import DataError, open_prepared
+    from model.data.shards import DataError, open_prepared
 
     edit_manifest(prepared, change)
     with pytest.raises(DataError, match=r"manifest.json: ") as e:
@@ -302,7 +302,7 @@ def test_a_tampered_manifest_is_refused_naming_it(prepared, change, message):
 
 
 def test_a_shard_of_another_size_is_refused(prepared):
-    from model.shards import DataError, open_prepared
+    from model.data.shards import DataError, open_prepared
 
     with open(prepared / "tokens_000000.bin", "ab") as f:
         f.write(b"\0\0")
@@ -311,7 +311,7 @@ def test_a_shard_of_another_size_is_refused(prepared):
 
 
 def test_check_ids_names_where_the_ids_came_from_and_the_fix():
-    from model.shards import DataError, check_ids
+    from model.data.shards import DataError, check_ids
 
     check_ids(torch.tensor([[0, 5], [9, 1]]), 10, "data/x")
     check_ids(torch.zeros(0, dtype=torch.long), 10, "data/x")
@@ -327,8 +327,8 @@ def test_verify_finds_ids_beyond_the_vocabulary_even_with_matching_checksums(pre
     load-time check passes, --verify does not."""
     import numpy as np
 
-    from model.prepare_cli import main as prepare_cli
-    from model.shards import edge_digest, full_digest, open_prepared
+    from model.data.cli import main as prepare_cli
+    from model.data.shards import edge_digest, full_digest, open_prepared
 
     shard = prepared / "tokens_000000.bin"
     ids = np.fromfile(shard, dtype="<u2")
@@ -358,8 +358,8 @@ def test_a_full_disk_while_importing_is_one_line(hf_dir, tmp_path, monkeypatch):
 def test_a_full_disk_while_preparing_is_one_line_and_leaves_no_partial_folder(tmp_path, monkeypatch):
     import errno
 
-    from model import prepare as prepare_module
-    from model.prepare_cli import main as prepare_cli
+    from model.data import prepare as prepare_module
+    from model.data.cli import main as prepare_cli
 
     def full(self, ids):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -375,8 +375,8 @@ def test_a_full_disk_while_preparing_is_one_line_and_leaves_no_partial_folder(tm
 
 
 def test_a_killed_prepares_leftovers_go_at_the_next_run_and_a_second_run_is_refused(prepared):
-    from model.prepare import PrepareConfig, prepare, prepare_lock
-    from model.shards import DataError
+    from model.data.prepare import PrepareConfig, prepare, prepare_lock
+    from model.data.shards import DataError
 
     stale = prepared.parent / f".{prepared.name}.partial-abc123"
     stale.mkdir()

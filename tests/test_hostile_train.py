@@ -12,10 +12,10 @@ import torch
 from click.testing import CliRunner
 
 from model import checkpoint
-from model.cli import main
-from model.data import DataError, Splits
-from model.train import setup
-from model.train_config import TrainConfig
+from model.data.corpus import DataError, Splits
+from model.train.cli import main
+from model.train.config import TrainConfig
+from model.train.loop import setup
 from tests.conftest import TEXT
 
 TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "3",

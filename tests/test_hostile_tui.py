@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from fake_backend import FakeBackend, FakeClock
 from test_tui import SIZE, make_app, run_async, until
 
-from model.backend import Settings
+from model.generate.backend import Settings
 from tui import cli
 from tui.bars import StatsBar
 from tui.batch import read_items, run_batch
@@ -34,7 +34,7 @@ class _Event:
 
 
 class _Generation:
-    """A stream of fixed pieces, as model.engine.Generation iterates them."""
+    """A stream of fixed pieces, as model.generate.engine.Generation iterates them."""
 
     def __init__(self, pieces: list[str]):
         self.pieces, self.prompt_ids, self.stop_reason = pieces, [1], "max_tokens"

@@ -13,10 +13,10 @@ from test_tui import SIZE, done, make_app, no_blink, run_async, send, until
 from textual.widgets import Select
 
 from model import gpt as gpt_module
-from model.backend import Settings
-from model.compare import ABResult, Side, compare_backends
+from model.generate.backend import Settings
+from model.generate.compare import ABResult, Side, compare_backends
+from model.generate.insight import attention_weights, explain, perplexity, piece
 from model.gpt import GPT, count_params
-from model.insight import attention_weights, explain, perplexity, piece
 from tui.app import GPTApp
 from tui.panels import ABPanel, AttentionPanel, NextTokenPanel
 from tui.step import Stepper
@@ -164,7 +164,7 @@ def test_explain_marks_top_p():
 
 @run_async
 async def test_attention_panel_on_the_tiny_model(tiny_ckpt):
-    from model.torch_backend import load_backend
+    from model.generate.torch_backend import load_backend
 
     app = make_app(load_backend(tiny_ckpt), settings=Settings(max_new_tokens=8, seed=0))
     async with app.run_test(size=SIZE) as pilot:
@@ -215,7 +215,7 @@ def tiny_onnx(tiny_ckpt, tmp_path_factory):
 @run_async
 async def test_ab_agrees_fully_for_greedy_decoding_on_the_tiny_model(tiny_ckpt, tiny_onnx):
     from export.ort_backend import load_ort_backend
-    from model.torch_backend import load_backend
+    from model.generate.torch_backend import load_backend
 
     factories = {"onnx": lambda progress: load_ort_backend(tiny_onnx, "cpu")}
     app = make_app(load_backend(tiny_ckpt), factories=factories,
@@ -280,7 +280,7 @@ def test_snapshot_step_mode(snap_compare):
 
 
 def test_snapshot_attention_panel(snap_compare, tiny_ckpt):
-    from model.torch_backend import load_backend
+    from model.generate.torch_backend import load_backend
 
     app = GPTApp(load_backend(tiny_ckpt), settings=Settings(max_new_tokens=12, seed=0), clock=FakeClock())
 

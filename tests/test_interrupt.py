@@ -8,10 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 from export.cli import main as gpt_export
-from model.cli import report as gpt_report
-from model.import_cli import main as gpt_import
-from model.prepare_cli import main as gpt_prepare
+from model.data.cli import main as gpt_prepare
+from model.hf.cli import main as gpt_import
 from model.terminal import InterruptibleGroup
+from model.train.cli import report as gpt_report
 
 
 def ctrl_c(*args, **kwargs):
@@ -32,9 +32,9 @@ def test_a_group_ends_on_ctrl_c_in_any_subcommand():
 
 
 @pytest.mark.parametrize("command, args, target", [
-    (gpt_report, ["plot", "{metrics}"], "model.report.plot_learning_curve"),
+    (gpt_report, ["plot", "{metrics}"], "model.train.report.plot_learning_curve"),
     (gpt_export, ["onnx", "--ckpt", "{ckpt}", "--out", "{out}"], "export.onnx_export.export_onnx"),
-    (gpt_import, ["hf", "{tmp}", "--out", "{out}"], "model.hf.import_hf"),
+    (gpt_import, ["hf", "{tmp}", "--out", "{out}"], "model.hf.load.import_hf"),
 ])
 def test_every_tool_exits_130_on_ctrl_c(command, args, target, tiny_ckpt, tmp_path, monkeypatch):
     metrics = tmp_path / "metrics.jsonl"
@@ -50,7 +50,7 @@ def test_every_tool_exits_130_on_ctrl_c(command, args, target, tiny_ckpt, tmp_pa
 def test_gpt_prepare_says_its_output_is_untouched_and_exits_130(tmp_path, monkeypatch):
     text = tmp_path / "t.txt"
     text.write_text("hello world " * 100)
-    monkeypatch.setattr("model.prepare.prepare", ctrl_c)  # gpt-prepare imports it when it runs
+    monkeypatch.setattr("model.data.prepare.prepare", ctrl_c)  # gpt-prepare imports it when it runs
     result = CliRunner().invoke(gpt_prepare, [str(text), "--out", str(tmp_path / "out")])
     assert result.exit_code == 130
     assert result.output.strip() == f"interrupted; {tmp_path / 'out'} is as it was before this run"

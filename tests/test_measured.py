@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 
-from model import measured, torch_backend
+from model import measured
 from model.config import GPTConfig
+from model.generate import torch_backend
 from model.gpt import GPT
 
 CPU = torch.device("cpu")

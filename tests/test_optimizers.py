@@ -12,9 +12,9 @@ import torch
 
 from model.allocator import TUNABLES
 from model.config import GPTConfig
-from model.optimizers import Optimizers, make_optimizer
-from model.train import TrainConfig, train
-from model.train_config import SettingsError
+from model.train.config import SettingsError
+from model.train.loop import TrainConfig, train
+from model.train.optimizers import Optimizers, make_optimizer
 from tests.conftest import tiny_run
 
 

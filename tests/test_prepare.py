@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from model import encoders
-from model.prepare import PrepareConfig, bpe_cut, prepare
-from model.prepare_cli import main
-from model.shards import MANIFEST, DataError, dtype_for, open_prepared, read_manifest
+from model.data import encoders
+from model.data.cli import main
+from model.data.prepare import PrepareConfig, bpe_cut, prepare
+from model.data.shards import MANIFEST, DataError, dtype_for, open_prepared, read_manifest
 from model.tokenizer import BPETokenizer, CharTokenizer
 from tests.conftest import TEXT
 from tests.test_tokenizer import write_ranks
@@ -96,7 +96,7 @@ def test_bpe_tokens_equal_encoding_each_document_whole(tmp_path, monkeypatch):
     texts = ["".join(rng.choice(words) + rng.choice(gaps) for _ in range(3000)) for _ in range(2)]
     for i, text in enumerate(texts):
         (tmp_path / f"{i}.txt").write_text(text)
-    monkeypatch.setattr("model.encoders.PIECE_CHARS", 500)  # many cuts per document
+    monkeypatch.setattr("model.data.encoders.PIECE_CHARS", 500)  # many cuts per document
     manifest, _, data = run(tmp_path, tmp_path / "0.txt", tmp_path / "1.txt", tokenizer="gpt2", workers=2)
     tok = BPETokenizer(ranks)
     whole = [tok.encoding.encode_ordinary(t) for t in texts]  # the spelled-out EOT is ordinary text
@@ -123,10 +123,10 @@ def test_short_bpe_documents_joined_into_one_piece_encode_each_on_its_own(tmp_pa
     folder.mkdir()
     for i, text in enumerate(texts):
         (folder / f"{i:03d}.txt").write_text(text)
-    monkeypatch.setattr("model.encoders.PIECE_CHARS", 300)  # a few documents a piece
+    monkeypatch.setattr("model.data.encoders.PIECE_CHARS", 300)  # a few documents a piece
     joined = []
     real_pieces = encoders.pieces
-    monkeypatch.setattr("model.prepare.pieces", lambda *a, **k: (joined.append(p.documents) or p
+    monkeypatch.setattr("model.data.prepare.pieces", lambda *a, **k: (joined.append(p.documents) or p
                                                                  for p in real_pieces(*a, **k)))
     manifest, _, data = run(tmp_path, folder, tokenizer="gpt2", workers=2)
     tok = BPETokenizer(ranks)
@@ -224,7 +224,7 @@ def test_cli_prepares_verifies_and_explains(tmp_path):
 @pytest.mark.slow  # two short training runs
 def test_training_reads_a_prepared_folder_and_resumes_from_it(tmp_path, monkeypatch):
     from model.config import GPTConfig
-    from model.train import TrainConfig, train
+    from model.train.loop import TrainConfig, train
 
     ranks = tmp_path / "tiny.tiktoken"
     write_ranks(ranks, [bytes([b]) for b in range(256)] + [b"he", b" t"])

@@ -12,7 +12,7 @@ from export.cli import main as export_cli
 from export.onnx_export import export_onnx
 from export.ort_backend import load_ort_backend
 from export.quantize import QuantizeError, fold_head_transpose, quantize_export, split_loss
-from model.backend import Settings
+from model.generate.backend import Settings
 
 
 def test_the_tied_heads_transpose_becomes_a_constant_weight():

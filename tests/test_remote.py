@@ -9,8 +9,8 @@ import asyncio
 import pytest
 import torch
 
-from model.backend import Settings
-from model.engine import Generation
+from model.generate.backend import Settings
+from model.generate.engine import Generation
 from model.tokenizer import UnknownCharactersError
 from tui.app import GPTApp
 from tui.backends import TorchFactory

@@ -16,12 +16,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import model.train as train_module
-from model import run_folder
-from model.cli import main
+import model.train.loop as train_module
 from model.config import GPTConfig
-from model.report import read_metrics
-from model.train_config import SettingsError, StoredSettingsError, TrainConfig, fresh, resumed
+from model.train import run_folder
+from model.train.cli import main
+from model.train.config import SettingsError, StoredSettingsError, TrainConfig, fresh, resumed
+from model.train.report import read_metrics
 from tests.conftest import REPO, TEXT
 
 TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "3",
@@ -102,8 +102,9 @@ def test_a_second_run_into_a_locked_folder_is_refused_naming_the_holder(text, tm
 
 def test_the_lock_of_a_killed_process_does_not_block(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from model.run_folder import "
-         "locked\nwith locked(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(60)",
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from model.train.run_folder import locked\nwith locked(Path(sys.argv[1])):\n"
+         "    print('locked', flush=True); time.sleep(60)",
          str(tmp_path)],
         cwd=REPO, env=os.environ | {"PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True)
     try:
@@ -358,7 +359,7 @@ def test_the_cpu_preset_is_nanogpts_cpu_recipe():
 
 def test_the_cli_passes_the_presets_training_settings(monkeypatch, tmp_path):
     seen = []
-    monkeypatch.setattr("model.cli.run", lambda cfg, given, named, started: seen.append(cfg))
+    monkeypatch.setattr("model.train.cli.run", lambda cfg, given, named, started: seen.append(cfg))
     assert gpt_train("--preset", "cpu", "--out", str(tmp_path), "--eval-iters", "5").exit_code == 0
     assert (seen[0].batch_size, seen[0].eval_iters, seen[0].model.block_size) == (12, 5, 64)
 
@@ -388,7 +389,7 @@ def test_data_that_is_not_a_file_is_a_usage_error(args, message, tmp_path):
 
 
 def test_the_commands_import_no_torch_until_work_starts():
-    code = ("import sys, model.cli, export.cli; heavy = {'torch', 'onnx', 'rich', 'matplotlib'} & "
+    code = ("import sys, model.train.cli, export.cli; heavy = {'torch', 'onnx', 'rich', 'matplotlib'} & "
             "set(sys.modules); print(sorted(heavy))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=os.environ | {"PYTHONPATH": str(REPO)},
                           capture_output=True, text=True, timeout=60)

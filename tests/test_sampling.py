@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from model.backend import Settings
-from model.engine import Generation
-from model.insight import explain, knob_probs
-from model.sampling import choose, distribution, penalize, recent_ids
+from model.generate.backend import Settings
+from model.generate.engine import Generation
+from model.generate.insight import explain, knob_probs
+from model.generate.sampling import choose, distribution, penalize, recent_ids
 from model.tokenizer import CharTokenizer
 
 

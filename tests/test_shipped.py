@@ -5,11 +5,11 @@ import re
 import pytest
 import torch
 
-from model.backend import Settings
 from model.checkpoint import DEFAULT_CKPT, SHIPPED_DIR, load_model, resolve_ckpt
-from model.data import open_corpus
-from model.report import full_val_loss
-from model.torch_backend import TorchBackend
+from model.data.corpus import open_corpus
+from model.generate.backend import Settings
+from model.generate.torch_backend import TorchBackend
+from model.train.report import full_val_loss
 
 SHIPPED = SHIPPED_DIR / DEFAULT_CKPT
 CARD = SHIPPED_DIR / "README.md"

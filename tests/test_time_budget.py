@@ -9,10 +9,9 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from model import time_budget
-from model.cli import main
-from model.train import TrainConfig, setup, train, train_step
-from model.train_config import SettingsError, format_duration, parse_duration
+from model.train.cli import main
+from model.train.config import SettingsError, format_duration, parse_duration
+from model.train.loop import TrainConfig, setup, time_budget, train, train_step
 from tests.conftest import tiny_run
 
 
@@ -154,7 +153,7 @@ def test_the_cli_takes_a_budget_or_max_iters_not_both(tmp_path):
 
 
 def test_a_budget_replaces_the_presets_decay_steps():
-    from model.train_config import fresh
+    from model.train.config import fresh
 
     assert fresh("cpu", {}).lr_decay_iters == 2000
     assert fresh("cpu", {"time_budget": 60.0}).lr_decay_iters is None

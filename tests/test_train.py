@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from model.config import GPTConfig
-from model.report import full_val_loss
-from model.train import NonFiniteError, TrainConfig, evaluate, get_lr, setup, train, train_step
+from model.train.loop import NonFiniteError, TrainConfig, evaluate, get_lr, setup, train, train_step
+from model.train.report import full_val_loss
 from tests.conftest import tiny_run
 
 
@@ -58,7 +58,7 @@ def test_checkpoint_holds_what_resume_and_inference_need(text_file, tmp_path):
 def test_best_pt_keeps_the_weights_of_the_lowest_val_loss(text_file, tmp_path, monkeypatch):
     """A run that passes its best (val 2.0 at step 10, then worse) leaves those weights in best.pt,
     slim, while ckpt.pt holds the last state to resume."""
-    import model.train as train_module
+    import model.train.loop as train_module
     from model import checkpoint
 
     scripted, seen = iter([3.0, 2.0, 2.5, 2.8]), {}

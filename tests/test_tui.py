@@ -10,7 +10,7 @@ import types
 from fake_backend import FakeBackend, FakeClock
 from textual.widgets import Input, Select
 
-from model.backend import Settings
+from model.generate.backend import Settings
 from tui.app import GPTApp
 from tui.backends import BackendError, OnnxFactory
 from tui.output import OutputView
@@ -333,7 +333,7 @@ async def test_output_follows_the_end_until_the_user_scrolls_away():
 
 @run_async
 async def test_real_tiny_model(tiny_ckpt):
-    from model.torch_backend import load_backend
+    from model.generate.torch_backend import load_backend
 
     app = make_app(load_backend(tiny_ckpt), settings=Settings(max_new_tokens=12, seed=0))
     async with app.run_test(size=SIZE) as pilot:

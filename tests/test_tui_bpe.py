@@ -10,13 +10,13 @@ import torch
 from test_tui import SIZE, done, make_app, run_async, send, until
 
 from model import checkpoint
-from model.backend import Settings
 from model.bpe import ByteBPETokenizer, bytes_to_unicode
+from model.generate.backend import Settings
+from model.generate.insight import piece
+from model.generate.torch_backend import load_backend
 from model.gpt import GPT
-from model.insight import piece
 from model.special import EOT
 from model.tokenizer import BPETokenizer, CharTokenizer
-from model.torch_backend import load_backend
 from tui.panels import ATTENTION_CELLS, AttentionPanel, NextTokenPanel
 from tui.show import describe_origin
 
@@ -36,7 +36,7 @@ def bpe_ckpt(tmp_path_factory, tiny_config):
     torch.manual_seed(0)
     model = GPT(dataclasses.replace(tiny_config, vocab_size=tokenizer.vocab_size, block_size=BLOCK))
     path = tmp_path_factory.mktemp("bpe") / "gpt2-tiny.pt"
-    meta = {"source": "openai-community/gpt2", "imported_from": "huggingface"}  # as model.hf writes it
+    meta = {"source": "openai-community/gpt2", "imported_from": "huggingface"}  # as model.hf.load writes it
     checkpoint.save(checkpoint.payload(model, tokenizer, meta), path)
     return path
 

@@ -13,9 +13,9 @@ from tui.cli import main
 from tui.config import config_path
 
 # every console script, as pyproject.toml names it, and the function it runs
-COMMANDS = {"gpt-tui": "tui.cli:main", "gpt-train": "model.cli:main", "gpt-report": "model.cli:report",
-            "gpt-prepare": "model.prepare_cli:main", "gpt-export": "export.cli:main",
-            "gpt-import": "model.import_cli:main"}
+COMMANDS = {"gpt-tui": "tui.cli:main", "gpt-train": "model.train.cli:main",
+            "gpt-report": "model.train.cli:report", "gpt-prepare": "model.data.cli:main",
+            "gpt-export": "export.cli:main", "gpt-import": "model.hf.cli:main"}
 
 
 @pytest.mark.parametrize("command", COMMANDS)

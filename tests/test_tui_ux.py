@@ -8,7 +8,7 @@ from test_tui import done, make_app, run_async, send, shown, until
 from textual.command import CommandList, CommandPalette
 from textual.widgets import Input
 
-from model.backend import Settings
+from model.generate.backend import Settings
 from tui.app import GPTApp
 from tui.widgets import PromptArea
 
@@ -252,7 +252,7 @@ async def test_tokens_shows_what_the_model_saw():
         await send(pilot, "/tokens")
         note = str(app.query("Note").last().content)
         space = app.backend.tokenizer.stoi[" "]
-        assert note.startswith("fed 8 token(s) (id:text): ") and f"{space}:␣ " in note  # model.insight.piece
+        assert note.startswith("fed 8 token(s) (id:text): ") and f"{space}:␣ " in note  # insight.piece
         assert note.splitlines()[1].startswith("generated 3: ")
         stoi = backend_stoi = app.backend.tokenizer.stoi  # noqa: F841
         assert f"{stoi['n']}:n {stoi['o']}:o {stoi['t']}:t" in note

@@ -32,7 +32,7 @@ from textual.reactive import reactive
 from textual.widgets import Footer, Static
 from textual.worker import get_current_worker
 
-from model.backend import Backend, Settings
+from model.generate.backend import Backend, Settings
 from model.terminal import visible
 from tui import commands
 from tui import settings as settings_text

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from model.backend import Backend
+from model.generate.backend import Backend
 from model.paths import onnx_cache_dir
 
 Progress = Callable[[str], None]
@@ -48,11 +48,11 @@ class TorchFactory:
     ckpt: Path
     device: str = "cpu"
     threads: int | None = None  # CPU threads for PyTorch in this process (None: leave as is)
-    precision: str = "fp32"  # the decoding weights' type: fp32, bf16 or auto (model.torch_backend)
-    step: str = "auto"  # how a one-token step runs: auto, eager or compile (model.torch_backend)
+    precision: str = "fp32"  # the decoding weights' type: fp32, bf16 or auto (model.generate.torch_backend)
+    step: str = "auto"  # how a one-token step runs: auto, eager or compile (model.generate.torch_backend)
 
     def __call__(self, progress: Progress) -> Backend:
-        from model.torch_backend import CompileError, load_backend
+        from model.generate.torch_backend import CompileError, load_backend
 
         if self.threads is not None:
             torch.set_num_threads(self.threads)

@@ -7,7 +7,7 @@ from pathlib import Path
 from textual.content import Content
 from textual.widgets import Static
 
-from model.backend import BackendInfo
+from model.generate.backend import BackendInfo
 from model.terminal import visible
 from tui.stats import status_line
 from tui.transcript import Run

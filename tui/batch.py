@@ -7,7 +7,7 @@ surrogate, a bad setting) becomes an output line carrying its error; the others 
 lines are written whole or not at all (``LineFile``). Pure over a backend and streams: the CLI
 only opens files.
 
-With a backend's batch decoder, several items generate at once (model.batched.Batch) and a
+With a backend's batch decoder, several items generate at once (model.generate.batched.Batch) and a
 reader thread takes items in as they arrive; lines still come out in input order.
 """
 
@@ -25,9 +25,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Literal, TextIO
 
-from model.backend import Backend, Settings
-from model.batched import Batch, BatchDecoder
-from model.engine import Generation
+from model.generate.backend import Backend, Settings
+from model.generate.batched import Batch, BatchDecoder
+from model.generate.engine import Generation
 from model.terminal import visible
 from model.tokenizer import UnknownCharactersError
 from tui import settings as settings_text
@@ -199,7 +199,7 @@ def run_batch(
     """Generate for each item in order, writing one JSON line per item to ``out`` as it finishes.
 
     With a ``batch_decoder`` (a backend's ``batch_decoder(rows)``), up to its rows items generate
-    at once (model.batched): a row that ends takes the next item, and each line is written as soon
+    at once (model.generate.batched): a row that ends takes the next item, and each line is written as soon
     as it and every line before it are done. The completions are those of one item at a time.
 
     An item without a seed of its own gets the base seed plus its index (0 for the first item), so

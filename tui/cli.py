@@ -17,7 +17,8 @@ import click
 
 from tui.config import ConfigError, config_path, load_defaults
 
-# model.backend's bounds, repeated so that --help imports no torch (tests/test_cli.py holds them equal)
+# model.generate.backend's bounds, repeated so that --help imports no torch
+# (tests/test_cli.py holds them equal)
 MAX_NEW_TOKENS = 100_000
 MAX_SEED = 2**63 - 1
 
@@ -175,8 +176,8 @@ def _main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | 
     if output is not None and not output.expanduser().resolve().parent.is_dir():
         raise click.BadParameter(f"the folder of {output} does not exist; create it first",
                                  param_hint="'--output'")
-    from model.backend import Settings
     from model.checkpoint import CheckpointError
+    from model.generate.backend import Settings
     from model.terminal import CommandError, visible
     from tui.backends import BackendError, factories
 

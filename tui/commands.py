@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from model.backend import Settings
+from model.generate.backend import Settings
 from tui import settings as settings_text
 
 

@@ -14,7 +14,7 @@ from textual.app import ComposeResult
 from textual.message import Message
 from textual.widgets import Input, Label, Select
 
-from model.backend import Settings
+from model.generate.backend import Settings
 from tui.panels import SidePanel
 
 # (field, label, placeholder when empty)

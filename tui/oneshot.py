@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TextIO
 
-from model.backend import Backend, Settings
+from model.generate.backend import Backend, Settings
 from model.terminal import visible
 from tui.stops import StopFilter
 

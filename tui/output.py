@@ -16,7 +16,7 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.style import Style
 
-from model.backend import TokenEvent
+from model.generate.backend import TokenEvent
 from model.terminal import visible
 from tui.panels import confidence_colour
 from tui.transcript import Document

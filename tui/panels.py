@@ -21,10 +21,10 @@ from textual.content import Content
 from textual.widgets import Select, Static
 from textual.worker import get_current_worker
 
-from model.backend import Settings, TokenEvent
-from model.compare import ABResult, compare_backends
-from model.insight import StepView, attention_weights, explain, piece
-from model.sampling import recent_ids
+from model.generate.backend import Settings, TokenEvent
+from model.generate.compare import ABResult, compare_backends
+from model.generate.insight import StepView, attention_weights, explain, piece
+from model.generate.sampling import recent_ids
 from model.terminal import visible
 from tui.backends import Backends
 
@@ -53,7 +53,7 @@ def legend() -> Content:
 
 
 def token_label(shown: str, width: int = 6) -> str:
-    """A token's display piece (model.insight.piece) as one short cell run: long ones cut."""
+    """A token's display piece (model.generate.insight.piece) as one short cell run: long ones cut."""
     return shown if len(shown) <= width else shown[: width - 1] + "…"
 
 
@@ -95,7 +95,7 @@ class NextTokenPanel(SidePanel):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.settings = Settings()
-        self.piece: Callable[[int], str] = str  # a token id -> its display piece (model.insight.piece)
+        self.piece: Callable[[int], str] = str  # id -> display piece (insight.piece)
         self.logits: torch.Tensor | None = None  # the step shown: its cached raw logits (V,)
         self.chosen: int | None = None
         self.title = ""
@@ -175,7 +175,7 @@ class NextTokenPanel(SidePanel):
 class AttentionSource:
     model: torch.nn.Module | None  # the PyTorch GPT; None when there is none to ask
     ids: list[int]  # the context the last token was predicted from (at most block_size)
-    pieces: list[str]  # their display pieces (model.insight.piece)
+    pieces: list[str]  # their display pieces (model.generate.insight.piece)
     note: str = ""  # e.g. why the ONNX backend is not the one asked
 
 

@@ -40,7 +40,7 @@ from multiprocessing.connection import Connection
 
 import torch
 
-from model.backend import Backend, BackendInfo, Decoder, Settings, StopReason, TokenEvent
+from model.generate.backend import Backend, BackendInfo, Decoder, Settings, StopReason, TokenEvent
 from model.gpt import GPT, Bigram
 
 FLUSH = 0.015  # s: the child sends the tokens of this long at once (the first at once): half the
@@ -76,7 +76,7 @@ Factory = Callable[[Callable[[str], None]], Backend]
 
 
 class RemoteBackend:
-    """model.backend.Backend: streams in a child process on ``threads`` threads (default: all cores
+    """model.generate.backend.Backend: streams in a child process on ``threads`` threads (default: all cores
     but one), everything else from ``local``."""
 
     def __init__(self, local: Backend, factory: Factory, threads: int | None = None):
@@ -193,7 +193,7 @@ class RemoteBackend:
 
 
 class RemoteGeneration:
-    """model.backend.TokenStream over the pipe: settings and close() go to the child."""
+    """model.generate.backend.TokenStream over the pipe: settings and close() go to the child."""
 
     def __init__(self, remote: RemoteBackend, gid: int, inbox: queue.SimpleQueue, prompt_ids: list[int],
                  settings: Settings):

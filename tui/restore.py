@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from model.backend import BackendInfo, Settings
+from model.generate.backend import BackendInfo, Settings
 from tui import settings as settings_text
 from tui.output import OutputView
 from tui.session import Session, SessionError, documents, record

@@ -12,8 +12,8 @@ import functools
 import time
 from collections.abc import Callable
 
-from model.backend import Settings, TokenEvent
-from model.insight import piece
+from model.generate.backend import Settings, TokenEvent
+from model.generate.insight import piece
 from tui.backends import Backends
 from tui.output import OutputView
 from tui.panels import NextTokenPanel, SidePanel

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from model.atomic import atomic_write
-from model.backend import BackendInfo, Settings
+from model.generate.backend import BackendInfo, Settings
 from model.paths import data_dir
 from tui import settings as settings_text
 from tui.stats import STOP_NAMES, Timing

@@ -1,6 +1,6 @@
 """Sampling settings as people type them: one parser for `/set`, the controls panel and batch items.
 
-``model.backend.Settings`` validates values; this module turns names and text into them and back.
+``model.generate.backend.Settings`` validates values; this module turns names and text into them and back.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import re
 import secrets
 from collections.abc import Mapping
 
-from model.backend import Settings
+from model.generate.backend import Settings
 
 
 def fresh_seed() -> int:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from model.backend import Backend, BackendInfo, Settings
 from model.config import GPTConfig
+from model.generate.backend import Backend, BackendInfo, Settings
+from model.generate.insight import piece
 from model.gpt import build_model, count_params
-from model.insight import piece
 from model.terminal import visible
 from tui import settings as settings_text
 
@@ -21,7 +21,7 @@ def describe_run_settings(settings: Settings, info: BackendInfo) -> str:
 
 def describe_tokens(prompt_ids: list[int], generated: list[int], tokenizer) -> str:
     """/tokens: the ids the model was fed (after replacing unknown characters and cropping to the
-    window) and those it generated, each with its display piece (model.insight.piece)."""
+    window) and those it generated, each with its display piece (model.generate.insight.piece)."""
     def line(ids: list[int]) -> str:
         return " ".join(f"{i}:{piece(tokenizer, i)}" for i in ids) or "-"
 
@@ -30,8 +30,8 @@ def describe_tokens(prompt_ids: list[int], generated: list[int], tokenizer) -> s
 
 
 def describe_origin(meta: dict) -> str:
-    """Where a checkpoint's weights came from: an import (model.hf), the checkpoint a training run
-    started from (model.init_from), or neither (trained here from random weights)."""
+    """Where a checkpoint's weights came from: an import (model.hf.load), the checkpoint a training run
+    started from (model.train.init_from), or neither (trained here from random weights)."""
     origin = meta.get("init_from")
     if isinstance(origin, dict):  # first: a fine-tune of an import names both
         was = f" (itself from {origin['source']})" if origin.get("source") else ""

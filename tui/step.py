@@ -1,6 +1,6 @@
 """Step mode: one token at a time, any candidate may be taken instead of the sampled one, with undo.
 
-``Stepper`` is one stepped text. It drives the same decode loop as streaming (model.engine's
+``Stepper`` is one stepped text. It drives the same decode loop as streaming (model.generate.engine's
 ``Generation``, over a decoder the backend makes in this process): ``next_logits()`` gives the next
 token's logits without sampling, ``accept(token)`` takes the one sampled or picked. Sampling uses
 a generator seeded once, whose state is saved per step, so undo and re-step draw the same token
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-from model.backend import Backend, Settings, TokenEvent
-from model.engine import Generation
-from model.insight import piece
-from model.sampling import choose
+from model.generate.backend import Backend, Settings, TokenEvent
+from model.generate.engine import Generation
+from model.generate.insight import piece
+from model.generate.sampling import choose
 from tui.output import OutputView
 from tui.panels import NextTokenPanel
 from tui.stats import Timing

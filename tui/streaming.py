@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from textual.message import Message
 
-from model.backend import TokenEvent
+from model.generate.backend import TokenEvent
 from tui.transcript import Run
 
 POST_EVERY = 0.03  # seconds between batches of tokens sent to the UI

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from model.backend import BackendInfo, Settings, TokenEvent, TokenStream
-from model.insight import perplexity
+from model.generate.backend import BackendInfo, Settings, TokenEvent, TokenStream
+from model.generate.insight import perplexity
 from tui.stats import Timing
 from tui.widgets import DocumentView
 
