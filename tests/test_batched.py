@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from model.backend import Settings
-from model.batched import Batch
-from model.torch_backend import TorchBackend, TorchBatchDecoder
+from model.generate.backend import Settings
+from model.generate.batched import Batch
+from model.generate.torch_backend import TorchBackend, TorchBatchDecoder
 
 PROMPTS = ["ROMEO:", "First Citizen:\nBefore we", "All:", "", "But, soft! what light through yonder window",
            "x", "Speak, speak.\n\nROMEO:\nBut", "hear me"]
@@ -137,6 +137,21 @@ def test_close_ends_every_generation_and_frees_the_rows(torch_backend):
     batch.close()
     assert [g.stop_reason for g in gens] == ["stopped", "stopped"]
     assert batch.free == 2 and batch.step() == []
+
+
+def test_cancel_frees_the_row_at_once_and_the_others_go_on_as_alone(torch_backend):
+    jobs = [("ROMEO:", Settings(temperature=0.9, max_new_tokens=30, seed=1)),
+            ("All:", Settings(temperature=0.9, max_new_tokens=30, seed=2))]
+    batch = Batch(torch_backend.batch_decoder(2), torch_backend.tokenizer)
+    first, second = (batch.add(p, s) for p, s in jobs)
+    ids = [e.id for _, e in batch.step() if e is not None][1:]  # the second row's first token
+    batch.cancel(first)
+    assert first.stop_reason == "stopped" and batch.free == 1 and len(batch) == 1
+    while len(batch):
+        ids += [e.id for g, e in batch.step() if e is not None]
+    assert ids == one_at_a_time(torch_backend, jobs[1:])[0][0]  # packed into row 0, unchanged
+    batch.cancel(first)  # already gone: nothing happens
+    assert batch.free == 2
 
 
 @pytest.fixture(scope="module")
