@@ -1,14 +1,16 @@
 """Kill -9 a training run at random moments, continue it each time with `gpt-train --resume` alone,
 and compare the end with a run that was never interrupted.
 
-    python bench/kill_resume.py [--kills 10] [--steps 300] [--seed 0]
+    python bench/kill_resume.py [--kills 10] [--steps 300] [--seed 0] [--shape tiny|small]
+                                [--threads N]
 
-A tiny model (2 layers, 16 wide, dropout on, so the random streams matter) trains on a generated
-text. The uninterrupted run goes first and gives the time a run takes; then the same command is
-killed (SIGKILL) at a random moment, again and again (one kill in five during a process's start-up,
-the others at a random step still to come, spread so that the kills share the run, plus a random
-part of ten steps' time, so that evaluations and saves are hit too):
-after each kill the next command is
+A tiny model (2 layers, 16 wide, dropout on, so the random streams matter; ``--shape small``: 4
+layers, 128 wide, whose matmuls are large enough to be split over threads) trains on a generated
+text, on one thread (``--threads``: another count, 0 for torch's default). The uninterrupted run
+goes first and gives the time a run takes; then the same command is killed (SIGKILL) at a random
+moment, again and again (one kill in five during a process's start-up, the others at a random
+step still to come, spread so that the kills share the run, plus a random part of ten steps'
+time, so that evaluations and saves are hit too): after each kill the next command is
 `gpt-train --resume --out OUT --data TEXT` (the data named again, as a resumed run never reads a
 path out of its checkpoint) with no other flags, or, when the kill came before the first
 checkpoint, the first command with --overwrite. The last command runs to the end. Checks: the
@@ -37,15 +39,24 @@ TRAINING_STARTS = "tokens per step ("  # gpt-train's last line before its first 
 WORDS = "the king shall speak of love and death to all his lords while rome burns at night".split()
 
 
-def flags(steps: int) -> list[str]:
-    return ["--n-layer", "2", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--dropout", "0.1",
-            "--batch-size", "4", "--max-iters", str(steps), "--eval-interval", "10", "--eval-iters", "2",
-            "--log-interval", "1", "--warmup-iters", "5", "--learning-rate", "3e-3", "--device", "cpu",
-            "--dtype", "fp32", "--no-progress"]
+SHAPES = {
+    "tiny": ["--n-layer", "2", "--n-head", "2", "--n-embd", "16", "--block-size", "16",
+             "--batch-size", "4"],
+    "small": ["--n-layer", "4", "--n-head", "4", "--n-embd", "128", "--block-size", "64",
+              "--batch-size", "8"],
+}
 
 
-def gpt_train(args: list[str], log: Path) -> subprocess.Popen:
-    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}  # every run the same threads
+def flags(steps: int, shape: str = "tiny") -> list[str]:
+    return [*SHAPES[shape], "--dropout", "0.1", "--max-iters", str(steps), "--eval-interval", "10",
+            "--eval-iters", "2", "--log-interval", "1", "--warmup-iters", "5", "--learning-rate", "3e-3",
+            "--device", "cpu", "--dtype", "fp32", "--no-progress"]
+
+
+def gpt_train(args: list[str], log: Path, threads: int = 1) -> subprocess.Popen:
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    if threads:  # every run the same threads
+        env["OMP_NUM_THREADS"] = str(threads)
     with open(log, "a") as f:
         return subprocess.Popen([sys.executable, "-m", "model.train.cli", *args], cwd=REPO, env=env,
                                 stdout=f, stderr=subprocess.STDOUT)
@@ -71,15 +82,16 @@ def rows(out: Path) -> tuple[list[tuple[int, float]], list[int]]:
     return train, [r["step"] for r in lines if "val_loss" in r]
 
 
-def measure(kills: int, steps: int, seed: int, work: Path, say=print) -> dict:
+def measure(kills: int, steps: int, seed: int, work: Path, say=print, shape: str = "tiny",
+            threads: int = 1) -> dict:
     rng = random.Random(seed)
     text = work / "text.txt"
     text.write_text(" ".join(rng.choice(WORDS) for _ in range(20_000)))
-    first = ["--data", str(text), *flags(steps)]
+    first = ["--data", str(text), *flags(steps, shape)]
     log = work / "log.txt"
 
     start = time.perf_counter()
-    ref = gpt_train([*first, "--out", str(work / "ref")], log)
+    ref = gpt_train([*first, "--out", str(work / "ref")], log, threads)
     while TRAINING_STARTS not in log.read_text() and ref.poll() is None:
         time.sleep(0.01)
     startup = time.perf_counter() - start  # importing torch, reading the text, building the model
@@ -91,7 +103,7 @@ def measure(kills: int, steps: int, seed: int, work: Path, say=print) -> dict:
     out = work / "killed"
     command, done, killed, early, step = [*first, "--out", str(out)], False, 0, 0, 0
     while not done:
-        proc = gpt_train(command, log)
+        proc = gpt_train(command, log, threads)
         if killed < kills and step < steps:
             # a random moment of this process's life: one kill in five during start-up (importing,
             # loading, cutting metrics), the others while it trains, evaluates or saves
@@ -138,14 +150,18 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shape", choices=SHAPES, default="tiny")
+    parser.add_argument("--threads", type=int, default=1, help="Threads per run; 0: torch's default.")
     parser.add_argument("--work", type=Path, help="Keep the runs and their log here [default: a temp dir].")
     args = parser.parse_args()
     if args.work:
         args.work.mkdir(parents=True, exist_ok=True)
-        result = measure(args.kills, args.steps, args.seed, args.work)
+        result = measure(args.kills, args.steps, args.seed, args.work, shape=args.shape,
+                         threads=args.threads)
     else:
         with tempfile.TemporaryDirectory() as work:
-            result = measure(args.kills, args.steps, args.seed, Path(work))
+            result = measure(args.kills, args.steps, args.seed, Path(work), shape=args.shape,
+                             threads=args.threads)
     print(" ".join(f"{k}={v}" for k, v in result.items()))
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -111,3 +114,39 @@ def tiny_run(text_file: Path, out: Path, **changes):
                 eval_interval=5, eval_iters=2, log_interval=1, warmup_iters=3, device="cpu",
                 dtype="fp32", progress=False)
     return TrainConfig(**(base | changes))
+
+
+# --- gpt-train as a command: tiny runs, their checkpoints, two ranks under torchrun ------------------
+
+# the flags of a 2-layer, 16-wide run of 4 steps on the CPU
+TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "3",
+        "--max-iters", "4", "--eval-interval", "2", "--eval-iters", "1", "--log-interval", "1",
+        "--warmup-iters", "2", "--learning-rate", "5e-3", "--seed", "7", "--device", "cpu", "--dtype", "fp32",
+        "--no-progress"]
+
+
+def stored(out) -> dict:
+    """The checkpoint a run wrote into ``out``."""
+    return torch.load(out / "ckpt.pt", weights_only=True)
+
+
+# two ranks of a 2-layer, 16-wide GPT without dropout (each rank draws its own masks: one process
+# could not match them)
+STEPS, BATCH, ACCUM, BLOCK = 6, 4, 2, 16
+DIST_FLAGS = ["--n-layer", "2", "--n-head", "2", "--n-embd", "16", "--block-size", str(BLOCK), "--dropout",
+              "0", "--batch-size", str(BATCH), "--gradient-accumulation-steps", str(ACCUM), "--warmup-iters",
+              "2", "--learning-rate", "1e-2", "--eval-interval", "3", "--eval-iters", "2", "--log-interval",
+              "1", "--device", "cpu", "--dtype", "fp32", "--no-progress"]
+
+
+def torchrun(text: Path, out: Path, *flags: str) -> list[float]:
+    """gpt-train as two gloo ranks on this machine -> rank 0's logged training losses."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "--monitor-interval", "0.1", "-m", "model.train.cli", "--data", str(text), "--out", str(out),
+           *DIST_FLAGS, *flags]
+    env = os.environ | {"PYTHONPATH": str(REPO)}  # this checkout, not an installed copy
+    # seconds normally; the limit leaves room for a slow, busy CI machine
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r]

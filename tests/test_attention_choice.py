@@ -10,8 +10,7 @@ from model.config import GPTConfig
 from model.gpt import GPT
 from model.train.attention_choice import PATHS, choose_attention
 from model.train.cli import main
-from tests.conftest import TEXT
-from tests.test_runs import TINY, stored
+from tests.conftest import TEXT, TINY, stored
 
 CPU = torch.device("cpu")
 

@@ -3,7 +3,6 @@ both ranks' samples in one doubled batch, and resume inside the distributed run.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -18,27 +17,7 @@ from model.data.corpus import get_batch
 from model.train.distributed import SINGLE, Dist, batch_generator, from_env
 from model.train.loop import TrainConfig, setup, train_step
 from model.train.state import saved_rng
-from tests.conftest import REPO, TEXT
-
-STEPS, BATCH, ACCUM, BLOCK = 6, 4, 2, 16
-# a 2-layer, 16-wide GPT without dropout (ranks draw their own masks; one process could not match)
-FLAGS = ["--n-layer", "2", "--n-head", "2", "--n-embd", "16", "--block-size", str(BLOCK), "--dropout", "0",
-         "--batch-size", str(BATCH), "--gradient-accumulation-steps", str(ACCUM), "--warmup-iters", "2",
-         "--learning-rate", "1e-2", "--eval-interval", "3", "--eval-iters", "2", "--log-interval", "1",
-         "--device", "cpu", "--dtype", "fp32", "--no-progress"]
-
-
-def torchrun(text: Path, out: Path, *flags: str) -> list[float]:
-    """gpt-train as two gloo ranks on this machine -> rank 0's logged training losses."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "--monitor-interval", "0.1", "-m", "model.train.cli", "--data", str(text), "--out", str(out),
-           *FLAGS, *flags]
-    env = os.environ | {"PYTHONPATH": str(REPO)}  # this checkout, not an installed copy
-    # seconds normally; the limit leaves room for a slow, busy CI machine
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in rows if "loss" in r]
+from tests.conftest import ACCUM, BATCH, BLOCK, DIST_FLAGS, REPO, STEPS, TEXT, torchrun
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +155,7 @@ def _listening(pids: list[int]) -> set[str]:
 
 def _launch(text: Path, out: Path, extra_env: dict, *flags: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "model.train.distributed", "--nproc-per-node", "2", "-m", "model.train.cli",
-           "--data", str(text), "--out", str(out), *FLAGS, *flags]
+           "--data", str(text), "--out", str(out), *DIST_FLAGS, *flags]
     env = os.environ | {"PYTHONPATH": str(REPO)} | extra_env
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

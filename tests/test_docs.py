@@ -74,8 +74,9 @@ def unknown_flags(command: click.Command, args: list[str]) -> list[str]:
         return unknown_flags(command.commands[sub], args[args.index(sub) + 1:])
     known = {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)}
     known |= {"--help", "-h", "--version"}
-    return [a.split("=")[0] for a in args
-            if a.startswith("-") and a != "-" and not re.fullmatch(r"-\d.*", a) and a.split("=")[0] not in known]
+    flags = [a.split("=")[0] for a in args  # not "-" (stdin) nor a negative number
+             if a.startswith("-") and a != "-" and not re.fullmatch(r"-\d.*", a)]
+    return [f for f in flags if f not in known]
 
 
 CALLS = invocations()

@@ -12,7 +12,7 @@ from model.config import GPTConfig
 from model.data.corpus import get_batch
 from model.train.distributed import batch_generator
 from model.train.loop import TrainConfig, setup, train_step
-from tests.test_distributed import ACCUM, BATCH, BLOCK, STEPS, torchrun
+from tests.conftest import ACCUM, BATCH, BLOCK, STEPS, torchrun
 
 
 @pytest.fixture(scope="module")

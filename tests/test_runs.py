@@ -22,12 +22,7 @@ from model.train import run_folder
 from model.train.cli import main
 from model.train.config import SettingsError, StoredSettingsError, TrainConfig, fresh, resumed
 from model.train.report import read_metrics
-from tests.conftest import REPO, TEXT
-
-TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "3",
-        "--max-iters", "4", "--eval-interval", "2", "--eval-iters", "1", "--log-interval", "1",
-        "--warmup-iters", "2", "--learning-rate", "5e-3", "--seed", "7", "--device", "cpu", "--dtype", "fp32",
-        "--no-progress"]
+from tests.conftest import REPO, TEXT, TINY, stored
 
 
 @pytest.fixture
@@ -43,10 +38,6 @@ def gpt_train(*args: str):
 
 def rows(out) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def stored(out) -> dict:
-    return torch.load(out / "ckpt.pt", weights_only=True)
 
 
 # --- the run folder -------------------------------------------------------------------------------
