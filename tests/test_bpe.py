@@ -1,11 +1,11 @@
 """Byte-level BPE carried as data (model.bpe), and its recovery from a tiktoken ranks file."""
 
 import pytest
-from test_tokenizer import write_ranks
+from conftest import tiny_bpe
 
 from model.bpe import ByteBPETokenizer, bytes_to_unicode
 from model.hf.save import byte_bpe_from_ranks, tokenizer_files
-from model.tokenizer import EOT, BPETokenizer, tokenizer_from_dict
+from model.tokenizer import EOT, tokenizer_from_dict
 
 BYTES = [bytes_to_unicode()[b] for b in range(256)]
 # " the": "h e" (rank 0) comes first, so " the" is made as "Ġt" + "he", as BPE over the ranks makes it
@@ -48,11 +48,8 @@ def test_bad_data_is_refused_with_the_reason():
         ByteBPETokenizer(BYTES, [], {})
 
 
-def test_merges_recovered_from_a_ranks_file_encode_as_tiktoken(tmp_path):
-    path = tmp_path / "tiny.tiktoken"
-    write_ranks(path, [bytes([b]) for b in range(256)] + [b"he", b"ll", b"hell", b"hello", b" t", b"th",
-                                                         b" th", b" the"])
-    ranks = BPETokenizer(path)
+def test_merges_recovered_from_ranks_encode_as_tiktoken():
+    ranks = tiny_bpe(b"he", b"ll", b"hell", b"hello", b" t", b"th", b" th", b" the")
     data = byte_bpe_from_ranks(ranks)
     assert data.merges == MERGES
     for text in TEXTS:
