@@ -85,7 +85,7 @@ def serialize(ranks: dict[bytes, int]) -> bytes:
                     for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]))
 
 
-def load_ranks(given: str | Path | None = None, download: bool = True) -> tuple[dict[bytes, int], str]:
+def load_ranks(given: str | Path | None = None) -> tuple[dict[bytes, int], str]:
     """GPT-2's ranks and where they were read, found as the module says; RanksError if they cannot be."""
     if given or os.environ.get(RANKS_ENV):  # the user's choice: used, or refused, never passed over
         path, flag = (Path(given), "--ranks") if given else (Path(os.environ[RANKS_ENV]), f"${RANKS_ENV}")
@@ -114,11 +114,10 @@ def load_ranks(given: str | Path | None = None, download: bool = True) -> tuple[
             return ranks, keep(serialize(ranks), cached.parent)
         looked.append(f"tiktoken's gpt2 vocab.bpe + encoder.json there ({ranks})")
 
-    if download:
-        data = fetch()
-        if isinstance(data, bytes):
-            return parse(data), keep(data, R50K_URL)
-        looked.append(f"a download from {R50K_URL} ({data})")
+    data = fetch()
+    if isinstance(data, bytes):
+        return parse(data), keep(data, R50K_URL)
+    looked.append(f"a download from {R50K_URL} ({data})")
     raise RanksError(f"GPT-2's BPE ranks not found; looked at {', '.join(looked)}; {HOW_TO_GET}")
 
 
@@ -134,9 +133,13 @@ def from_gpt2_pair() -> dict[bytes, int] | str:
             return "damaged"
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
-    # both files are cached with the right hashes, so tiktoken reads them there (no network)
-    ranks = data_gym_to_mergeable_bpe_ranks(GPT2_VOCAB_BPE[0], GPT2_ENCODER_JSON[0],
-                                            GPT2_VOCAB_BPE[1], GPT2_ENCODER_JSON[1])
+    # both files are cached with the right hashes, so tiktoken reads them there (no network); the
+    # result is checked whole below, whatever happened to the files meanwhile
+    try:
+        ranks = data_gym_to_mergeable_bpe_ranks(GPT2_VOCAB_BPE[0], GPT2_ENCODER_JSON[0],
+                                                GPT2_VOCAB_BPE[1], GPT2_ENCODER_JSON[1])
+    except Exception as e:  # tiktoken checks the pair with assert and raises what its parsing meets
+        return f"unusable: {type(e).__name__}"
     if hashlib.sha256(serialize(ranks)).hexdigest() != R50K_SHA256:  # GPT-2's are r50k_base's
         return "not GPT-2's ranks once converted"
     return ranks
