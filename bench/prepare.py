@@ -13,10 +13,9 @@
    text, a Python list of ids, an int64 tensor) on --text-mb of text, then memory-mapped prepared
    folders of 50 MB and --tokens-gb of uint16 tokens.
 
-Without the GPT-2 ranks file (GPT_BPE_RANKS) BPE runs on a stand-in: a byte-level BPE of up to
-GPT-2's 50,256 ranks trained on Tiny Shakespeare with ``tokenizers`` (the dev extra), encoded with
-GPT-2's split pattern by tiktoken, as the real file would be; the figures are close to, not
-GPT-2's. Last line:
+BPE is GPT-2's own: its real ranks, found as every command finds them (--ranks PATH here, else
+$GPT_BPE_RANKS, $GPT_DATA_DIR/gpt2.tiktoken, the user cache, tiktoken's cache, a download; see
+model/gpt2_ranks.py), and both ways use the same loaded tokenizer. Last line:
 bpe_mb_s=<f> vs_nanogpt=<f> rss_small_mb=<f> rss_large_mb=<f>
 (rss_small_mb: the prepared 50 MB folder; rss_large_mb: the prepared --tokens-gb folder.)
 """
@@ -24,7 +23,6 @@ bpe_mb_s=<f> vs_nanogpt=<f> rss_small_mb=<f> rss_large_mb=<f>
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import resource
@@ -44,13 +42,11 @@ from model.data.corpus import Splits, shakespeare_path
 from model.data.prepare import PrepareConfig, ShardWriter, prepare
 from model.data.shards import FORMAT, MANIFEST, dtype_for, open_prepared
 from model.gpt import build_model
-from model.paths import RANKS_ENV, ranks_path
-from model.tokenizer import BPETokenizer, CharTokenizer
+from model.tokenizer import BPETokenizer, CharTokenizer, TokenizerError
 from model.train.loop import TrainConfig, make_optimizer, train_step
 from model.train.state import Trainer
 
 DOC_CHARS = 8_000
-GPT2_RANKS = 50_256  # GPT-2's merged and byte tokens; its end-of-text token comes after them
 BATCH, STEPS = 16, 3
 
 
@@ -87,29 +83,6 @@ def timed(fn) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
-
-
-def stand_in_ranks(folder: Path) -> tuple[Path, int]:
-    """A byte-level BPE of GPT-2's size trained on Tiny Shakespeare with ``tokenizers`` (the dev
-    extra), written as a tiktoken ranks file -> (path, ranks). The real file cannot be downloaded
-    here, and a bytes-only stand-in would time GPT-2's regex split without the merges, which are
-    most of its encoding work. Merged tokens are ranked in the order the trainer made them, as
-    GPT-2's are; a corpus this small runs out of pairs to merge before 50,256."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    from model.bpe import bytes_to_unicode
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=GPT2_RANKS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([shakespeare_path().read_text(encoding="utf-8")], trainer)
-    char_byte = {c: b for b, c in bytes_to_unicode().items()}
-    pieces = sorted(tok.get_vocab().items(), key=lambda item: item[1])  # by id: bytes, then merges
-    path = folder / "stand-in.tiktoken"
-    path.write_text("".join(f"{base64.b64encode(bytes(char_byte[c] for c in piece)).decode()} {rank}\n"
-                            for piece, rank in pieces))
-    return path, len(pieces)
 
 
 def fake_prepared(folder: Path, n_tokens: int, vocab: int) -> None:
@@ -170,33 +143,32 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 1 MB of text, 20 MB of tokens, 1 run")
     parser.add_argument("--work", help="scratch folder (default: a temp folder, removed at the end)")
+    parser.add_argument("--ranks", help="GPT-2's ranks file (default: found as gpt-prepare finds it)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child_rss(*args.child)
     if args.quick:
         args.text_mb, args.tokens_gb, args.small_mb, args.runs = 1, 0.02, 5, 1
+    try:  # before any work: without GPT-2's own ranks there is nothing to measure
+        tok = BPETokenizer(args.ranks)
+    except TokenizerError as e:
+        sys.exit(f"error: {e}")
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-prepare-"))
     try:
-        run(args, work)
+        run(args, work, tok)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def run(args, work: Path) -> None:
+def run(args, work: Path, tok: BPETokenizer) -> None:
     print(f"{os.cpu_count()} cores, torch {torch.__version__}, numpy {np.__version__}")
     corpus = work / "corpus"
     nbytes = make_corpus(corpus, args.text_mb)
     mb = nbytes / 1e6
     print(f"corpus: {mb:.1f} MB in {len(list(corpus.iterdir())):,} documents")
-    ranks = ranks_path()
-    if not ranks.is_file():
-        path, n = stand_in_ranks(work)
-        print(f"no GPT-2 ranks at {ranks} (set {RANKS_ENV}): BPE uses a stand-in of {n:,} ranks trained "
-              "on Tiny Shakespeare with GPT-2's byte-level scheme; its figures are not GPT-2's")
-        os.environ[RANKS_ENV] = str(path)
-    tok = BPETokenizer()
+    print(f"GPT-2's ranks: {tok.ranks_path} (sha256 {tok.ranks_sha256[:16]}...)")
 
     def ours(tokenizer: str, name: str) -> None:
         # BPE gets the loaded tokenizer, as nanoGPT's way does: both time encoding, not loading ranks

@@ -122,6 +122,12 @@ class ByteBPETokenizer:
             parts = merged
         return parts
 
+    def tokens_not_made_by_merges(self) -> list[str]:
+        """The tokens that BPE over their own bytes does not end in (none for GPT-2's): where a
+        tokenizer takes a word that is a token whole (tokenizers' ``ignore_merges``), it differs
+        from this one on exactly these words."""
+        return [t for t in self.vocab if len(t) > 1 and self._bpe(t) != [t]]
+
     def piece(self, token: int) -> str:
         """One token as vocab.json spells it ("Ġthe"), or the special token's text."""
         return self.itos[token]

@@ -6,11 +6,16 @@ from the current working directory by accident.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 DATA_DIR_ENV = "GPT_DATA_DIR"  # a folder already holding tinyshakespeare.txt (CI, offline use)
-RANKS_ENV = "GPT_BPE_RANKS"  # the GPT-2 BPE ranks file (r50k_base.tiktoken)
+RANKS_ENV = "GPT_BPE_RANKS"  # GPT-2's BPE ranks file (tiktoken's r50k_base.tiktoken)
+RANKS_FILE = "gpt2.tiktoken"  # that file's name in our cache and in a $GPT_DATA_DIR folder
+# tiktoken's download cache, in the order tiktoken.load.read_file_cached reads them
+TIKTOKEN_CACHE_ENVS = ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR")
 
 
 def cache_dir() -> Path:
@@ -33,8 +38,24 @@ def config_dir() -> Path:
 
 
 def ranks_path() -> Path:
-    """The GPT-2 BPE ranks file: $GPT_BPE_RANKS, else gpt2.tiktoken in the cache."""
-    return Path(os.environ.get(RANKS_ENV) or cache_dir() / "gpt2.tiktoken")
+    """Our copy of GPT-2's BPE ranks, kept once downloaded: gpt2.tiktoken in the cache."""
+    return cache_dir() / RANKS_FILE
+
+
+def tiktoken_cache_dir() -> Path | None:
+    """tiktoken's own download cache, chosen as tiktoken chooses it: $TIKTOKEN_CACHE_DIR, else
+    $DATA_GYM_CACHE_DIR, else data-gym-cache in the temporary folder; None when set to "" (tiktoken
+    then keeps nothing)."""
+    for name in TIKTOKEN_CACHE_ENVS:
+        if name in os.environ:
+            return Path(os.environ[name]) if os.environ[name] else None
+    return Path(tempfile.gettempdir()) / "data-gym-cache"
+
+
+def tiktoken_cached(url: str) -> Path | None:
+    """Where tiktoken keeps its download of ``url``: the SHA-1 of the URL names the file."""
+    folder = tiktoken_cache_dir()
+    return folder / hashlib.sha1(url.encode()).hexdigest() if folder else None
 
 
 def onnx_cache_dir() -> Path:

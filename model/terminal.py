@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 import click
@@ -79,3 +80,29 @@ class InterruptibleCommand(_EndsOnCtrlC, click.Command):
 
 class InterruptibleGroup(_EndsOnCtrlC, click.Group):
     pass
+
+
+def _use_ranks(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is None:
+        return
+    from model.gpt2_ranks import RanksError, checked
+    from model.paths import RANKS_ENV
+
+    try:
+        checked(Path(value), "--ranks")
+    except RanksError as e:
+        raise CommandError(str(e)) from None  # a refused file: exit 1, before any work
+    # The flag becomes $GPT_BPE_RANKS for this process and those it starts (torchrun's ranks, a
+    # relaunch): every place that rebuilds GPT-2's tokenizer (a prepared folder's manifest, a resumed
+    # checkpoint) then reads this same file, with no path threaded through each of them.
+    os.environ[RANKS_ENV] = str(Path(value).resolve())
+
+
+def ranks_option(command):
+    """``--ranks PATH``: GPT-2's BPE ranks file, for a command that may need GPT-2's tokenizer;
+    checked (SHA-256) as it is parsed, a wrong file refused in one line."""
+    return click.option(
+        "--ranks", type=click.Path(exists=True, dir_okay=False), expose_value=False, callback=_use_ranks,
+        help="GPT-2's BPE ranks file (tiktoken's r50k_base.tiktoken), where GPT-2's tokenizer is needed; "
+             "without it: $GPT_BPE_RANKS, $GPT_DATA_DIR/gpt2.tiktoken, the user cache, tiktoken's cache, "
+             "then a download.")(command)

@@ -1,18 +1,18 @@
-"""Tokenizers: characters (the lecture's) and GPT-2 byte-level BPE (through tiktoken, offline;
-or carried in the checkpoint as data, model.bpe).
+"""Tokenizers: characters (the lecture's) and GPT-2 byte-level BPE (through tiktoken, on GPT-2's own
+ranks found on disk or downloaded once, model.gpt2_ranks; or carried in the checkpoint as data, model.bpe).
 
 Both implement ``Tokenizer``; both serialise to a small plain dict stored in checkpoints.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Protocol
 
 import tiktoken
-from tiktoken.load import load_tiktoken_bpe
 
-from model.paths import RANKS_ENV, ranks_path
+from model.gpt2_ranks import RanksError, load_ranks, serialize
 from model.special import EOT, Unknown
 
 
@@ -103,29 +103,33 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|
 
 
 class BPETokenizer:
-    """GPT-2's byte-level BPE, loaded from a local ``.tiktoken`` ranks file (no network).
-
-    The ranks file is the one tiktoken publishes as ``r50k_base.tiktoken`` (same as ``gpt2``):
-    one ``base64-token rank`` pair per line. Every byte sequence is encodable, so nothing is unknown.
+    """GPT-2's byte-level BPE through tiktoken, on GPT-2's ranks (model.gpt2_ranks: the path given,
+    ``$GPT_BPE_RANKS``, the data folder, our cache, tiktoken's cache, a download; SHA-256 checked).
+    Every byte sequence is encodable, so nothing is unknown.
     """
 
     def __init__(self, ranks_file: str | Path | None = None):
-        path = Path(ranks_file) if ranks_file else ranks_path()
-        if not path.is_file():
-            raise TokenizerError(
-                f"GPT-2 BPE ranks file not found at {path}; download r50k_base.tiktoken "
-                f"and pass its path or set {RANKS_ENV}"
-            )
         try:
-            ranks = load_tiktoken_bpe(str(path))
-        except (ValueError, OSError) as e:  # bad base64, a rank that is not a number, unreadable
-            raise TokenizerError(f"GPT-2 BPE ranks file {path} is unreadable ({type(e).__name__}); "
-                                 "download r50k_base.tiktoken again") from None
-        if not ranks:
-            raise TokenizerError(f"GPT-2 BPE ranks file {path} is empty; download r50k_base.tiktoken again")
-        self.ranks_path = str(path)
+            ranks, source = load_ranks(ranks_file)
+        except RanksError as e:
+            raise TokenizerError(str(e)) from None
+        self._build(ranks, source)
+
+    @classmethod
+    def from_ranks(cls, ranks: dict[bytes, int]) -> BPETokenizer:
+        """A byte-level BPE over ranks made in the program (a notebook's own merges, a test's), with
+        GPT-2's split pattern and its end-of-text token after the last rank. No file, no check: a
+        checkpoint can only name GPT-2's own encoding, so these are for what is not saved."""
+        tok = cls.__new__(cls)
+        tok._build(dict(ranks), "<in memory>")
+        return tok
+
+    def _build(self, ranks: dict[bytes, int], source: str) -> None:
+        self.ranks_path = source  # where the ranks were read (for messages)
         self.ranks = ranks  # token bytes -> rank, which is also its id
-        self.eot_id = len(ranks)  # 50256 for the real file
+        # what a prepared folder records of its tokenizer (model.data.encoders); the real file's hash
+        self.ranks_sha256 = hashlib.sha256(serialize(ranks)).hexdigest()
+        self.eot_id = len(ranks)  # 50256 for GPT-2's
         self.vocab_size = len(ranks) + 1
         self._enc = tiktoken.Encoding(
             name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,

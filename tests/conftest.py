@@ -17,7 +17,8 @@ import torch
 from model import checkpoint, measured
 from model.config import GPTConfig
 from model.gpt import GPT
-from model.tokenizer import CharTokenizer
+from model.paths import RANKS_FILE
+from model.tokenizer import BPETokenizer, CharTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -31,9 +32,11 @@ elif os.environ.get("GPT_DATA_DIR"):
     os.environ["GPT_DATA_DIR"] = str(Path(os.environ["GPT_DATA_DIR"]).resolve())
 
 # Tests never write into the user's cache: texts that training prepares into token shards on first
-# use (model.data.corpus.open_corpus) go to a temp folder of this session.
+# use (model.data.corpus.open_corpus) go to a temp folder of this session. Nor into tiktoken's, a
+# folder of the machine's temp dir that GPT-2's ranks are also looked for in (model.gpt2_ranks).
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="gpt-tests-cache-")
 atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
+os.environ["TIKTOKEN_CACHE_DIR"] = str(Path(os.environ["XDG_CACHE_HOME"]) / "tiktoken")
 
 # The app's --precision auto times fp32 against bf16 weights at load; on a native-bf16 CPU noise
 # could pick either for a tiny model, and the tests compare tokens with fp32 references. The tests
@@ -83,6 +86,28 @@ def shakespeare_available() -> bool:
     if not (Path(os.environ.get("GPT_DATA_DIR", ".")) / "tinyshakespeare.txt").is_file():
         pytest.skip("Tiny Shakespeare not found; set GPT_DATA_DIR")
     return True
+
+
+@pytest.fixture(scope="session")
+def gpt2_ranks() -> Path:
+    """GPT-2's real ranks file: $GPT_BPE_RANKS, else gpt2.tiktoken in $GPT_DATA_DIR (../shared/data
+    here and in CI)."""
+    path = Path(os.environ.get("GPT_BPE_RANKS") or Path(os.environ.get("GPT_DATA_DIR", ".")) / RANKS_FILE)
+    if not path.is_file():
+        pytest.skip("GPT-2's ranks (gpt2.tiktoken) not found; set GPT_DATA_DIR to a folder holding them")
+    return path
+
+
+@pytest.fixture(scope="session")
+def gpt2_bpe(gpt2_ranks) -> BPETokenizer:
+    """GPT-2's own tokenizer, on the real ranks."""
+    return BPETokenizer(gpt2_ranks)
+
+
+def tiny_bpe(*merged: bytes) -> BPETokenizer:
+    """A byte-level BPE built in the test: the 256 bytes, then ``merged`` tokens in rank order."""
+    tokens = [bytes([b]) for b in range(256)] + list(merged)
+    return BPETokenizer.from_ranks({t: i for i, t in enumerate(tokens)})
 
 
 @pytest.fixture(autouse=True)

@@ -123,7 +123,7 @@ def saved_with(tiny_ckpt, tmp_path, change) -> Path:
     (lambda c: c["tokenizer"].update(chars=list("abc")),
      "unusable config or tokenizer: a character vocabulary must be a non-empty string"),
     (lambda c: c.update(tokenizer={"kind": "bpe", "encoding": "gpt2"}),
-     "unusable config or tokenizer: GPT-2 BPE ranks file not found at .*nope.tiktoken"),
+     r"unusable config or tokenizer: GPT-2's BPE ranks at .*nope.tiktoken \(\$GPT_BPE_RANKS\): absent"),
     (lambda c: c.update(meta=["steps", 3]), r"is damaged \(its 'meta' is a list, not a dict\)"),
 ])
 def test_bad_contents_are_refused_in_one_line(tiny_ckpt, tmp_path, monkeypatch, change, message):

@@ -9,6 +9,7 @@ import shutil
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import REPO
 from hf_fixtures import EOT, VARIED_TEXT, gpt2_folder
 
 from export.cli import main as export_cli
@@ -20,7 +21,7 @@ from model.gpt import GPT, Bigram
 from model.hf.cli import main as import_cli
 from model.hf.load import HFImportError, import_hf
 from model.hf.save import export_hf
-from model.tokenizer import CharTokenizer
+from model.tokenizer import GPT2_PATTERN, CharTokenizer
 
 transformers = pytest.importorskip("transformers", reason="the dev extra: pip install -e '.[dev]'")
 PROMPT = "ROMEO:\nBut, soft! what light through yonder window breaks?"
@@ -369,3 +370,70 @@ def genai_greedy(folder, prompt: list[int], steps: int) -> list[int]:
 
 def model_eot(folder) -> int:
     return json.loads((folder / "genai_config.json").read_text())["model"]["eos_token_id"]
+
+
+def converter_form(folder, pattern: str = GPT2_PATTERN, **changes) -> dict:
+    """The folder's GPT-2 tokenizer.json rewritten in the form current converters write
+    (transformers' TikTokenConverter): a Split on GPT-2's pattern, then ByteLevel without its regex,
+    and ignore_merges; ``changes`` alter the Split (``split``), the ByteLevel (``level``) or the model."""
+    tj = json.loads((folder / "tokenizer.json").read_text())
+    split = {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False}
+    level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+    tj["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [split | changes.pop("split", {}),
+                                                                 level | changes.pop("level", {})]}
+    tj["model"] |= {"ignore_merges": True} | changes
+    return tj
+
+
+def test_the_converters_form_imports_and_encodes_as_tokenizers_does(hf_dir, imported, tmp_path):
+    from tokenizers import Tokenizer
+
+    folder = tmp_path / "new"
+    shutil.copytree(hf_dir, folder)
+    (folder / "tokenizer.json").write_text(json.dumps(converter_form(hf_dir)))
+    import_hf(str(folder), tmp_path / "new.pt", progress=False)
+    ours, before = load_model(tmp_path / "new.pt")[1], load_model(imported)[1]
+    theirs = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    for text in VARIED_TEXT:
+        ids = ours.encode(text, special=True)
+        assert ids == theirs.encode(text).ids == before.encode(text, special=True), text
+        assert ours.decode(ids) == text
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"pattern": "(a|aa)+$"}, "pre_tokenizer splits on the pattern '(a|aa)+$', not GPT-2's; only GPT-2's"),
+    ({"split": {"behavior": "Removed"}}, "is not GPT-2's (ByteLevel, or a Split on GPT-2's pattern then"),
+    ({"level": {"use_regex": True}}, "is not GPT-2's (ByteLevel, or a Split on GPT-2's pattern then"),
+    ({"level": {"add_prefix_space": True}}, "is not GPT-2's (ByteLevel, or a Split on GPT-2's pattern then"),
+    ({"ignore_merges": "yes"}, "model.ignore_merges='yes' is not true or false"),
+    ({"drop_merge": 10}, "ignore_merges is true and 4 token(s) such as 'nd' are not made by the merges"),
+])
+def test_other_pre_tokenizers_and_merges_are_refused_in_one_line(hf_dir, tmp_path, changes, message):
+    folder = tmp_path / "other"
+    shutil.copytree(hf_dir, folder)
+    drop = changes.pop("drop_merge", None)
+    tj = converter_form(hf_dir, changes.pop("pattern", GPT2_PATTERN), **changes)
+    if drop is not None:  # its token stays in the vocabulary, but no merge makes it any more
+        del tj["model"]["merges"][drop]
+    (folder / "tokenizer.json").write_text(json.dumps(tj))
+    result = CliRunner().invoke(import_cli, ["hf", str(folder), "--out", str(tmp_path / "x.pt")])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith(f"Error: {folder / 'tokenizer.json'}: ") and message in result.output
+    assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.slow  # GPT-2's 50,257 tokens converted, then checked merge by merge
+def test_gpt2s_tokenizer_json_as_transformers_converts_it_today_encodes_as_tiktoken(gpt2_bpe, tmp_path):
+    """GPT-2's real ranks through transformers' own TikTokenConverter (the Sequence form, 108,299
+    merges, ignore_merges) import as a tokenizer that encodes exactly as tiktoken's GPT-2."""
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    from model.hf.load import tokenizer_from_hf
+
+    converted = TikTokenConverter(gpt2_bpe.ranks_path, pattern=GPT2_PATTERN,
+                                  additional_special_tokens=[EOT]).converted()
+    converted.save(str(tmp_path / "tokenizer.json"))
+    tok = tokenizer_from_hf(tmp_path, 50256)
+    assert tok.eot_id == 50256 and len(tok.merges) > 100_000  # every way each token splits in two
+    for text in [*VARIED_TEXT, PROMPT * 20, (REPO / "README.md").read_text(encoding="utf-8")]:
+        assert tok.encode(text, special=True) == gpt2_bpe.encode(text, special=True), text[:60]

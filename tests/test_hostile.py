@@ -214,27 +214,18 @@ def test_checkpoint_names_are_shown_literally(tmp_path):
 
 @SETTLE
 @given(st.lists(st.sampled_from([*CHARS, "<|endoftext|>", "<|", "|>", "é"]), max_size=12).map("".join))
-def test_a_prompt_never_injects_the_end_of_text_token(tmp_path_factory, text):
-    from test_tokenizer import write_ranks
-
-    from model.tokenizer import BPETokenizer
-
-    ranks = tmp_path_factory.getbasetemp() / "bytes.tiktoken"
-    if not ranks.exists():
-        write_ranks(ranks, [bytes([b]) for b in range(256)])
-    tok = BPETokenizer(ranks)
+def test_a_prompt_never_injects_the_end_of_text_token(gpt2_bpe, text):
+    tok = gpt2_bpe
     ids = tok.encode(text)
     assert tok.eot_id not in ids and tok.decode(ids) == text
 
 
 @SETTLE
 @given(st.text())
-def test_tokenizers_take_any_text(tmp_path_factory, text):
+def test_tokenizers_take_any_text(gpt2_bpe, text):
     """Arbitrary unicode, surrogates included: the character tokenizer names what it lacks or
     replaces it one for one; byte-level BPE encodes everything and gives back what it can."""
-    from test_tokenizer import write_ranks
-
-    from model.tokenizer import BPETokenizer, CharTokenizer, UnknownCharactersError
+    from model.tokenizer import CharTokenizer, UnknownCharactersError
 
     chars = CharTokenizer.from_text("abc \n")
     try:
@@ -242,10 +233,7 @@ def test_tokenizers_take_any_text(tmp_path_factory, text):
     except UnknownCharactersError as e:
         assert e.chars and all(c not in chars.stoi for c in e.chars)
     assert len(chars.encode(text, unknown="replace")) == len(text)
-    ranks = tmp_path_factory.getbasetemp() / "bytes.tiktoken"
-    if not ranks.exists():
-        write_ranks(ranks, [bytes([b]) for b in range(256)])
-    bpe = BPETokenizer(ranks)
+    bpe = gpt2_bpe
     ids = bpe.encode(text)
     if not re.search("[\ud800-\udfff]", text):
         assert bpe.decode(ids) == text

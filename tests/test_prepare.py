@@ -14,9 +14,8 @@ from model.data import encoders
 from model.data.cli import main
 from model.data.prepare import PrepareConfig, bpe_cut, prepare
 from model.data.shards import MANIFEST, DataError, dtype_for, open_prepared, read_manifest
-from model.tokenizer import BPETokenizer, CharTokenizer
+from model.tokenizer import CharTokenizer
 from tests.conftest import TEXT
-from tests.test_tokenizer import write_ranks
 
 quiet = dict(log=lambda m: None)
 
@@ -84,12 +83,9 @@ def test_running_again_on_unchanged_input_does_nothing(tmp_path, docs):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "docs", "out"]
 
 
-def test_bpe_tokens_equal_encoding_each_document_whole(tmp_path, monkeypatch):
+def test_bpe_tokens_equal_encoding_each_document_whole(tmp_path, monkeypatch, gpt2_bpe):
     """Documents are cut into pieces for the workers only where GPT-2's pre-tokenizer cannot join
     text across the cut, so the tokens are those of each document encoded whole."""
-    ranks = tmp_path / "tiny.tiktoken"
-    write_ranks(ranks, [bytes([b]) for b in range(256)] + [b"\n\n", b" t", b"he", b" the", b"  ", b"er"])
-    monkeypatch.setenv("GPT_BPE_RANKS", str(ranks))
     rng = random.Random(0)
     words = ["the", "other", "there", "é", "'s", "42", "!!", "<|endoftext|>"]
     gaps = [" ", "  ", "\n", "\n\n", " \n", "\n ", "\t"]
@@ -98,20 +94,18 @@ def test_bpe_tokens_equal_encoding_each_document_whole(tmp_path, monkeypatch):
         (tmp_path / f"{i}.txt").write_text(text)
     monkeypatch.setattr("model.data.encoders.PIECE_CHARS", 500)  # many cuts per document
     manifest, _, data = run(tmp_path, tmp_path / "0.txt", tmp_path / "1.txt", tokenizer="gpt2", workers=2)
-    tok = BPETokenizer(ranks)
+    tok = gpt2_bpe  # GPT-2's real ranks, found by gpt-prepare in GPT_DATA_DIR as here
     whole = [tok.encoding.encode_ordinary(t) for t in texts]  # the spelled-out EOT is ordinary text
     assert stream(data) == whole[0] + [tok.eot_id] + whole[1]
-    assert manifest["tokenizer"] == {"kind": "bpe", "encoding": "gpt2"} and manifest["vocab_size"] == 263
+    assert manifest["tokenizer"] == {"kind": "bpe", "encoding": "gpt2"} and manifest["vocab_size"] == 50257
     assert bpe_cut("ab  cd") is None and bpe_cut("ab cd ef") == 5 and bpe_cut("ab\ncd") == 3
 
 
-def test_short_bpe_documents_joined_into_one_piece_encode_each_on_its_own(tmp_path, monkeypatch):
+def test_short_bpe_documents_joined_into_one_piece_encode_each_on_its_own(tmp_path, monkeypatch,
+                                                                          gpt2_bpe):
     """Short documents share a piece, joined by the end-of-text marker, yet each encodes as it would
     alone: text at a document's edge does not merge across (one of only whitespace included), and a
     document that spells the marker keeps it as text (it is never joined)."""
-    ranks = tmp_path / "tiny.tiktoken"
-    write_ranks(ranks, [bytes([b]) for b in range(256)] + [b"\n\n", b" t", b"he", b" the", b"  ", b"er"])
-    monkeypatch.setenv("GPT_BPE_RANKS", str(ranks))
     rng = random.Random(1)
     words = ["the", "other", "there", "é", "'s", "42", "!!"]
     gaps = [" ", "  ", "\n", "\n\n", " \n", "\n ", "\t"]
@@ -129,7 +123,7 @@ def test_short_bpe_documents_joined_into_one_piece_encode_each_on_its_own(tmp_pa
     monkeypatch.setattr("model.data.prepare.pieces", lambda *a, **k: (joined.append(p.documents) or p
                                                                  for p in real_pieces(*a, **k)))
     manifest, _, data = run(tmp_path, folder, tokenizer="gpt2", workers=2)
-    tok = BPETokenizer(ranks)
+    tok = gpt2_bpe  # GPT-2's real ranks, found by gpt-prepare in GPT_DATA_DIR as here
     want = []
     for text in texts:
         want += tok.encoding.encode_ordinary(text) + [tok.eot_id]
@@ -222,20 +216,17 @@ def test_cli_prepares_verifies_and_explains(tmp_path):
 
 
 @pytest.mark.slow  # two short training runs
-def test_training_reads_a_prepared_folder_and_resumes_from_it(tmp_path, monkeypatch):
+def test_training_reads_a_prepared_folder_and_resumes_from_it(tmp_path, gpt2_ranks):
     from model.config import GPTConfig
     from model.train.loop import TrainConfig, train
 
-    ranks = tmp_path / "tiny.tiktoken"
-    write_ranks(ranks, [bytes([b]) for b in range(256)] + [b"he", b" t"])
-    monkeypatch.setenv("GPT_BPE_RANKS", str(ranks))
     (tmp_path / "t.txt").write_text(TEXT * 3)
     run(tmp_path, tmp_path / "t.txt", tokenizer="gpt2", shard_tokens=300)
     cfg = TrainConfig(model=GPTConfig(block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0),
                       data=str(tmp_path / "out"), out_dir=str(tmp_path / "run"), batch_size=4, max_iters=2,
                       eval_interval=2, eval_iters=1, device="cpu", dtype="fp32", progress=False)
     tr = train(cfg, log=lambda m: None)
-    assert tr.model.config.vocab_size == 259 and tr.splits.folder == tmp_path / "out"
+    assert tr.model.config.vocab_size == 50257 and tr.splits.folder == tmp_path / "out"
     tr = train(dataclasses.replace(cfg, max_iters=3, resume=True), log=lambda m: None)
     assert tr.step == 3
 

@@ -16,7 +16,7 @@ from model.generate.insight import piece
 from model.generate.torch_backend import load_backend
 from model.gpt import GPT
 from model.special import EOT
-from model.tokenizer import BPETokenizer, CharTokenizer
+from model.tokenizer import CharTokenizer
 from tui.panels import ATTENTION_CELLS, AttentionPanel, NextTokenPanel
 from tui.show import describe_origin
 
@@ -56,18 +56,14 @@ def test_pieces_show_spaces_whitespace_and_partial_characters():
     assert [piece(chars, i) for i in range(4)] == ["a", "b", "␣", "⏎"]
 
 
-def test_pieces_of_tiktokens_gpt2_encoding(tmp_path):
-    """The ranks-file BPE (model.tokenizer.BPETokenizer) is shown the same way, from tiktoken's bytes."""
-    import base64
-
-    tokens = [bytes([b]) for b in range(256)] + [b" t", b"he", b" the"]
-    ranks = tmp_path / "tiny.tiktoken"
-    ranks.write_text("".join(f"{base64.b64encode(t).decode()} {i}\n" for i, t in enumerate(tokens)))
-    tok = BPETokenizer(ranks)
-    assert tok.encode(" the") == [258] and piece(tok, 258) == "␣the"
-    assert [piece(tok, i) for i in tok.encode("—")] == ["<0xE2>", "<0x80>", "<0x94>"]
+def test_pieces_of_tiktokens_gpt2_encoding(gpt2_bpe):
+    """GPT-2's own BPE (model.tokenizer.BPETokenizer, the real ranks) is shown the same way, from
+    tiktoken's bytes: a character split over tokens shows each token's bytes."""
+    tok = gpt2_bpe
+    assert tok.encode(" the") == [262] and piece(tok, 262) == "␣the"
+    assert [piece(tok, i) for i in tok.encode("ⱥ")] == ["<0xE2>", "<0xB1>", "<0xA5>"]
     assert piece(tok, tok.eot_id) == EOT
-    assert tok.token_bytes(258) == b" the" and tok.token_bytes(tok.eot_id) is None
+    assert tok.token_bytes(262) == b" the" and tok.token_bytes(tok.eot_id) is None
 
 
 @run_async

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from model.terminal import CommandError, CommandUsageError, Interrupted, InterruptibleCommand, visible
+from model.terminal import (
+    CommandError,
+    CommandUsageError,
+    Interrupted,
+    InterruptibleCommand,
+    ranks_option,
+    visible,
+)
 
 # PyTorch and NumPy are imported when the command runs, so that --help and --version answer at once
 
@@ -14,8 +21,9 @@ from model.terminal import CommandError, CommandUsageError, Interrupted, Interru
 @click.version_option(package_name="gpt-from-scratch", prog_name="gpt-prepare")
 @click.argument("sources", nargs=-1)
 @click.option("--tokenizer", default="char",
-              help="char (a vocabulary built from the text), gpt2 (BPE; needs the ranks file, see "
-                   "$GPT_BPE_RANKS) or the path of a checkpoint whose tokenizer to use.")
+              help="char (a vocabulary built from the text), gpt2 (GPT-2's BPE; its ranks are found as "
+                   "--ranks says) or the path of a checkpoint whose tokenizer to use.")
+@ranks_option
 @click.option("--out", type=click.Path(file_okay=False), help="Folder to write (created or replaced).")
 @click.option("--val", "val_sources", multiple=True,
               help="A separate validation source (repeatable); without it val is the last --val-fraction.")

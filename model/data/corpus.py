@@ -20,7 +20,7 @@ import torch
 from model.atomic import atomic_write
 from model.data.prepare import PrepareConfig, prepare
 from model.data.shards import MANIFEST, DataError, TokenData, TokenSplit, open_prepared
-from model.paths import DATA_DIR_ENV, cache_dir, ranks_path, tokens_cache_dir
+from model.paths import DATA_DIR_ENV, cache_dir, tokens_cache_dir
 from model.tokenizer import Tokenizer, tokenizer_from_dict
 
 __all__ = ["DATA_DIR_ENV", "DataError", "Splits", "TokenData", "get_batch", "open_corpus"]
@@ -154,7 +154,7 @@ def _tokenizer_of(prepared: TokenData, tokenizer: Tokenizer | None) -> Tokenizer
                 f"vocab {tokenizer.vocab_size}); prepare the data with gpt-prepare --tokenizer CKPT")
         return tokenizer
     try:
-        tok = tokenizer_from_dict(saved, ranks_path())
+        tok = tokenizer_from_dict(saved)
     except (ValueError, FileNotFoundError) as e:
         raise DataError(f"{prepared.folder}: its tokenizer cannot be rebuilt ({e})") from None
     if tok.vocab_size != prepared.manifest["vocab_size"]:

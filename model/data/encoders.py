@@ -12,7 +12,6 @@ of one per document.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -25,7 +24,6 @@ import numpy as np
 
 from model.data.shards import DataError
 from model.data.sources import Document
-from model.paths import ranks_path
 from model.special import EOT
 from model.tokenizer import BPETokenizer, CharTokenizer, Tokenizer, tokenizer_from_dict
 
@@ -176,7 +174,7 @@ def tokenizer_identity(tok: Tokenizer) -> dict:
     """The tokenizer as stored, plus the ranks file's checksum for BPE (the dict names no file)."""
     d = tok.to_dict()
     if isinstance(tok, BPETokenizer):
-        d = d | {"ranks_sha256": hashlib.sha256(Path(tok.ranks_path).read_bytes()).hexdigest()}
+        d = d | {"ranks_sha256": tok.ranks_sha256}
     return d
 
 
@@ -186,17 +184,14 @@ def resolve_tokenizer(spec: str) -> Tokenizer | None:
     if spec == "char":
         return None
     if spec == "gpt2":
-        try:
-            return BPETokenizer()
-        except FileNotFoundError as e:
-            raise DataError(str(e)) from None
+        return BPETokenizer()  # found as model.gpt2_ranks says (gpt-prepare --ranks PATH first)
     path = Path(spec)
     if not path.is_file():
         raise DataError(f"--tokenizer {spec}: not char, gpt2 or an existing checkpoint file")
     from model.checkpoint import load  # only when a checkpoint is named: it imports the model
 
     try:
-        return tokenizer_from_dict(load(path)["tokenizer"], ranks_path())
+        return tokenizer_from_dict(load(path)["tokenizer"])
     except (ValueError, FileNotFoundError) as e:
         raise DataError(f"--tokenizer {spec}: {e}") from None
 

@@ -23,7 +23,7 @@ from model import checkpoint
 from model.bpe import GPT2_SPLIT, ByteBPETokenizer
 from model.config import GPTConfig
 from model.paths import UnsafePathError, name_inside
-from model.tokenizer import EOT
+from model.tokenizer import EOT, GPT2_PATTERN
 
 # GPT-2's activation names -> ours; gelu_new and gelu_pytorch_tanh are the same tanh formula
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
@@ -253,14 +253,15 @@ def tokenizer_from_hf(folder: Path, eot_id: object) -> ByteBPETokenizer:
         if model.get("type") != "BPE":
             raise HFImportError(f"{path}: model type {_shown(model.get('type'))} is not a byte-level BPE")
         defaults = {"dropout": None, "continuing_subword_prefix": None, "end_of_word_suffix": None,
-                    "byte_fallback": False, "ignore_merges": False}  # GPT-2's
+                    "byte_fallback": False}  # GPT-2's
         for field, default in defaults.items():
             if model.get(field, default) not in (default, ""):
                 raise HFImportError(f"{path}: model.{field}={_shown(model[field])} is not supported "
                                     f"(GPT-2 has {default!r})")
-        if pre.get("type") != "ByteLevel" or pre.get("add_prefix_space") or not pre.get("use_regex", True):
-            raise HFImportError(f"{path}: pre_tokenizer {json.dumps(pre)[:80]} is not GPT-2's "
-                                "(ByteLevel, add_prefix_space false)")
+        ignore_merges = model.get("ignore_merges", False)
+        if not isinstance(ignore_merges, bool):
+            raise HFImportError(f"{path}: model.ignore_merges={_shown(ignore_merges)} is not true or false")
+        check_pre_tokenizer(pre, path)
         if tj.get("normalizer"):
             raise HFImportError(f"{path}: normalizer {json.dumps(tj['normalizer'])[:60]} is not supported")
         vocab_map, merges, added = model.get("vocab", {}), model.get("merges", []), tj.get("added_tokens", [])
@@ -278,7 +279,7 @@ def tokenizer_from_hf(folder: Path, eot_id: object) -> ByteBPETokenizer:
         lines = read_text(merges_path, TOKENIZER_BYTES).splitlines()
         merges = [line for line in lines if line and not line.startswith("#version")]
         special = {t: i for t, i in vocab_map.items() if t == EOT}
-        where, vocab_file = merges_path, vocab_path
+        where, vocab_file, ignore_merges = merges_path, vocab_path, False
     if not (isinstance(vocab_map, dict) and all(_is_id(i) for i in vocab_map.values())):
         raise HFImportError(f"{vocab_file}: the vocabulary is not an object of token -> integer id")
     if not (isinstance(merges, list) and all(
@@ -295,9 +296,47 @@ def tokenizer_from_hf(folder: Path, eot_id: object) -> ByteBPETokenizer:
     if eot is None:
         raise HFImportError(f"{where}: the tokenizer has no end-of-text token ({EOT})")
     try:
-        return ByteBPETokenizer(vocab, merges, special, eot=eot, pattern=GPT2_SPLIT)
+        tok = ByteBPETokenizer(vocab, merges, special, eot=eot, pattern=GPT2_SPLIT)
     except ValueError as e:
         raise HFImportError(f"{where}: unusable tokenizer ({str(e)[:120]})") from None
+    if ignore_merges:
+        # ignore_merges takes a word that is itself a token whole, where BPE would run the merges;
+        # the two agree exactly when the merges make every token from its own bytes, as GPT-2's do
+        unmade = tok.tokens_not_made_by_merges()
+        if unmade:
+            raise HFImportError(f"{path}: model.ignore_merges is true and {len(unmade)} token(s) such as "
+                                f"{_shown(unmade[0])} are not made by the merges, so it would encode "
+                                "otherwise than GPT-2's BPE; not supported")
+    return tok
+
+
+# The pre-tokenizer of current converters (transformers' TikTokenConverter): GPT-2's pattern in a
+# Split, then ByteLevel without its own regex. The pattern is compared as text with the spellings
+# of GPT-2's that are known to split alike (tests/test_bpe.py checks them against each other), never
+# compiled: a pattern from a file could backtrack for hours, (a|aa)+$.
+GPT2_SPLIT_SPELLINGS = (GPT2_PATTERN, GPT2_SPLIT)
+
+
+def check_pre_tokenizer(pre: dict, path: Path) -> None:
+    """Refuse, in one line, a pre-tokenizer that does not cut text as GPT-2's does: either the 2019
+    form (ByteLevel with its own regex) or a Sequence of a Split on GPT-2's pattern and a ByteLevel
+    with use_regex false; neither may add a prefix space."""
+    if pre.get("type") == "ByteLevel" and not pre.get("add_prefix_space") and pre.get("use_regex", True):
+        return
+    steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else None
+    if isinstance(steps, list) and len(steps) == 2 and all(isinstance(step, dict) for step in steps):
+        split, level = steps
+        pattern = split.get("pattern")
+        if (split.get("type") == "Split" and isinstance(pattern, dict) and set(pattern) == {"Regex"}
+                and split.get("behavior") == "Isolated" and split.get("invert") is False
+                and level.get("type") == "ByteLevel" and not level.get("add_prefix_space")
+                and level.get("use_regex") is False):
+            if pattern["Regex"] in GPT2_SPLIT_SPELLINGS:
+                return
+            raise HFImportError(f"{path}: pre_tokenizer splits on the pattern {_shown(pattern['Regex'])}, "
+                                "not GPT-2's; only GPT-2's pre-tokenizer imports")
+    raise HFImportError(f"{path}: pre_tokenizer {json.dumps(pre)[:80]} is not GPT-2's (ByteLevel, or a "
+                        "Split on GPT-2's pattern then ByteLevel without its regex; add_prefix_space false)")
 
 
 def _object(data: dict, field: str, path: Path) -> dict:

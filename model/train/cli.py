@@ -16,7 +16,7 @@ from click.core import ParameterSource
 
 from model.config import PRESETS
 from model.paths import DATA_DIR_ENV
-from model.terminal import CommandError, CommandUsageError, InterruptibleGroup, visible
+from model.terminal import CommandError, CommandUsageError, InterruptibleGroup, ranks_option, visible
 from model.train.config import (
     MAX_LEARNING_RATE,
     MAX_SEED,
@@ -76,6 +76,7 @@ class Refused(CommandUsageError):
               help=f"'shakespeare' (downloaded once, checksum verified; ${DATA_DIR_ENV} points at a "
                    "local copy), a UTF-8 text file (both tokenized once into the user cache) or a "
                    "folder written by gpt-prepare.")
+@ranks_option
 @click.option("--out", "out_dir", default=D.out_dir, type=click.Path(file_okay=False),
               help="Folder for ckpt.pt and metrics.jsonl; one run at a time.")
 @click.option("--resume", is_flag=True,
@@ -310,6 +311,7 @@ def report_plot(metrics: tuple[str, ...], out: str, title: str, labels: tuple[st
 
 @report.command("slim")
 @click.argument("ckpt", callback=checkpoint_file)
+@ranks_option
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="Precision of the stored weights (fp16/bf16 halve the file; they load as fp32).")
