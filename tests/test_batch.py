@@ -75,6 +75,23 @@ def test_per_item_settings_and_errors_do_not_stop_the_rest():
     assert summary.failed == 3 and summary.exit_code == EXIT_ITEMS_FAILED
 
 
+def test_items_take_frequency_and_presence_penalties():
+    text = "\n".join([
+        '{"prompt": "T", "temperature": 0, "max_new_tokens": 8}',
+        '{"prompt": "T", "temperature": 0, "max_new_tokens": 8, "presence_penalty": 2}',
+        '{"prompt": "T", "frequency_penalty": 2.5}',
+    ])
+    rows, summary, _ = run(FakeBackend(margin=1.0), text)
+    assert rows[0]["completion"] == "To be, o"
+    # the script's next character leads by 1.0; a second space loses 2, so greedy takes the first
+    # of the tied rest ("\n"), and so on for every character the script repeats
+    assert rows[1]["completion"] == "To be,\n!" and rows[1]["settings"]["presence_penalty"] == 2
+    assert rows[0]["settings"]["frequency_penalty"] == 0.0
+    assert rows[2]["error"] == ("bad settings: frequency-penalty must be a number from -2 to 2 (0 = off), "
+                                "not 2.5")
+    assert summary.failed == 1
+
+
 def test_ctrl_c_keeps_the_lines_written_and_exits_130():
     class Interrupting(FakeBackend):
         def stream(self, prompt, settings):

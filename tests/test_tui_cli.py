@@ -128,3 +128,20 @@ def test_compile_without_a_compiler_is_a_one_line_error(tiny_ckpt, monkeypatch):
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "Error: compiling the one-token decode step failed: " in result.output
     assert "No working C++ compiler" in result.output and "or leave out --compile" in result.output
+
+
+def test_frequency_and_presence_penalties_from_flags_and_the_config_file(tiny_ckpt):
+    runner = CliRunner()
+    base = ["--ckpt", str(tiny_ckpt), "-n", "30", "--seed", "1", "--temperature", "0", "-p", "ROMEO:"]
+    plain = runner.invoke(main, base)
+    flagged = runner.invoke(main, [*base, "--frequency-penalty", "2", "--presence-penalty", "1"])
+    assert flagged.exit_code == 0 and 0 < len(flagged.output) <= 30 and flagged.output != plain.output
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("frequency-penalty = 2.0\npresence-penalty = 1.0\n", encoding="utf-8")
+    assert runner.invoke(main, base).output == flagged.output
+    path.write_text("presence-penalty = 3\n", encoding="utf-8")
+    bad = runner.invoke(main, base)
+    assert bad.exit_code == 2
+    assert bad.output == (f"Error: {path}: presence-penalty = 3: 3.0 is not in the range -2<=x<=2; "
+                          "fix or remove it\n")

@@ -122,6 +122,11 @@ def unescaped(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
                    "1.1-1.3 breaks loops).")
 @click.option("--repetition-window", default=64, type=click.IntRange(min=1),
               help="How many of the latest tokens the repetition penalty looks at.")
+@click.option("--frequency-penalty", default=0.0, type=click.FloatRange(-2, 2),
+              help="OpenAI's: lower a generated token's logit by this times its count so far (0 = "
+                   "off; negative favours repeats).")
+@click.option("--presence-penalty", default=0.0, type=click.FloatRange(-2, 2),
+              help="OpenAI's: lower the logit of every token generated so far by this, once (0 = off).")
 @click.option("-n", "--max-new-tokens", default=500, type=click.IntRange(1, MAX_NEW_TOKENS),
               help="Tokens per generation.")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED),
