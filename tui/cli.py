@@ -112,6 +112,10 @@ def unescaped(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
               help="Compile PyTorch's one-token decode step with torch.compile: a wait at load (the "
                    "app decodes eagerly meanwhile), then faster tokens where inductor's kernels win "
                    "(docs/performance.md). Needs a C++ compiler.")
+@click.option("--threads", type=click.IntRange(min=1), metavar="N",
+              help="CPU threads for decoding (the app's generation process; -p and batch) [default: "
+                   "$OMP_NUM_THREADS, else the cores other processes leave idle, by the load average; "
+                   "the app keeps one of them for its screen].")
 @click.option("--temperature", default=0.8, type=click.FloatRange(min=0), help="0 = greedy.")
 @click.option("--top-k", type=click.IntRange(min=1),
               help="Sample from the k likeliest tokens [default: off].")
@@ -158,9 +162,10 @@ def unescaped(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
 @click.option("--session-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where sessions are saved [default: ~/.local/share/gpt-from-scratch/sessions].")
 def main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | None, provider: str,
-         device: str, precision: str | None, compile_step: bool, batch: BinaryIO | None, output: Path | None,
-         fmt: str, parallel: int, logprobs: int | None, logprobs_json: Path | None, session_file: Path | None,
-         session_dir: Path | None, unknown: str, stop: tuple[str, ...], keep_stop: bool, **knobs) -> None:
+         device: str, precision: str | None, compile_step: bool, threads: int | None, batch: BinaryIO | None,
+         output: Path | None, fmt: str, parallel: int, logprobs: int | None, logprobs_json: Path | None,
+         session_file: Path | None, session_dir: Path | None, unknown: str, stop: tuple[str, ...],
+         keep_stop: bool, **knobs) -> None:
     """Generate text from a GPT checkpoint: live in the terminal, one prompt, or in batch.
 
     \b
@@ -174,14 +179,14 @@ def main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | N
     loaded or the output failed, 2 usage error, 3 some items failed (each line carries its error),
     130 interrupted (the lines already written are complete).
     """
-    _main(ckpt, prompt, backend_name, onnx, provider, device, precision, compile_step, batch, output,
+    _main(ckpt, prompt, backend_name, onnx, provider, device, precision, compile_step, threads, batch, output,
           fmt, parallel, logprobs, logprobs_json, session_file, session_dir, unknown, stop, keep_stop,
           **knobs)  # ^C: invoke()
 
 
 def _main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | None, provider: str,
-          device: str, precision: str | None, compile_step: bool, batch: BinaryIO | None, output: Path | None,
-          fmt: str, parallel: int, logprobs: int | None, logprobs_json: Path | None,
+          device: str, precision: str | None, compile_step: bool, threads: int | None, batch: BinaryIO | None,
+          output: Path | None, fmt: str, parallel: int, logprobs: int | None, logprobs_json: Path | None,
           session_file: Path | None, session_dir: Path | None, unknown: str, stop: tuple[str, ...],
           keep_stop: bool, **knobs) -> None:
     if batch is None and (output is not None or fmt != "auto"):
@@ -226,12 +231,15 @@ def _main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | 
     batch_default = precision is None and batch is not None
     precision = precision or ("fp32" if batch is not None else "auto")
     step = "compile" if compile_step else "auto"
-    makers = factories(ckpt_path, device, onnx, provider, precision, step)
     app = batch is None and prompt is None
     if app:  # the app generates in a child process: rendering never stalls the model
         from tui.remote import offloaded
 
-        makers = offloaded(makers)
+        makers = offloaded(factories(ckpt_path, device, onnx, provider, precision, step), threads)
+    else:  # this process decodes: on the threads asked for, else on the cores left idle (model.threads)
+        from model.threads import set_threads
+
+        makers = factories(ckpt_path, device, onnx, provider, precision, step, set_threads(threads))
 
     def progress(message: str) -> None:
         click.echo(visible(message), err=True)  # it may hold file names, ids, a model's text
@@ -245,7 +253,7 @@ def _main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | 
         from tui.app import GPTApp, freeze_heap
 
         def open_model(path: str) -> dict:
-            return offloaded(factories(resolve_ckpt(path), device, None, provider, precision, step))
+            return offloaded(factories(resolve_ckpt(path), device, None, provider, precision, step), threads)
 
         gpt_app = GPTApp(backend, backend_name, makers, settings, session_dir=session_dir,
                          session_file=session_file, keep_stop=keep_stop, open_model=open_model)
