@@ -323,3 +323,24 @@ def test_snapshot_main_screen_80x24(snap_compare):
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=generate)
+
+
+@run_async
+async def test_at_80_by_24_the_bars_keep_ppl_and_vocab():
+    # the issue's case: a 256-token window filled, a 10-digit fresh seed, a run folder in the name
+    backend = FakeBackend(name="out/shakespeare-char/ckpt.pt", block_size=256, device="CPUExecutionProvider")
+    app = make_app(backend, settings=Settings(max_new_tokens=300), new_seed=lambda: 1234567890)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await send(pilot, "ROMEO:")
+        await until(pilot, done(app))
+        stats = str(app.query_one("#stats").content)
+        top = str(app.query_one("#topbar").content)
+        assert len(stats) <= 78 and len(top) <= 78  # the bars' padding takes the other two columns
+        assert stats.startswith("max tokens · 300 tok · ")
+        assert stats.endswith(f"ppl {app.current.perplexity:.2f}")
+        assert "seed" not in stats  # the 10-digit seed goes first (/show and the session keep it)
+        assert top == "shakespeare-char/ckpt.pt · torch · CPUExecutionProvider · block 256 · vocab 61"
+        await pilot.resize_terminal(120, 30)
+        await pilot.pause()
+        assert "seed 1234567890" in str(app.query_one("#stats").content)
+        assert "backend torch  ·  device CPUExecutionProvider" in str(app.query_one("#topbar").content)
