@@ -344,3 +344,28 @@ async def test_at_80_by_24_the_bars_keep_ppl_and_vocab():
         await pilot.pause()
         assert "seed 1234567890" in str(app.query_one("#stats").content)
         assert "backend torch  ·  device CPUExecutionProvider" in str(app.query_one("#topbar").content)
+
+
+@run_async
+async def test_a_prompt_sent_while_a_backend_loads_runs_on_it_once_it_is_ready():
+    import threading
+
+    ready = threading.Event()
+    onnx = FakeBackend(script="onnx ", kind="onnx", device="CPUExecutionProvider")
+
+    def slow_onnx(progress):
+        ready.wait(10)
+        return onnx
+
+    app = make_app(factories={"onnx": slow_onnx}, settings=Settings(max_new_tokens=5, seed=1))
+    async with app.run_test(size=SIZE) as pilot:
+        await send(pilot, "/backend onnx")
+        await send(pilot, "To")
+        await pilot.pause()
+        assert app.current is None and app.backend_name == "torch"  # waiting, not started on torch
+        assert any("generates as soon as that is ready" in n for n in app.notices)
+        ready.set()
+        await until(pilot, lambda: app.current is not None and app.current.done)
+        assert (app.current.info.backend, app.current.text, app.current.stop_reason) == ("onnx", "onnx ",
+                                                                                        "max_tokens")
+        assert onnx.prompts == ["To"]
