@@ -46,6 +46,8 @@ os.environ["GPT_TUI_PRECISION"] = "fp32"
 # The tests' models are 16 wide: a second thread gains nothing, and on a busy machine the threads
 # of one matmul wait on each other (the fast tier ran twice as long with two threads under load).
 torch.set_num_threads(1)
+# and so do the commands the tests run, in this process or a child (model.threads follows it)
+os.environ["OMP_NUM_THREADS"] = "1"
 
 # A small text with every printable ASCII character the tests type, so prompts encode.
 TEXT = "".join(chr(c) for c in range(32, 127)) + "\n" + (

@@ -75,6 +75,23 @@ def test_per_item_settings_and_errors_do_not_stop_the_rest():
     assert summary.failed == 3 and summary.exit_code == EXIT_ITEMS_FAILED
 
 
+def test_items_take_frequency_and_presence_penalties():
+    text = "\n".join([
+        '{"prompt": "T", "temperature": 0, "max_new_tokens": 8}',
+        '{"prompt": "T", "temperature": 0, "max_new_tokens": 8, "presence_penalty": 2}',
+        '{"prompt": "T", "frequency_penalty": 2.5}',
+    ])
+    rows, summary, _ = run(FakeBackend(margin=1.0), text)
+    assert rows[0]["completion"] == "To be, o"
+    # the script's next character leads by 1.0; a second space loses 2, so greedy takes the first
+    # of the tied rest ("\n"), and so on for every character the script repeats
+    assert rows[1]["completion"] == "To be,\n!" and rows[1]["settings"]["presence_penalty"] == 2
+    assert rows[0]["settings"]["frequency_penalty"] == 0.0
+    assert rows[2]["error"] == ("bad settings: frequency-penalty must be a number from -2 to 2 (0 = off), "
+                                "not 2.5")
+    assert summary.failed == 1
+
+
 def test_ctrl_c_keeps_the_lines_written_and_exits_130():
     class Interrupting(FakeBackend):
         def stream(self, prompt, settings):
@@ -112,11 +129,13 @@ def test_cli_batch_decodes_fp32_unless_told_otherwise_and_says_so(tiny_ckpt, mon
     base = ["--ckpt", str(tiny_ckpt), "--max-new-tokens", "5", "--seed", "3"]
     batch = CliRunner().invoke(main, [*base, "--batch", "-"], input="ROMEO:\n")
     assert batch.exit_code == 0, batch.output
-    assert json.loads(batch.stdout)["precision"] == "fp32 weights (asked for)"
+    assert json.loads(batch.stdout)["precision"] == "fp32 weights (batch default)"  # nobody asked
+    asked_fp32 = CliRunner().invoke(main, [*base, "--batch", "-", "--precision", "fp32"], input="x\n")
+    assert json.loads(asked_fp32.stdout)["precision"] == "fp32 weights (asked for)"
     auto = CliRunner().invoke(main, [*base, "--batch", "-", "--precision", "auto"], input="x\n")
     assert auto.exit_code == 0
     assert CliRunner().invoke(main, [*base, "-p", "ROMEO:"]).exit_code == 0
-    assert asked == ["fp32", "auto", "auto"]  # the one-shot and the app keep auto
+    assert asked == ["fp32", "fp32", "auto", "auto"]  # the one-shot and the app keep auto
 
 
 def test_cli_batch_from_a_file_stdin_and_to_an_output_file(tiny_ckpt, tmp_path):
@@ -213,3 +232,22 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tiny_ckpt, mode):
         assert "Broken pipe" not in err and "Traceback" not in err
     finally:
         proc.kill()
+
+
+def test_logprobs_in_each_line_are_the_models_own_before_the_knobs():
+    import math
+
+    probs = {"a": 0.5, "b": 0.25, "c": 0.125, "": 0.125}  # "" is end-of-text
+    text = '{"prompt": "x", "max_new_tokens": 4, "temperature": 0.3, "top_k": 1}\n{"prompt": "x", "top_p": 5}'
+    rows, _, _ = run(FakeBackend(probs=probs), text, logprobs=2)
+    lp = rows[0]["logprobs"]
+    assert rows[0]["completion"] == "aaaa" and lp["tokens"] == ["a"] * 4 and len(lp["token_ids"]) == 4
+    # under the model, not under temperature 0.3 and top-k 1 (which gave "a" probability 1)
+    assert lp["token_logprobs"] == pytest.approx([math.log(0.5)] * 4, abs=1e-6)
+    assert [list(top) for top in lp["top_logprobs"]] == [["a", "b"]] * 4
+    assert lp["top_logprobs"][0]["b"] == pytest.approx(math.log(0.25), abs=1e-6)
+    assert rows[1]["error"] and rows[1]["logprobs"] is None  # a failed item has none
+    plain, _, _ = run(FakeBackend(probs=probs), text)
+    assert "logprobs" not in plain[0]  # only when asked for
+    zero, _, _ = run(FakeBackend(probs=probs), text, logprobs=0)
+    assert zero[0]["logprobs"]["top_logprobs"] is None and len(zero[0]["logprobs"]["token_logprobs"]) == 4

@@ -26,6 +26,8 @@ S = Settings(temperature=0.8, top_k=None, seed=None)
     ("/set stop \\n\\n,THE END", "stop", ("\n\n", "THE END")),
     ("/set unknown replace", "unknown", "replace"),
     ("/SET Temperature 1.2", "temperature", 1.2),
+    ("/set frequency-penalty 0.5", "frequency_penalty", 0.5),
+    ("/set presence -1.5", "presence_penalty", -1.5),
 ])
 def test_set_changes_one_setting(line, field, value):
     command = commands.parse(line, S)
@@ -45,6 +47,8 @@ def test_set_changes_one_setting(line, field, value):
     ("/set max-new-tokens 0", "max-new-tokens must be a whole number from 1"),
     ("/set unknown ignore", "unknown must be 'reject'"),
     ("/set colour blue", "unknown setting 'colour'"),
+    ("/set frequency-penalty 3", "frequency-penalty must be a number from -2 to 2 (0 = off), not 3.0"),
+    ("/set presence-penalty lots", "presence-penalty must be a number, not 'lots'"),
     ("/set temperature", "usage: /set NAME VALUE"),
     ("/frobnicate", "unknown command /frobnicate; /help lists the commands"),
     ("/", "empty command"),

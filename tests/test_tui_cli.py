@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -128,3 +129,63 @@ def test_compile_without_a_compiler_is_a_one_line_error(tiny_ckpt, monkeypatch):
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "Error: compiling the one-token decode step failed: " in result.output
     assert "No working C++ compiler" in result.output and "or leave out --compile" in result.output
+
+
+def test_frequency_and_presence_penalties_from_flags_and_the_config_file(tiny_ckpt):
+    runner = CliRunner()
+    base = ["--ckpt", str(tiny_ckpt), "-n", "30", "--seed", "1", "--temperature", "0", "-p", "ROMEO:"]
+    plain = runner.invoke(main, base)
+    flagged = runner.invoke(main, [*base, "--frequency-penalty", "2", "--presence-penalty", "1"])
+    assert flagged.exit_code == 0 and 0 < len(flagged.output) <= 30 and flagged.output != plain.output
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("frequency-penalty = 2.0\npresence-penalty = 1.0\n", encoding="utf-8")
+    assert runner.invoke(main, base).output == flagged.output
+    path.write_text("presence-penalty = 3\n", encoding="utf-8")
+    bad = runner.invoke(main, base)
+    assert bad.exit_code == 2
+    assert bad.output == (f"Error: {path}: presence-penalty = 3: 3.0 is not in the range -2<=x<=2; "
+                          "fix or remove it\n")
+
+
+def test_one_shot_logprobs_on_stderr_or_in_a_json_file(tiny_ckpt, tmp_path):
+    import torch
+
+    from model.checkpoint import load_model
+
+    runner = CliRunner()
+    base = ["--ckpt", str(tiny_ckpt), "-n", "6", "--seed", "2", "-p", "ROMEO:", "--logprobs", "3"]
+    shown = runner.invoke(main, base)
+    assert shown.exit_code == 0 and 0 < len(shown.stdout) <= 6
+    table = shown.stderr.splitlines()
+    assert table[0] == "logprobs (natural log, the model's own distribution before any sampling knob):"
+    assert len(table) == 1 + len(shown.stdout)  # a character model: one token a character
+    path = tmp_path / "lp.json"
+    written = runner.invoke(main, [*base, "--logprobs-json", str(path)])
+    assert written.stdout == shown.stdout and "logprobs" not in written.stderr
+    lp = json.loads(path.read_text(encoding="utf-8"))
+    assert "".join(lp["tokens"]) == shown.stdout and all(len(top) == 3 for top in lp["top_logprobs"])
+    # the first token's: the model's log-softmax after the prompt, whatever sampling did
+    model, tokenizer, _ = load_model(tiny_ckpt)
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([tokenizer.encode("ROMEO:")]))
+    expected = torch.log_softmax(logits[0, -1], dim=-1)
+    assert lp["token_logprobs"][0] == pytest.approx(float(expected[lp["token_ids"][0]]), abs=1e-5)
+    best = torch.topk(expected, 3)
+    assert list(lp["top_logprobs"][0].values()) == pytest.approx(best.values.tolist(), abs=1e-5)
+    assert list(lp["top_logprobs"][0]) == [tokenizer.decode([i]) for i in best.indices.tolist()]
+    app = runner.invoke(main, ["--ckpt", str(tiny_ckpt), "--logprobs", "2"])
+    assert app.exit_code == 2 and "--logprobs applies with -p or --batch" in app.output
+    alone = runner.invoke(main, ["--ckpt", str(tiny_ckpt), "-p", "x", "--logprobs-json", str(path)])
+    assert alone.exit_code == 2 and "--logprobs-json goes with -p and --logprobs N" in alone.output
+    assert runner.invoke(main, [*base[:-1], "21"]).exit_code == 2  # OpenAI's limit, 20
+
+
+def test_a_token_that_is_part_of_a_character_is_named_by_its_bytes():
+    from tui.logprobs import token_name
+
+    class Bytes:
+        def token_bytes(self, token):
+            return {0: b"\xe2\x80", 1: b" the"}[token]
+
+    assert token_name(Bytes(), 0) == "bytes:\\xe2\\x80" and token_name(Bytes(), 1) == " the"

@@ -323,3 +323,49 @@ def test_snapshot_main_screen_80x24(snap_compare):
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=generate)
+
+
+@run_async
+async def test_at_80_by_24_the_bars_keep_ppl_and_vocab():
+    # the issue's case: a 256-token window filled, a 10-digit fresh seed, a run folder in the name
+    backend = FakeBackend(name="out/shakespeare-char/ckpt.pt", block_size=256, device="CPUExecutionProvider")
+    app = make_app(backend, settings=Settings(max_new_tokens=300), new_seed=lambda: 1234567890)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await send(pilot, "ROMEO:")
+        await until(pilot, done(app))
+        stats = str(app.query_one("#stats").content)
+        top = str(app.query_one("#topbar").content)
+        assert len(stats) <= 78 and len(top) <= 78  # the bars' padding takes the other two columns
+        assert stats.startswith("max tokens · 300 tok · ")
+        assert stats.endswith(f"ppl {app.current.perplexity:.2f}")
+        assert "seed" not in stats  # the 10-digit seed goes first (/show and the session keep it)
+        assert top == "shakespeare-char/ckpt.pt · torch · CPUExecutionProvider · block 256 · vocab 61"
+        await pilot.resize_terminal(120, 30)
+        await pilot.pause()
+        assert "seed 1234567890" in str(app.query_one("#stats").content)
+        assert "backend torch  ·  device CPUExecutionProvider" in str(app.query_one("#topbar").content)
+
+
+@run_async
+async def test_a_prompt_sent_while_a_backend_loads_runs_on_it_once_it_is_ready():
+    import threading
+
+    ready = threading.Event()
+    onnx = FakeBackend(script="onnx ", kind="onnx", device="CPUExecutionProvider")
+
+    def slow_onnx(progress):
+        ready.wait(10)
+        return onnx
+
+    app = make_app(factories={"onnx": slow_onnx}, settings=Settings(max_new_tokens=5, seed=1))
+    async with app.run_test(size=SIZE) as pilot:
+        await send(pilot, "/backend onnx")
+        await send(pilot, "To")
+        await pilot.pause()
+        assert app.current is None and app.backend_name == "torch"  # waiting, not started on torch
+        assert any("generates as soon as that is ready" in n for n in app.notices)
+        ready.set()
+        await until(pilot, lambda: app.current is not None and app.current.done)
+        assert (app.current.info.backend, app.current.text, app.current.stop_reason) == ("onnx", "onnx ",
+                                                                                        "max_tokens")
+        assert onnx.prompts == ["To"]

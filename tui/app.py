@@ -130,7 +130,8 @@ class GPTApp(App[None]):
                          self.recorder, self.notify_text, self.stats.show_run, self._generate, self.clock,
                          self.keep_stop, lambda: self.settings.seed is not None)
         self.switch = BackendSwitch(self.backends, self.query_one(TopBar), self.controls, self.notify_text,
-                                    self._leaving_backend)
+                                    self._leaving_backend, self._switch_landed)
+        self._queued: tuple[str, Document | None, bool] | None = None  # sent while a switch loads
         legend_view = self.query_one("#legend")
         self.watch(self.output, "colours", lambda on: setattr(legend_view, "display", on), init=False)
         self.switch.show()
@@ -248,7 +249,19 @@ class GPTApp(App[None]):
         self.runs.finish(message.run, message.events, message.error)
 
     def start(self, prompt: str, document: Document | None = None, replace: bool = False) -> bool:
+        if self.switch.loading:  # it belongs to the backend being loaded: run it when that lands
+            self._queued = (prompt, document, replace)
+            self.notify_text("waiting for the backend being loaded; it generates as soon as that is ready "
+                             "(Esc cancels)", timeout=5)
+            return True
         return self.runs.start(prompt, self._seeded(), document, replace)
+
+    def _switch_landed(self) -> None:
+        """A backend switch has ended (done or failed): a prompt sent meanwhile runs now, on
+        whichever backend is active."""
+        queued, self._queued = self._queued, None
+        if queued is not None:
+            self.start(*queued)
 
     @property
     def current(self) -> Run | None:
@@ -262,7 +275,10 @@ class GPTApp(App[None]):
 
     def action_stop(self) -> None:
         """Stop the running generation; its worker posts the text so far, marked as stopped."""
-        if self.current is not None and not self.current.done:
+        if self._queued is not None:
+            self._queued = None
+            self.notify_text("the prompt waiting for the backend is cancelled")
+        elif self.current is not None and not self.current.done:
             self.current.generation.close()
 
     def action_interrupt(self) -> None:

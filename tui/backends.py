@@ -160,13 +160,13 @@ class Backends:
 
 def factories(
     ckpt: Path | None, device: str = "cpu", onnx: Path | None = None, provider: str = "auto",
-    precision: str = "fp32", step: str = "auto",
+    precision: str = "fp32", step: str = "auto", threads: int | None = None,
 ) -> dict[str, BackendFactory]:
     """The backends these files allow: PyTorch needs the checkpoint; ONNX needs the .onnx or the
-    checkpoint to export."""
+    checkpoint to export. ``threads``: each one's CPU threads (None: as they are)."""
     made: dict[str, BackendFactory] = {}
     if ckpt is not None:
-        made["torch"] = TorchFactory(ckpt, device, precision=precision, step=step)
+        made["torch"] = TorchFactory(ckpt, device, threads, precision=precision, step=step)
     if ckpt is not None or onnx is not None:
-        made["onnx"] = OnnxFactory(ckpt, onnx, provider)
+        made["onnx"] = OnnxFactory(ckpt, onnx, provider, threads)
     return made

@@ -25,12 +25,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Literal, TextIO
 
-from model.generate.backend import Backend, Settings
+from model.generate.backend import Backend, BackendInfo, Settings, TokenEvent
 from model.generate.batched import Batch, BatchDecoder
 from model.generate.engine import Generation
 from model.terminal import visible
-from model.tokenizer import UnknownCharactersError
+from model.tokenizer import Tokenizer, UnknownCharactersError
 from tui import settings as settings_text
+from tui.logprobs import Logprobs
 from tui.session import record
 from tui.stats import STOP_NAMES, Clock, Timing
 from tui.stops import trim_stop
@@ -195,6 +196,8 @@ def run_batch(
     checkpoint_sha256: str | None = None,
     batch_decoder: BatchDecoder | None = None,
     keep_stop: bool = False,
+    logprobs: int | None = None,
+    info: BackendInfo | None = None,
 ) -> Summary:
     """Generate for each item in order, writing one JSON line per item to ``out`` as it finishes.
 
@@ -206,11 +209,15 @@ def run_batch(
     items differ yet the run repeats; without a base seed, a fresh one. Either way the seed is
     written out, so any line can be replayed alone. A stop string is cut from the completion
     unless ``keep_stop``. Ctrl+C stops after the lines already written; the summary says so.
+    With ``logprobs`` N, each line carries its tokens' log-probabilities and N alternatives'
+    (tui.logprobs). ``info`` stands for ``backend.info()`` in the lines where the caller knows
+    better (the precision batch mode chose by default rather than the user asked for).
     """
     summary = Summary()
     kwargs = {} if clock is None else {"clock": clock}
     started = (clock or time.perf_counter)()
-    run = _Run(settings, new_seed, checkpoint_sha256, kwargs, keep_stop, log)
+    run = _Run(settings, new_seed, checkpoint_sha256, kwargs, keep_stop, log, logprobs, backend.tokenizer,
+               info or backend.info())
     indexed = enumerate(_guard(items, summary))
     if batch_decoder is None:
         results = (_run_item(backend, item, index, run) for index, item in indexed)
@@ -258,6 +265,12 @@ class _Run:
     clock: dict
     keep_stop: bool
     log: Callable[[str], None]
+    logprobs: int | None  # alternatives per token in each line's "logprobs"; None: no such field
+    tokenizer: Tokenizer  # the backend's, to name the tokens in "logprobs"
+    info: BackendInfo
+
+    def gatherer(self) -> Logprobs | None:
+        return None if self.logprobs is None else Logprobs(self.tokenizer, self.logprobs)
 
     def settings(self, item: Item, index: int) -> tuple[Settings, str | None]:
         """The item's settings (the flags; its base seed + index; its own changes; a fresh seed if
@@ -273,13 +286,16 @@ class _Run:
             settings = settings_text.replace(settings, {"seed": self.new_seed()})
         return settings, error
 
-    def result(self, item: Item, info, settings: Settings, timing: Timing, pieces: list[str],
-               stop_reason: str | None, error: str | None) -> dict:
+    def result(self, item: Item, settings: Settings, timing: Timing, pieces: list[str],
+               stop_reason: str | None, error: str | None, logprobs: Logprobs | None = None) -> dict:
         timing.finish()
         completion = "".join(pieces) if error is None or pieces else None
         if completion is not None and stop_reason == "stop_string" and not self.keep_stop:
             completion = trim_stop(completion, settings.stop)
-        fields = record(item.prompt, completion, stop_reason, settings, info, timing, self.sha)
+        fields = record(item.prompt, completion, stop_reason, settings, self.info, timing, self.sha)
+        if self.logprobs is not None:  # every token generated, the stop string's too (as OpenAI's)
+            gathered = logprobs is not None and completion is not None
+            fields["logprobs"] = logprobs.to_dict() if gathered else None
         return {"id": item.id, **fields, "error": error}
 
     def fills_context(self, item: Item, generation, block_size: int) -> None:
@@ -289,19 +305,21 @@ class _Run:
 
 
 def _run_item(backend: Backend, item: Item, index: int, run: _Run) -> dict | None:
-    info = backend.info()
     timing = Timing(**run.clock)
     settings, error = run.settings(item, index)
     stop_reason = None
     pieces: list[str] = []
+    logprobs = run.gatherer()
     if error is None:
         generation = None
         try:
             generation = backend.stream(item.prompt or "", settings)
-            run.fills_context(item, generation, info.block_size)
+            run.fills_context(item, generation, run.info.block_size)
             for event in generation:
                 timing.token()
                 pieces.append(event.text)
+                if logprobs is not None:
+                    logprobs.add(event)
             stop_reason = generation.stop_reason
         except KeyboardInterrupt:
             if generation is not None:
@@ -309,7 +327,7 @@ def _run_item(backend: Backend, item: Item, index: int, run: _Run) -> dict | Non
             return None
         except Exception as e:  # a bad prompt or a failing backend: this item fails, the rest run
             error = _error_text(e)
-    return run.result(item, info, settings, timing, pieces, stop_reason, error)
+    return run.result(item, settings, timing, pieces, stop_reason, error, logprobs)
 
 
 def _error_text(e: Exception) -> str:
@@ -329,6 +347,13 @@ class _Job:
     pieces: list[str] = field(default_factory=list)
     generation: Generation | None = None
     result: dict | None = None  # set once done
+    logprobs: Logprobs | None = None
+
+    def take(self, event: TokenEvent) -> None:
+        self.timing.token()
+        self.pieces.append(event.text)
+        if self.logprobs is not None:
+            self.logprobs.add(event)
 
 
 _END = object()  # the reader's last word: the input is exhausted
@@ -355,7 +380,6 @@ def _run_batched(backend: Backend, decoder: BatchDecoder, items: Iterable[tuple[
                  run: _Run) -> Iterator[dict | None]:
     """The results of ``items`` (index, item) in input order, generated up to ``decoder.rows`` at a
     time; None (and nothing after it) on Ctrl+C."""
-    info = backend.info()
     batch = Batch(decoder, backend.tokenizer)
     inbox = _read_ahead(items)
     jobs: deque[_Job] = deque()  # in input order, from the oldest not yet written
@@ -363,8 +387,8 @@ def _run_batched(backend: Backend, decoder: BatchDecoder, items: Iterable[tuple[
     exhausted = False
 
     def finish(job: _Job, stop_reason: str | None) -> None:
-        job.result = run.result(job.item, info, job.settings, job.timing, job.pieces, stop_reason,
-                                job.error)
+        job.result = run.result(job.item, job.settings, job.timing, job.pieces, stop_reason, job.error,
+                                job.logprobs)
 
     try:
         while True:
@@ -382,7 +406,7 @@ def _run_batched(backend: Backend, decoder: BatchDecoder, items: Iterable[tuple[
                     raise item
                 index, item = item
                 settings, error = run.settings(item, index)
-                job = _Job(item, settings, Timing(**run.clock), error)
+                job = _Job(item, settings, Timing(**run.clock), error, logprobs=run.gatherer())
                 jobs.append(job)
                 if error is None:
                     try:
@@ -393,7 +417,7 @@ def _run_batched(backend: Backend, decoder: BatchDecoder, items: Iterable[tuple[
                     finish(job, None)
                     continue
                 running[id(job.generation)] = job
-                run.fills_context(item, job.generation, info.block_size)
+                run.fills_context(item, job.generation, run.info.block_size)
             if not len(batch) and exhausted and not jobs:
                 return
             try:
@@ -411,8 +435,7 @@ def _run_batched(backend: Backend, decoder: BatchDecoder, items: Iterable[tuple[
                     del running[id(generation)]
                     finish(job, generation.stop_reason)
                 else:
-                    job.timing.token()
-                    job.pieces.append(event.text)
+                    job.take(event)
             while jobs and jobs[0].result is not None:
                 yield jobs.popleft().result
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
@@ -21,6 +22,7 @@ from tui.config import ConfigError, config_path, load_defaults
 # (tests/test_cli.py holds them equal)
 MAX_NEW_TOKENS = 100_000
 MAX_SEED = 2**63 - 1
+MAX_LOGPROBS = 20  # tui.logprobs's
 
 
 class ConfiguredCommand(click.Command):
@@ -110,6 +112,10 @@ def unescaped(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
               help="Compile PyTorch's one-token decode step with torch.compile: a wait at load (the "
                    "app decodes eagerly meanwhile), then faster tokens where inductor's kernels win "
                    "(docs/performance.md). Needs a C++ compiler.")
+@click.option("--threads", type=click.IntRange(min=1), metavar="N",
+              help="CPU threads for decoding (the app's generation process; -p and batch) [default: "
+                   "$OMP_NUM_THREADS, else the cores other processes leave idle, by the load average; "
+                   "the app keeps one of them for its screen].")
 @click.option("--temperature", default=0.8, type=click.FloatRange(min=0), help="0 = greedy.")
 @click.option("--top-k", type=click.IntRange(min=1),
               help="Sample from the k likeliest tokens [default: off].")
@@ -122,6 +128,11 @@ def unescaped(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
                    "1.1-1.3 breaks loops).")
 @click.option("--repetition-window", default=64, type=click.IntRange(min=1),
               help="How many of the latest tokens the repetition penalty looks at.")
+@click.option("--frequency-penalty", default=0.0, type=click.FloatRange(-2, 2),
+              help="OpenAI's: lower a generated token's logit by this times its count so far (0 = "
+                   "off; negative favours repeats).")
+@click.option("--presence-penalty", default=0.0, type=click.FloatRange(-2, 2),
+              help="OpenAI's: lower the logit of every token generated so far by this, once (0 = off).")
 @click.option("-n", "--max-new-tokens", default=500, type=click.IntRange(1, MAX_NEW_TOKENS),
               help="Tokens per generation.")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED),
@@ -140,14 +151,21 @@ def unescaped(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
               help="With --batch: input format; auto = JSONL if the first line starts with '{'.")
 @click.option("--parallel", default=16, type=click.IntRange(min=1),
               help="With --batch: prompts generated at once (1 = one after another).")
+@click.option("--logprobs", type=click.IntRange(0, MAX_LOGPROBS), metavar="N",
+              help="With -p or --batch: each token's log-probability under the model (before any "
+                   "sampling knob) and the N likeliest alternatives' (-p: a table on stderr; batch: "
+                   "a \"logprobs\" field in each line, as OpenAI's completions API).")
+@click.option("--logprobs-json", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="With -p and --logprobs: write them to FILE as JSON instead of stderr.")
 @click.option("--session", "session_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Reopen a saved session (JSONL) and keep saving to it.")
 @click.option("--session-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where sessions are saved [default: ~/.local/share/gpt-from-scratch/sessions].")
 def main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | None, provider: str,
-         device: str, precision: str | None, compile_step: bool, batch: BinaryIO | None, output: Path | None,
-         fmt: str, parallel: int, session_file: Path | None, session_dir: Path | None, unknown: str,
-         stop: tuple[str, ...], keep_stop: bool, **knobs) -> None:
+         device: str, precision: str | None, compile_step: bool, threads: int | None, batch: BinaryIO | None,
+         output: Path | None, fmt: str, parallel: int, logprobs: int | None, logprobs_json: Path | None,
+         session_file: Path | None, session_dir: Path | None, unknown: str, stop: tuple[str, ...],
+         keep_stop: bool, **knobs) -> None:
     """Generate text from a GPT checkpoint: live in the terminal, one prompt, or in batch.
 
     \b
@@ -161,21 +179,29 @@ def main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | N
     loaded or the output failed, 2 usage error, 3 some items failed (each line carries its error),
     130 interrupted (the lines already written are complete).
     """
-    _main(ckpt, prompt, backend_name, onnx, provider, device, precision, compile_step, batch, output,
-          fmt, parallel, session_file, session_dir, unknown, stop, keep_stop, **knobs)  # ^C: invoke()
+    _main(ckpt, prompt, backend_name, onnx, provider, device, precision, compile_step, threads, batch, output,
+          fmt, parallel, logprobs, logprobs_json, session_file, session_dir, unknown, stop, keep_stop,
+          **knobs)  # ^C: invoke()
 
 
 def _main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | None, provider: str,
-          device: str, precision: str | None, compile_step: bool, batch: BinaryIO | None, output: Path | None,
-          fmt: str, parallel: int, session_file: Path | None, session_dir: Path | None, unknown: str,
-          stop: tuple[str, ...], keep_stop: bool, **knobs) -> None:
+          device: str, precision: str | None, compile_step: bool, threads: int | None, batch: BinaryIO | None,
+          output: Path | None, fmt: str, parallel: int, logprobs: int | None, logprobs_json: Path | None,
+          session_file: Path | None, session_dir: Path | None, unknown: str, stop: tuple[str, ...],
+          keep_stop: bool, **knobs) -> None:
     if batch is None and (output is not None or fmt != "auto"):
         raise click.UsageError("--output and --format only apply with --batch")
+    if logprobs is not None and batch is None and prompt is None:
+        raise click.UsageError("--logprobs applies with -p or --batch (the app shows them in its "
+                               "next-token panel, F3)")
+    if logprobs_json is not None and (prompt is None or logprobs is None):
+        raise click.UsageError("--logprobs-json goes with -p and --logprobs N")
+    for path, flag in ((output, "--output"), (logprobs_json, "--logprobs-json")):
+        if path is not None and not path.expanduser().resolve().parent.is_dir():
+            raise click.BadParameter(f"the folder of {path} does not exist; create it first",
+                                     param_hint=f"'{flag}'")
     if prompt is not None and (batch is not None or session_file is not None):
         raise click.UsageError("-p/--prompt runs one prompt: leave out --batch and --session")
-    if output is not None and not output.expanduser().resolve().parent.is_dir():
-        raise click.BadParameter(f"the folder of {output} does not exist; create it first",
-                                 param_hint="'--output'")
     from model.checkpoint import CheckpointError
     from model.generate.backend import Settings
     from model.terminal import CommandError, visible
@@ -202,14 +228,18 @@ def _main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | 
         ckpt_path = None  # an .onnx alone is enough; there is just no PyTorch backend to switch to
     # auto's choice is timed, so two runs may choose differently, and bf16 rounds a batched row
     # otherwise than the same row alone: a script's output must not depend on either
+    batch_default = precision is None and batch is not None
     precision = precision or ("fp32" if batch is not None else "auto")
     step = "compile" if compile_step else "auto"
-    makers = factories(ckpt_path, device, onnx, provider, precision, step)
     app = batch is None and prompt is None
     if app:  # the app generates in a child process: rendering never stalls the model
         from tui.remote import offloaded
 
-        makers = offloaded(makers)
+        makers = offloaded(factories(ckpt_path, device, onnx, provider, precision, step), threads)
+    else:  # this process decodes: on the threads asked for, else on the cores left idle (model.threads)
+        from model.threads import set_threads
+
+        makers = factories(ckpt_path, device, onnx, provider, precision, step, set_threads(threads))
 
     def progress(message: str) -> None:
         click.echo(visible(message), err=True)  # it may hold file names, ids, a model's text
@@ -223,7 +253,7 @@ def _main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | 
         from tui.app import GPTApp, freeze_heap
 
         def open_model(path: str) -> dict:
-            return offloaded(factories(resolve_ckpt(path), device, None, provider, precision, step))
+            return offloaded(factories(resolve_ckpt(path), device, None, provider, precision, step), threads)
 
         gpt_app = GPTApp(backend, backend_name, makers, settings, session_dir=session_dir,
                          session_file=session_file, keep_stop=keep_stop, open_model=open_model)
@@ -234,7 +264,7 @@ def _main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | 
     from tui.batch import EXIT_INTERRUPTED
 
     if prompt is not None:
-        run_prompt(backend, prompt, settings, keep_stop, progress)
+        run_prompt(backend, prompt, settings, keep_stop, progress, logprobs, logprobs_json)
         return
 
     from model.terminal import reader_gone
@@ -242,11 +272,15 @@ def _main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | 
     from tui.session import file_sha256
 
     info = backend.info()
+    if batch_default and info.precision.startswith("fp32 weights (asked for)"):
+        # nobody asked: batch mode chose fp32 so that a seed replays exactly; the lines say so
+        info = replace(info, precision=info.precision.replace("(asked for)", "(batch default)", 1))
     try:
         out = _output(output)
         summary = run_batch(backend, read_items(batch, fmt), settings, out, progress,
                             checkpoint_sha256=file_sha256(info.path), keep_stop=keep_stop,
-                            batch_decoder=backend.batch_decoder(parallel) if parallel > 1 else None)
+                            batch_decoder=backend.batch_decoder(parallel) if parallel > 1 else None,
+                            logprobs=logprobs, info=info)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -273,19 +307,23 @@ def _output(path: Path | None):
     return LineFile(fd, "stdout")
 
 
-def run_prompt(backend, prompt: str, settings, keep_stop: bool, progress) -> None:
-    """-p: the completion on stdout; a refused prompt is a one-line error (exit 1)."""
+def run_prompt(backend, prompt: str, settings, keep_stop: bool, progress, logprobs: int | None = None,
+               logprobs_json: Path | None = None) -> None:
+    """-p: the completion on stdout; a refused prompt is a one-line error (exit 1). With ``logprobs``,
+    the tokens' log-probabilities after it: a table on stderr, or JSON in ``logprobs_json``."""
     from model.terminal import CommandUsageError, reader_gone
     from model.tokenizer import UnknownCharactersError
     from tui.batch import EXIT_INTERRUPTED
+    from tui.logprobs import Logprobs
     from tui.oneshot import run_oneshot
     from tui.settings import fresh_seed, replace
 
     if settings.seed is None:
         settings = replace(settings, {"seed": fresh_seed()})
     out = sys.stdout
+    gathered = None if logprobs is None else Logprobs(backend.tokenizer, logprobs)
     try:
-        run_oneshot(backend, prompt, settings, out, progress, keep_stop)
+        run_oneshot(backend, prompt, settings, out, progress, keep_stop, gathered)
     except KeyboardInterrupt:
         click.echo("\ninterrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -301,3 +339,24 @@ def run_prompt(backend, prompt: str, settings, keep_stop: bool, progress) -> Non
         raise click.ClickException(visible(str(e) or type(e).__name__)) from None
     if out.isatty():
         out.write("\n")
+    if gathered is not None:
+        write_logprobs(gathered, logprobs_json)
+
+
+def write_logprobs(gathered, path: Path | None) -> None:
+    """-p's log-probabilities: JSON (the batch lines' "logprobs" object) written atomically to
+    ``path``, else the table on stderr (token pieces shown visibly)."""
+    if path is None:
+        out = sys.stdout
+        out.flush()  # the completion first, where both streams go to one terminal
+        click.echo(gathered.table(), err=True)
+        return
+    from model.atomic import atomic_write
+    from model.terminal import visible
+    from tui.batch import json_line
+
+    try:
+        with atomic_write(path.expanduser(), "w", encoding="utf-8") as f:
+            f.write(json_line(gathered.to_dict()))
+    except OSError as e:
+        raise click.ClickException(visible(str(e))) from None

@@ -16,8 +16,8 @@ else:  # the same parser, before it joined the standard library
 
 # the flags a config file may set (the rest name files or modes of one run), by their option names
 SETTABLE = ("ckpt", "backend", "onnx", "provider", "device", "temperature", "top_k", "top_p", "min_p",
-            "repetition_penalty", "repetition_window", "max_new_tokens", "seed", "stop", "unknown",
-            "keep_stop", "session_dir")
+            "repetition_penalty", "repetition_window", "frequency_penalty", "presence_penalty",
+            "max_new_tokens", "seed", "stop", "unknown", "keep_stop", "session_dir", "threads")
 PARAMS = {"backend": "backend_name"}  # option name -> the command's parameter, where they differ
 
 

@@ -27,6 +27,8 @@ FIELDS = (
     ("min_p", "min-p (0 = off)", "0.0"),
     ("repetition_penalty", "repetition penalty", "1.0 (off)"),
     ("repetition_window", "repetition window", "64"),
+    ("frequency_penalty", "frequency penalty", "0.0 (off)"),
+    ("presence_penalty", "presence penalty", "0.0 (off)"),
 )
 
 

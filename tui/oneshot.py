@@ -10,12 +10,15 @@ from typing import TextIO
 
 from model.generate.backend import Backend, Settings
 from model.terminal import visible
+from tui.logprobs import Logprobs
 from tui.stops import StopFilter
 
 
 def run_oneshot(backend: Backend, prompt: str, settings: Settings, out: TextIO,
-                log: Callable[[str], None] = lambda m: None, keep_stop: bool = False) -> str | None:
-    """Stream the completion of ``prompt`` to ``out``; its stop reason. Ctrl+C stops it (raised on)."""
+                log: Callable[[str], None] = lambda m: None, keep_stop: bool = False,
+                logprobs: Logprobs | None = None) -> str | None:
+    """Stream the completion of ``prompt`` to ``out``; its stop reason. Ctrl+C stops it (raised on).
+    ``logprobs`` gathers each token's log-probabilities (tui.logprobs)."""
     generation = backend.stream(prompt, settings)
     block = backend.info().block_size
     if len(generation.prompt_ids) >= block:
@@ -25,6 +28,8 @@ def run_oneshot(backend: Backend, prompt: str, settings: Settings, out: TextIO,
     show: Callable[[str], str] = visible if _is_terminal(out) else str
     try:
         for event in generation:
+            if logprobs is not None:
+                logprobs.add(event)
             out.write(show(shown.feed(event.text)))
             out.flush()
     finally:

@@ -9,6 +9,7 @@ no work, and is handed the latest run when shown again (``catch_up``). All model
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -67,6 +68,10 @@ def describe_knobs(s: Settings) -> str:
     extra = f" · min-p {s.min_p:g}" if s.min_p else ""
     if s.repetition_penalty != 1:
         extra += f" · repetition penalty {s.repetition_penalty:g} over {s.repetition_window}"
+    if s.frequency_penalty:
+        extra += f" · frequency penalty {s.frequency_penalty:g}"
+    if s.presence_penalty:
+        extra += f" · presence penalty {s.presence_penalty:g}"
     if s.temperature == 0:
         return "greedy (temperature 0)" + extra
     return f"temperature {s.temperature:g} · top-k {s.top_k or 'off'} · top-p {s.top_p:g}" + extra
@@ -74,7 +79,12 @@ def describe_knobs(s: Settings) -> str:
 
 def run_history(run: Run, index: int) -> list[int]:
     """The ids the model had seen before generated token ``index`` of ``run``."""
-    return run.prompt_ids + [e.id for e in run.events[:index]]
+    return run.prompt_ids + run_generated(run, index)
+
+
+def run_generated(run: Run, index: int) -> list[int]:
+    """The ids ``run`` generated before its token ``index`` (what the frequency penalty counts)."""
+    return [e.id for e in run.events[:index]]
 
 
 class SidePanel(VerticalScroll, can_focus=False):
@@ -101,6 +111,7 @@ class NextTokenPanel(SidePanel):
         self.title = ""
         self.event: TokenEvent | None = None  # a past step without logits: its top candidates
         self.history: list[int] = []  # the ids before the step shown, for the repetition penalty
+        self.generated: list[int] = []  # those of them generated, for the frequency and presence ones
         self.view: StepView | None = None  # what is on screen, for tests
 
     def compose(self) -> ComposeResult:
@@ -112,24 +123,29 @@ class NextTokenPanel(SidePanel):
     def show_tokens(self, run: Run, events: list[TokenEvent]) -> None:
         last = events[-1] if events else None
         if last is not None:
-            self.show_event(last, f"token {last.index + 1}", run_history(run, last.index))
+            self.show_event(last, f"token {last.index + 1}", run_history(run, last.index),
+                            run_generated(run, last.index))
 
     def catch_up(self, run: Run | None) -> None:
         # a stepped run keeps this panel on its next step, shown or not
         if run is not None and run.generation is not None and run.events:
             last = run.events[-1]
-            self.show_event(last, f"token {last.index + 1}", run_history(run, last.index))
+            self.show_event(last, f"token {last.index + 1}", run_history(run, last.index),
+                            run_generated(run, last.index))
 
-    def show_event(self, event: TokenEvent, title: str, history: list[int] | None = None) -> None:
-        """A step taken; ``history``: the ids before it (None: unknown, the penalty is not shown)."""
+    def show_event(self, event: TokenEvent, title: str, history: list[int] | None = None,
+                   generated: list[int] | None = None) -> None:
+        """A step taken; ``history``: the ids before it, ``generated``: those the run generated
+        (None: unknown, the penalties are not shown)."""
         self.event, self.logits, self.chosen, self.title = event, event.logits, event.id, title
-        self.history = history or []
+        self.history, self.generated = history or [], generated or []
         self.render_step()
 
-    def show_next(self, logits: torch.Tensor, title: str, history: list[int] | None = None) -> None:
+    def show_next(self, logits: torch.Tensor, title: str, history: list[int] | None = None,
+                  generated: list[int] | None = None) -> None:
         """The step about to be taken (step mode): nothing chosen yet."""
         self.event, self.logits, self.chosen, self.title = None, logits, None, title
-        self.history = history or []
+        self.history, self.generated = history or [], generated or []
         self.render_step()
 
     def preview(self, settings: Settings) -> None:
@@ -149,7 +165,8 @@ class NextTokenPanel(SidePanel):
                 body.update(Content("\n").join(lines))
             return
         recent = recent_ids(self.history, self.settings)
-        view = self.view = explain(self.logits, self.piece, self.settings, self.chosen, N_ROWS, recent)
+        view = self.view = explain(self.logits, self.piece, self.settings, self.chosen, N_ROWS, recent,
+                                   Counter(self.generated))
         lines = [Content.assemble((self.title, "bold"), ("  " + describe_knobs(self.settings), "dim"))]
         if view.chosen is not None:
             lines.append(Content(f"took {token_label(view.chosen.text)} (rank {view.chosen.rank}, "

@@ -42,6 +42,7 @@ import torch
 
 from model.generate.backend import Backend, BackendInfo, Decoder, Settings, StopReason, TokenEvent
 from model.gpt import GPT, Bigram
+from model.threads import asked_threads, choose_threads
 
 FLUSH = 0.015  # s: the child sends the tokens of this long at once (the first at once): half the
 # app's POST_EVERY, so the UI still gets tokens every ~30 ms, with few wake-ups of its reader thread
@@ -65,10 +66,12 @@ def _sigint_ignored():
         signal.signal(signal.SIGINT, previous)
 
 
-def child_threads() -> int:
-    """Threads for the child's PyTorch: all cores this process may use but one, left for the UI."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores - 1)
+def child_threads(asked: int | None = None) -> int:
+    """Threads for the child's PyTorch: those asked for (--threads, OMP_NUM_THREADS), else the
+    default for this machine's load (model.threads: the cores not kept busy by other work) but
+    one, left for the UI."""
+    explicit = asked_threads(asked)
+    return explicit if explicit is not None else max(1, choose_threads() - 1)
 
 
 # a tui.backends dataclass: ``threads``, ``settled``, ``for_ui``
@@ -76,15 +79,15 @@ Factory = Callable[[Callable[[str], None]], Backend]
 
 
 class RemoteBackend:
-    """model.generate.backend.Backend: streams in a child process on ``threads`` threads (default: all cores
-    but one), everything else from ``local``."""
+    """model.generate.backend.Backend: streams in a child process on ``threads`` threads (default:
+    ``child_threads()``), everything else from ``local``."""
 
     def __init__(self, local: Backend, factory: Factory, threads: int | None = None):
         self.local = local
         self.tokenizer = local.tokenizer
         context = multiprocessing.get_context("spawn")  # fork would copy the UI's threads and locks
         self._conn, child_end = context.Pipe()
-        self.process = context.Process(target=serve, args=(factory, child_end, threads or child_threads()),
+        self.process = context.Process(target=serve, args=(factory, child_end, child_threads(threads)),
                                        name="gpt-tui generation", daemon=True)
         with _sigint_ignored():  # the child inherits it: Ctrl+C in the terminal is the parent's to act on
             self.process.start()
@@ -340,16 +343,17 @@ class Offloaded:
     """A backend factory whose backends stream in a child process: ``RemoteBackend(factory(...))``."""
 
     factory: Factory
+    threads: int | None = None  # the child's (--threads); None: child_threads() decides
 
     def __call__(self, progress: Callable[[str], None]) -> RemoteBackend:
         local = self.factory.for_ui()(progress)
         # the child decodes as this process chose (its step mode decodes here): one choice, one timing
-        return RemoteBackend(local, self.factory.settled(local))
+        return RemoteBackend(local, self.factory.settled(local), self.threads)
 
 
-def offloaded(factories: dict[str, Factory]) -> dict[str, Offloaded]:
-    """The app's backend factories: each backend streams in a child process, which takes all cores
-    but one; this process, the UI's, keeps that one (also for its own PyTorch work: the attention
-    view, step mode)."""
+def offloaded(factories: dict[str, Factory], threads: int | None = None) -> dict[str, Offloaded]:
+    """The app's backend factories: each backend streams in a child process on ``threads`` threads
+    (default: the free cores but one); this process, the UI's, keeps one (also for its own PyTorch
+    work: the attention view, step mode)."""
     torch.set_num_threads(1)
-    return {name: Offloaded(factory) for name, factory in factories.items()}
+    return {name: Offloaded(factory, threads) for name, factory in factories.items()}

@@ -34,11 +34,15 @@ ALIASES = {
     "repeat-penalty": "repetition_penalty", "rep": "repetition_penalty",
     "repetition-window": "repetition_window", "repetition_window": "repetition_window",
     "repeat-last-n": "repetition_window",
+    "frequency-penalty": "frequency_penalty", "frequency_penalty": "frequency_penalty",
+    "frequency": "frequency_penalty", "freq": "frequency_penalty",
+    "presence-penalty": "presence_penalty", "presence_penalty": "presence_penalty",
+    "presence": "presence_penalty",
 }
 FIELDS = ("temperature", "top_k", "top_p", "max_new_tokens", "seed", "stop", "unknown", "min_p",
-          "repetition_penalty", "repetition_window")
+          "repetition_penalty", "repetition_window", "frequency_penalty", "presence_penalty")
 NAMES = tuple(f.replace("_", "-") for f in FIELDS)  # as /set and Tab completion spell them
-_FLOATS = ("temperature", "top_p", "min_p", "repetition_penalty")
+_FLOATS = ("temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty")
 OFF = ("none", "off", "random", "")  # for top_k and seed: no limit / fresh randomness
 UNKNOWN = {"reject": "reject", "replace": "replace"}
 _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
@@ -136,7 +140,8 @@ def show(settings: Settings, field: str) -> str:
         return "off" if field == "top_k" else "random"
     if field == "stop":
         return ", ".join(repr(s) for s in value) or "none"
-    if field == "min_p" and not value or field == "repetition_penalty" and value == 1.0:
+    if field == "min_p" and not value or field == "repetition_penalty" and value == 1.0 \
+            or field in ("frequency_penalty", "presence_penalty") and not value:
         return f"{value} (off)"
     return str(value)
 

@@ -64,8 +64,8 @@ STOP_NAMES = {"eot": "end of text", "max_tokens": "max tokens", "stop_string": "
 
 def status_line(timing: Timing, stop_reason: str | None, context: int, block_size: int,
                 seed: int | None, generating: bool, short: bool = False) -> str:
-    """The stats bar: state, tokens, tokens/s, time to first token, context used, seed; ``short``
-    for a narrow terminal (the same facts in fewer words)."""
+    """The stats bar: state, tokens, tokens/s, time to first token, context used, seed (left out when
+    None); ``short`` for a narrow terminal (the same facts in fewer words)."""
     state = "generating" if generating else STOP_NAMES.get(stop_reason or "", "done")
     rate = timing.tokens_per_s
     ttft = timing.ttft
@@ -76,5 +76,5 @@ def status_line(timing: Timing, stop_reason: str | None, context: int, block_siz
         f"{rate:.1f} {'t/s' if short else 'tok/s'}" if rate is not None else "- tok/s",
         f"{first} {ttft * 1000:.0f}{'' if short else ' '}ms" if ttft is not None else f"{first} -",
         f"{'ctx' if short else 'context'} {min(context, block_size)}/{block_size}",
-        f"seed {seed}",
+        *([f"seed {seed}"] if seed is not None else []),
     ])

@@ -14,6 +14,7 @@ the next-token panel showing the step about to be taken.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -69,7 +70,8 @@ class Stepper:
         """Take ``token`` (None: sample it with the current settings) as the next one."""
         logits = self.next_logits()
         state = self.generator.get_state()
-        chosen = choose(logits, self.generator, self.settings, self.recent()) if token is None else token
+        chosen = token if token is not None else choose(logits, self.generator, self.settings, self.recent(),
+                                                        self.counts())
         try:
             event = self.generation.accept(chosen)
         except Exception:
@@ -93,6 +95,11 @@ class Stepper:
         """The ids the repetition penalty looks at for the next step."""
         self.generation.settings = self.settings
         return self.generation.recent()
+
+    def counts(self) -> dict[int, int]:
+        """How often each token taken so far occurs, for the frequency and presence penalties (the
+        rebuilt loop of an undo holds the taken tokens as its prompt, so it cannot count them)."""
+        return dict(Counter(t.event.id for t in self.taken))
 
     def _generation(self) -> Generation:
         """The loop over the prompt and the tokens taken, as ids: a picked BPE token need not be how
@@ -196,4 +203,4 @@ class StepMode:
         self.panel.piece = stepper.piece
         history = stepper.generation.prompt_ids + stepper.generation.ids
         self.panel.show_next(stepper.next_logits(), f"step {len(stepper.taken) + 1}: Enter samples, /pick N",
-                             history)
+                             history, [t.event.id for t in stepper.taken])

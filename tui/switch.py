@@ -17,12 +17,14 @@ ModelOpener = Callable[[str], dict[str, BackendFactory]]  # a checkpoint path ->
 class BackendSwitch:
     """Makes ``backends.active`` the backend the user picked (/backend or the controls panel).
     ``leaving()`` is called on the UI thread just before: a generation belongs to the backend that
-    started it."""
+    started it. ``landed()`` is called once a switch made in a worker has ended, done or failed (the
+    app then runs a prompt sent meanwhile)."""
 
     def __init__(self, backends: Backends, topbar: TopBar, controls: Controls, notify: Callable[..., None],
-                 leaving: Callable[[], None]):
+                 leaving: Callable[[], None], landed: Callable[[], None] = lambda: None):
         self.backends, self.topbar, self.controls = backends, topbar, controls
-        self.notify, self.leaving = notify, leaving
+        self.notify, self.leaving, self.landed = notify, leaving, landed
+        self.loading = False  # a backend or model is being made in a worker: what is typed waits for it
 
     def show(self, loading: str = "") -> None:
         self.topbar.show_backend(self.backends.current.info(), loading)
@@ -38,12 +40,14 @@ class BackendSwitch:
             self.controls.show_backend(backends.active)
         else:
             self.show(loading=f"loading {name}…")
+            self.loading = True
             self.topbar.run_worker(lambda: self._load(name), thread=True, exclusive=True, group="backend")
 
     def open(self, path: str, opener: ModelOpener) -> None:
         """/model PATH: the same backend on another checkpoint, made in a worker thread; the old
         model stays until the new one is ready (and stays if it fails)."""
         self.show(loading=f"opening {path}…")
+        self.loading = True
         self.topbar.run_worker(lambda: self._open(path, opener), thread=True, exclusive=True, group="backend")
 
     def _open(self, path: str, opener: ModelOpener) -> None:
@@ -67,6 +71,7 @@ class BackendSwitch:
         self.backends.replace(name, backend, makers)
         self.show()
         self.notify(f"opened {backend.info().path} ({name})")
+        self._landed()
 
     def _load(self, name: str) -> None:
         """In the worker thread: make the backend, then hand it to the UI thread."""
@@ -95,6 +100,7 @@ class BackendSwitch:
         self.show()
         self.controls.show_backend(self.backends.active)
         self.notify(f"could not switch to {name}: {message}", "error", timeout=15)
+        self._landed()
 
     def _use(self, name: str) -> None:
         self.leaving()
@@ -103,3 +109,9 @@ class BackendSwitch:
         self.controls.show_backend(name)
         info = self.backends.current.info()
         self.notify(f"now generating with {info.backend} on {info.device}")
+        self._landed()
+
+    def _landed(self) -> None:
+        if self.loading:
+            self.loading = False
+            self.landed()

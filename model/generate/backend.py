@@ -24,7 +24,7 @@ StopReason = Literal["eot", "max_tokens", "stop_string", "stopped"]
 @dataclass(frozen=True)
 class Settings:
     """Sampling controls. temperature 0 = greedy (argmax); top_k None = off; top_p 1.0 = off;
-    min_p 0 = off; repetition_penalty 1.0 = off."""
+    min_p 0 = off; repetition_penalty 1.0 = off; frequency_penalty and presence_penalty 0 = off."""
 
     temperature: float = 0.8
     top_k: int | None = None
@@ -36,6 +36,10 @@ class Settings:
     min_p: float = 0.0  # drop tokens less likely than min_p x the likeliest (0 = off)
     repetition_penalty: float = 1.0  # > 1 makes tokens seen lately less likely (1 = off)
     repetition_window: int = 64  # how many of the latest tokens (prompt included) it looks at
+    # OpenAI's: a generated token's logit -= frequency_penalty x its count + presence_penalty (once
+    # seen); over the generated tokens only, in [-2, 2] as the API allows (negative favours repeats)
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         # messages name the settings as people type them (flags, /set, batch items): top-k, off
@@ -62,6 +66,11 @@ class Settings:
                              f"{self.repetition_penalty!r}")
         if not _whole(self.repetition_window) or self.repetition_window < 1:
             raise ValueError(f"repetition-window must be a whole number >= 1, not {self.repetition_window!r}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            value = getattr(self, name)
+            if not _number(value) or not -2.0 <= value <= 2.0:
+                raise ValueError(f"{name.replace('_', '-')} must be a number from -2 to 2 (0 = off), "
+                                 f"not {value!r}")
 
 
 # A generation longer than this is a typo (the context window slides, so nothing else bounds it).

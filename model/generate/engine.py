@@ -62,6 +62,7 @@ class Generation:
         # older text would fall outside the window the model can see anyway
         self.prompt_ids = list(prompt_ids)[-self.block_size:]
         self.ids: list[int] = []  # generated so far
+        self.counts: dict[int, int] = {}  # how often each id in ``ids`` occurs: the frequency penalty's
         self.text = ""  # their text, without the prompt
         self.stop_reason: StopReason | None = None
         self._held: list[int] = []  # ids whose text waits for the rest of a character
@@ -83,7 +84,7 @@ class Generation:
             self._finish("max_tokens")
             raise StopIteration
         logits = self.next_logits()  # (V,) float32
-        token = choose(logits, self.generator, s, self.recent())
+        token = choose(logits, self.generator, s, self.recent(), self.counts)
         event = self.accept(token)
         # stop strings are the stream's rule, not accept's: step mode takes tokens past them
         if event.text and any(stop in self.text[-(len(stop) + len(event.text)):] for stop in s.stop):
@@ -136,6 +137,7 @@ class Generation:
         event = TokenEvent(index=len(self.ids), id=token, text=self._piece(token),
                            prob=float(probs[token]), top=top, logits=logits)
         self.ids.append(token)
+        self.counts[token] = self.counts.get(token, 0) + 1  # kept as it goes: no recount per token
         self.text += event.text
         self._logits = None  # the next step's logits need this token fed
         return event

@@ -7,14 +7,14 @@ model (attention). Nothing here runs unless a view asks, so generation pays noth
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 
 from model.generate.backend import Settings
-from model.generate.sampling import distribution, penalize
+from model.generate.sampling import distribution, penalized
 from model.gpt import GPT
 from model.special import EOT
 from model.terminal import visible
@@ -66,10 +66,12 @@ def _bits(probs: torch.Tensor) -> float:
     return float(-(p * p.log2()).sum())
 
 
-def knob_probs(logits: torch.Tensor, settings: Settings, recent: Sequence[int] = ()) -> torch.Tensor:
+def knob_probs(logits: torch.Tensor, settings: Settings, recent: Sequence[int] = (),
+               counts: Mapping[int, int] | None = None) -> torch.Tensor:
     """What sampling draws from under ``settings``, spread back over the vocabulary: (V,).
-    ``recent``: the ids the repetition penalty looks at (model.generate.sampling.recent_ids)."""
-    logits = penalize(logits, recent, settings.repetition_penalty)
+    ``recent``: the ids the repetition penalty looks at (model.generate.sampling.recent_ids);
+    ``counts``: each generated token's occurrences, for the frequency and presence penalties."""
+    logits = penalized(logits, settings, recent, counts)
     if settings.temperature == 0:  # greedy: all the mass on the argmax
         out = torch.zeros_like(logits)
         out[logits.argmax()] = 1.0
@@ -81,15 +83,16 @@ def knob_probs(logits: torch.Tensor, settings: Settings, recent: Sequence[int] =
 
 
 def explain(logits: torch.Tensor, decode: Callable[[int], str], settings: Settings,
-            chosen: int | None = None, n: int = 10, recent: Sequence[int] = ()) -> StepView:
+            chosen: int | None = None, n: int = 10, recent: Sequence[int] = (),
+            counts: Mapping[int, int] | None = None) -> StepView:
     """The n most likely next tokens from raw logits (V,), with what ``settings`` do to them
-    (``recent``: the ids the repetition penalty looks at).
+    (``recent``: the ids the repetition penalty looks at; ``counts``: the generated ones, counted).
 
     Costs one softmax and one top-k over V: cheap enough to redo whenever a knob moves, with no
     forward pass (the logits are the step's cached ones)."""
     logits = logits.float()
     probs = F.softmax(logits, dim=-1)  # (V,)
-    knob = knob_probs(logits, settings, recent)  # (V,)
+    knob = knob_probs(logits, settings, recent, counts)  # (V,)
     top = torch.topk(logits, min(n, logits.numel())).indices.tolist()
     ranks = {i: r + 1 for r, i in enumerate(top)}
 

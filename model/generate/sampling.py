@@ -1,9 +1,10 @@
 """Choosing the next token from one row of logits: pure functions, randomness only from a Generator.
 
 The knobs apply in the usual order (as in Hugging Face transformers and llama.cpp): the repetition
-penalty lowers the logits of tokens seen in the last ``repetition_window`` tokens, temperature
-scales the logits, top-k keeps the k largest, top-p keeps the smallest set of those whose
-probability mass reaches p, min-p drops those less likely than min_p times the likeliest.
+penalty lowers the logits of tokens seen in the last ``repetition_window`` tokens, the frequency and
+presence penalties (OpenAI's) lower those of the tokens generated so far, temperature scales the
+logits, top-k keeps the k largest, top-p keeps the smallest set of those whose probability mass
+reaches p, min-p drops those less likely than min_p times the likeliest.
 Temperature 0 means greedy: the argmax of the penalized logits, whatever top-k, top-p and min-p say
 (the argmax survives all three filters). Arguments are assumed valid: ``model.generate.backend.Settings``
 checks them.
@@ -11,7 +12,7 @@ checks them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch.nn import functional as F
@@ -30,6 +31,32 @@ def penalize(logits: torch.Tensor, recent: Sequence[int], penalty: float) -> tor
     out = logits.clone()
     out[ids] = torch.where(seen > 0, seen / penalty, seen * penalty)
     return out
+
+
+def penalize_counts(logits: torch.Tensor, counts: Mapping[int, int], frequency: float,
+                    presence: float) -> torch.Tensor:
+    """OpenAI's frequency and presence penalties (llama.cpp's too): ``logit[j] -= frequency * c[j] +
+    presence * (c[j] > 0)``, where ``counts`` maps each token generated so far to c, its number of
+    occurrences. Frequency grows with every repeat (it damps a word used over and over), presence is
+    paid once (it pushes towards new tokens); negative values encourage repeats. Subtracted, not
+    divided, so unlike the repetition penalty it acts the same on a negative logit. Returns a new
+    tensor (V,), or ``logits`` itself when there is nothing to do."""
+    if (frequency == 0.0 and presence == 0.0) or not counts:
+        return logits
+    ids = torch.tensor(list(counts), dtype=torch.long)  # (N,) distinct generated tokens
+    seen = torch.tensor(list(counts.values()), dtype=logits.dtype)  # (N,) each one's count, >= 1
+    out = logits.clone()
+    out[ids] = logits[ids] - (frequency * seen + presence)
+    return out
+
+
+def penalized(logits: torch.Tensor, settings: Settings, recent: Sequence[int] = (),
+              counts: Mapping[int, int] | None = None) -> torch.Tensor:
+    """``logits`` (V,) after every penalty of ``settings``, in llama.cpp's order: the repetition
+    penalty over ``recent`` (from ``recent_ids``), then frequency and presence over ``counts`` (each
+    generated token's occurrences)."""
+    logits = penalize(logits, recent, settings.repetition_penalty)
+    return penalize_counts(logits, counts or {}, settings.frequency_penalty, settings.presence_penalty)
 
 
 def distribution(
@@ -87,11 +114,11 @@ def recent_ids(ids: Sequence[int], settings: Settings) -> list[int]:
 
 
 def choose(logits: torch.Tensor, generator: torch.Generator, settings: Settings,
-           recent: Sequence[int] = ()) -> int:
-    """``sample`` with every knob of ``settings``; ``recent`` are the ids from ``recent_ids``."""
+           recent: Sequence[int] = (), counts: Mapping[int, int] | None = None) -> int:
+    """``sample`` with every knob of ``settings``; ``recent`` are the ids from ``recent_ids``,
+    ``counts`` how often each token was generated so far (for the frequency and presence penalties)."""
     s = settings
-    return sample(penalize(logits, recent, s.repetition_penalty), generator, s.temperature, s.top_k, s.top_p,
-                  s.min_p)
+    return sample(penalized(logits, s, recent, counts), generator, s.temperature, s.top_k, s.top_p, s.min_p)
 
 
 def top_candidates(probs: torch.Tensor, n: int) -> list[tuple[int, float]]:

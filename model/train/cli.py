@@ -131,7 +131,10 @@ class Refused(CommandUsageError):
                    "instead of replicating the model (DDP), computing in --dtype; checkpoints are whole.")
 @click.option("--progress/--no-progress", default=D.progress,
               help="A progress bar, or one plain line per log interval.")
-def main(preset_name: str, out_dir: str, resume: bool, overwrite: bool, **flags) -> None:
+@click.option("--threads", type=click.IntRange(min=1), metavar="N",
+              help="CPU threads for PyTorch [default: $OMP_NUM_THREADS, else the cores other processes "
+                   "leave idle, by the load average at the start].")
+def main(preset_name: str, out_dir: str, resume: bool, overwrite: bool, threads: int | None, **flags) -> None:
     """Train a GPT (or the bigram baseline) on Tiny Shakespeare or any text file.
 
     Writes OUT/ckpt.pt (full state, for --resume and for gpt-tui) at every evaluation and
@@ -150,6 +153,9 @@ def main(preset_name: str, out_dir: str, resume: bool, overwrite: bool, **flags)
     value, a missing file, an OUT in the way, a setting a resumed run may not change); 130
     interrupted.
     """
+    from model.threads import set_threads
+
+    set_threads(threads)  # no run setting: a resumed run may use another machine's cores
     ctx = click.get_current_context()
     given = {name: value for name, value in flags.items()
              if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
