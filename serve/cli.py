@@ -91,7 +91,7 @@ def main(ckpt: str, onnx: Path | None, backend_name: str | None, device: str, pr
 
 
 def listen(host: str, port: int) -> tuple[socket.socket, str]:
-    """A socket bound to host:port (not yet listening) and how to reach it, or one line saying why not."""
+    """A socket listening on host:port and how to reach it, or one line saying why not."""
     try:
         family, kind, proto, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                           flags=socket.AI_PASSIVE)[0]
@@ -101,6 +101,7 @@ def listen(host: str, port: int) -> tuple[socket.socket, str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart needs no wait for TIME_WAIT
     try:
         sock.bind(where)
+        sock.listen(2048)  # from now on connections wait in the backlog until uvicorn takes them
     except OSError as e:
         sock.close()
         raise CommandError(f"cannot listen on {host}:{port} ({e.strerror or e}); pass another --port, or "
@@ -108,6 +109,14 @@ def listen(host: str, port: int) -> tuple[socket.socket, str]:
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if family == socket.AF_INET6 else bound_host
     return sock, f"http://{shown}:{bound_port}"
+
+
+def exposure_warning(host: str, address: str, api_key: str | None) -> str | None:
+    """What to say when the server listens beyond this machine (None on loopback)."""
+    if ipaddress.ip_address(host.split("%")[0]).is_loopback:  # an IPv6 scope (%eth0) is not an address
+        return None
+    return (f"warning: listening on {address}, which other machines can reach: anyone who can connect may "
+            "use the model" + ("" if api_key else "; pass --api-key to require a key"))
 
 
 def serve(sock: socket.socket, address: str, ckpt: str, onnx: Path | None, backend_name: str, device: str,
@@ -141,10 +150,9 @@ def serve(sock: socket.socket, address: str, ckpt: str, onnx: Path | None, backe
     except ValueError as e:
         raise CommandError(str(e)) from None
 
-    host = sock.getsockname()[0]
-    if not ipaddress.ip_address(host.split("%")[0]).is_loopback:
-        log(f"warning: listening on {address}, which other machines can reach: anyone who can connect may "
-            "use the model" + ("" if api_key else "; pass --api-key to require a key"))
+    warning = exposure_warning(sock.getsockname()[0], address, api_key)
+    if warning:
+        log(warning)
     log(f"serving {name} ({info.backend}, {info.precision or info.device}) on {address}/v1 with "
         f"{parallel} rows and a queue of {queue}; Ctrl+C or SIGTERM to stop")
     config = uvicorn.Config(create_app(service), log_level="warning", access_log=False,
