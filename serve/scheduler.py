@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from model.generate.backend import Settings, StopReason, TokenEvent
 from model.generate.batched import Batch, BatchDecoder
@@ -143,13 +143,18 @@ class Scheduler:
                 cancels, self._cancels = self._cancels, []
                 deadline = self._deadline
             out: list[tuple[Job, Message]] = []
-            for job in cancels:  # before anything else, so their rows are free for this step
-                self._cancel(job, out)
-            if deadline is not None and time.monotonic() >= deadline:
-                self._end_everything(out)
-            else:
-                self._fill(out)
-                self._step(out)
+            try:
+                for job in cancels:  # before anything else, so their rows are free for this step
+                    self._cancel(job, out)
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._end_everything(out)
+                else:
+                    self._fill(out)
+                    self._step(out)
+            except Exception as e:  # a bug of ours: the running jobs fail, this thread goes on serving
+                self.batch.close()
+                for job in list(self._running.values()):
+                    self._end(job, Ended(None, error=f"the server failed: {e or type(e).__name__}"), out)
             if out:
                 self.post(out)
 
@@ -183,8 +188,8 @@ class Scheduler:
             job = self._running[id(generation)]
             if event is None:
                 self._end(job, Ended(generation.stop_reason, len(generation.ids)), out)
-            else:
-                out.append((job, event))
+            else:  # without its logits: a view of the step's (rows, V) tensor would keep it all alive
+                out.append((job, replace(event, logits=None)))
 
     def _end_everything(self, out: list) -> None:
         """The drain's deadline: every job ends now, with what it has."""
