@@ -243,3 +243,23 @@ def test_a_full_queue_is_a_429_and_a_key_is_asked_for(tiny_ckpt):
             time.sleep(0.005)
         answer = httpx.post(url, headers=key, json={**body, "max_tokens": 3}, timeout=30)
         assert answer.status_code == 200 and json.loads(answer.text)["usage"]["completion_tokens"] == 3
+
+
+def test_abandoned_whole_requests_free_their_rows_and_queue_places(server):
+    address, service, _ = server
+    body = {"model": "tiny", "prompt": "ROMEO:", **LONG}
+
+    def abandon() -> None:  # the client gives up before the answer (100000 tokens) could come
+        with contextlib.suppress(httpx.TimeoutException):
+            httpx.post(f"{address}/v1/completions", json=body, timeout=0.5)
+
+    threads = [threading.Thread(target=abandon) for _ in range(10)]  # 4 rows, 6 waiting
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    deadline = time.monotonic() + 10
+    while service.scheduler.active and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert service.scheduler.active == 0 and len(service.scheduler.batch) == 0 and not service.inboxes
+    assert service.open == 0
