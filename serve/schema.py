@@ -143,12 +143,9 @@ def settings_from(body: Mapping, stops: tuple[str, ...] = ()) -> Settings:
     seed = _whole(body, "seed", 0, MAX_SEED)
     changes["seed"] = fresh_seed() if seed is None else seed
     changes["stop"] = (*_stops(body.get("stop")), *stops)
-    for name in ("frequency_penalty", "presence_penalty"):
-        # model.generate.backend.Settings has no such fields yet; once it does, the two lines below
-        # become `changes[name] = value` and 0 (off) stays the default
-        value = _number(body, name, -2.0, 2.0, "from -2 to 2")
-        if value:
-            raise ApiError(400, f"{name} is not supported yet; leave it out or send 0", param=name)
+    for name in ("frequency_penalty", "presence_penalty"):  # OpenAI's, over the generated tokens
+        if (value := _number(body, name, -2.0, 2.0, "from -2 to 2")) is not None:
+            changes[name] = value
     _only(body, "n", (None, 1), "only 1 (one completion per request)")
     bias = body.get("logit_bias")
     if bias not in (None, {}):

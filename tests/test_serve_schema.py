@@ -33,6 +33,8 @@ def test_knobs_map_onto_settings_with_gpt_tui_defaults():
                                   "user": "someone", "logit_bias": {}})
     assert request.settings == Settings(temperature=0.0, top_p=0.9, top_k=5, min_p=0.05,
                                         repetition_penalty=1.2, max_new_tokens=7, seed=3, stop=("\n\n",))
+    penalised = completion_request({**X, "seed": 1, "frequency_penalty": 0.5, "presence_penalty": -1})
+    assert penalised.settings == Settings(seed=1, frequency_penalty=0.5, presence_penalty=-1.0)
     plain = completion_request({**X, "seed": 1, "top_k": 0})  # 0 = off
     assert plain.settings == Settings(seed=1) and not plain.stream and plain.logprobs is None
     fresh = completion_request({"model": "m", "prompt": "x"}).settings.seed
@@ -77,8 +79,8 @@ def test_chat_renders_the_documented_template_and_stops_at_the_next_user_turn():
      "stop"),
     ({**X, "stop": ["s"] * 17}, 400, "stop takes at most 16 strings, not 17", "stop"),
     ({**X, "n": 2}, 400, "n: only 1 (one completion per request)", "n"),
-    ({**X, "frequency_penalty": 0.5}, 400, "frequency_penalty is not supported yet; "
-     "leave it out or send 0", "frequency_penalty"),
+    ({**X, "frequency_penalty": -2.5}, 400, "frequency_penalty must be a number from -2 "
+     "to 2, not -2.5", "frequency_penalty"),
     ({**X, "presence_penalty": 3}, 400, "presence_penalty must be a number from -2 "
      "to 2, not 3", "presence_penalty"),
     ({**X, "logprobs": 6}, 400, "logprobs must be a whole number from 0 to 5, not 6",
