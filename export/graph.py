@@ -44,7 +44,10 @@ class _PastLayer:
     def __init__(self, k: torch.Tensor, v: torch.Tensor):
         self.k, self.v = k, v
 
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        # the new keys follow the past whatever their positions: a left-padded row's positions
+        # count its real tokens only, but its slots count the padding too
         self.k = torch.cat([self.k, k], dim=2)  # (B, H, P + T, D)
         self.v = torch.cat([self.v, v], dim=2)
         return self.k, self.v

@@ -79,7 +79,7 @@ def test_a_step_gives_each_row_the_logits_it_would_get_alone(tiny_model):
         got = batch.step(tokens)
         for b, t in tokens.items():
             torch.testing.assert_close(got[b], decoders[b].feed([t]), rtol=0, atol=1e-5)
-    assert batch.cache.lengths[:3] == [8, 9, 6]
+    assert batch.lengths[:3] == [8, 9, 6]
     torch.testing.assert_close(batch.step({1: 4})[1], decoders[1].feed([4]), rtol=0, atol=1e-5)
 
 
@@ -90,7 +90,7 @@ def test_a_moved_row_carries_on_as_it_would_have_in_place(tiny_model):
         d.feed([t])
     batch.release(0)
     batch.move(2, 0)  # the longest row into the shortest one's place
-    assert batch.cache.lengths == [8, 3, 0]
+    assert batch.lengths == [8, 3, 0]
     got = batch.step({0: 8, 1: 9})
     torch.testing.assert_close(got[0], decoders[2].feed([8]), rtol=0, atol=1e-5)
     torch.testing.assert_close(got[1], decoders[1].feed([9]), rtol=0, atol=1e-5)
