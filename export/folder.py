@@ -5,12 +5,14 @@
   ``past_key_values.{i}.key`` names our graph already uses (export.onnx_export).
 - ONNX Runtime GenAI (``onnxruntime_genai.Model(DIR)``) reads ``genai_config.json``: model type
   ``decoder`` (a generic decoder, nothing model-specific assumed), our input and output names, and
-  ``past_present_share_buffer: false``, because our graph returns the present as past + new (a new
+  ``past_present_share_buffer: false``, because this graph returns the present as past + new (a new
   buffer every step) rather than writing into a preallocated one.
 - Both take the tokenizer from ``tokenizer.json`` and friends (model.hf.save).
 
-The ``model.onnx`` is the same file as the single-file export, metadata included, so our own
-ONNX Runtime backend opens it too.
+The ``model.onnx`` is the single-file export in the ``concat`` layout (export.graph): Optimum feeds
+an empty past first and left-pads a batch, which the single file's in-place cache cannot take. It
+carries the same metadata, so our own ONNX Runtime backend opens it too (one row at a time: its
+batched decoder needs the cache layout).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def export_folder(
     out = Path(out)
     model, tokenizer = restore_model(load(ckpt_path), ckpt_path)
     with writing(out):  # one export into the folder at a time
-        export_onnx(ckpt_path, out / MODEL_FILE, opset, say, validate)
+        export_onnx(ckpt_path, out / MODEL_FILE, opset, say, validate, layout="concat")
         say(f"writing config.json, genai_config.json and the tokenizer into {out}")
         files = hf_files(model.config, tokenizer)
         files["genai_config.json"] = genai_config(model.config, tokenizer.eot_id)

@@ -1,8 +1,12 @@
 """The ONNX Runtime backend: the same ``Backend`` as the PyTorch one, driven from NumPy.
 
 Everything above the model (sampling, stops, the block-size window, streaming) is model.generate.engine's
-``Generation``; this module only supplies ``OrtDecoder``, which keeps the past keys/values as
-NumPy arrays between calls and feeds them back as ``past_key_values.*``.
+``Generation``; this module only supplies the decoders. A file in the cache layout (export.graph;
+what ``gpt-export onnx`` writes) gets ``OrtDecoder``: one row of export.ort_batched's ``OrtCache``,
+whose fixed-size buffers the graph writes in place through an IOBinding. A file in the concat layout
+(the ONNX folder's graph for Optimum and onnxruntime-genai, and every file from before the cache
+layout) gets ``OrtConcatDecoder``, which binds each step's present as the next step's past; it has
+no batched decoder (batch mode runs its items one at a time).
 
 Providers: ``auto`` takes CUDA when onnxruntime-gpu can actually run on a GPU here, else the CPU;
 ``cuda`` where CUDA cannot run is an error, not a silent fallback. ONNX Runtime's own complaints
@@ -22,8 +26,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from export.graph import FORMAT, META_PREFIX, WEIGHT_TYPES, WEIGHTS_KEY, input_names, output_names
-from export.ort_batched import OrtBatchDecoder
+from export.graph import FORMATS, META_PREFIX, WEIGHT_TYPES, WEIGHTS_KEY, Layout, input_names, output_names
+from export.ort_batched import OrtBatchDecoder, OrtCache
 from model.config import GPTConfig
 from model.generate.backend import BackendInfo, Settings
 from model.generate.engine import Generation
@@ -83,10 +87,15 @@ def _session(path: Path, provider: Provider, threads: int | None = None):
     return session
 
 
-def _read_metadata(session, path: Path) -> tuple[GPTConfig, dict, dict, str]:
+def _read_metadata(session, path: Path) -> tuple[GPTConfig, dict, dict, str, Layout]:
     props = session.get_modelmeta().custom_metadata_map
-    if props.get(f"{META_PREFIX}format") != FORMAT:
-        raise OnnxModelError(f"{path} is not a gpt-from-scratch ONNX model (no {FORMAT} metadata); "
+    mark = props.get(f"{META_PREFIX}format", "")
+    layout = next((name for name, fmt in FORMATS.items() if fmt == mark), None)
+    if layout is None and mark.startswith(FORMATS["cache"].split("/")[0] + "/"):
+        raise OnnxModelError(f"{path} is a gpt-from-scratch ONNX model of another format ({mark[:40]!r}); "
+                             "re-export it with this version's gpt-export onnx")
+    if layout is None:
+        raise OnnxModelError(f"{path} is not a gpt-from-scratch ONNX model (no {FORMATS['cache']} metadata); "
                              "export one with gpt-export onnx")
     try:
         config = GPTConfig.from_dict(json.loads(props[f"{META_PREFIX}config"]))
@@ -97,13 +106,13 @@ def _read_metadata(session, path: Path) -> tuple[GPTConfig, dict, dict, str]:
     names = [i.name for i in session.get_inputs()]
     if names != input_names(config.n_layer):
         raise OnnxModelError(f"{path}: inputs {names[:4]}... do not match its config; re-export it")
-    _check_graph(session, config, path)
+    _check_graph(session, config, path, layout)
     weights = props.get(WEIGHTS_KEY, "")  # none in files from before the key
     # shown to the user as it is: only the names we write, never a file's own text
-    return config, tokenizer, meta, weights if weights in WEIGHT_TYPES else ""
+    return config, tokenizer, meta, weights if weights in WEIGHT_TYPES else "", layout
 
 
-def _check_graph(session, config: GPTConfig, path: Path) -> None:
+def _check_graph(session, config: GPTConfig, path: Path, layout: Layout) -> None:
     """The metadata's config against the graph itself: the fixed sizes of the past inputs and the
     logits, then one step at the last position with the last token id, which fails in ONNX Runtime
     if the graph's embeddings hold fewer positions or tokens than the metadata claims."""
@@ -119,11 +128,13 @@ def _check_graph(session, config: GPTConfig, path: Path) -> None:
     V = session.get_outputs()[0].shape[2]
     if isinstance(V, int) and V != c.vocab_size:
         raise mismatch(f"logits are {V} wide, the config says vocab_size {c.vocab_size}")
+    # the cache layout: a full cache, the token written at its last slot; the concat one: no past
+    slots = c.block_size if layout == "cache" else 0
     feeds = {"input_ids": np.asarray([[c.vocab_size - 1]], dtype=np.int64),
-             "attention_mask": np.ones((1, 1), dtype=np.int64),
+             "attention_mask": np.ones((1, max(slots, 1)), dtype=np.int64),
              "position_ids": np.asarray([[c.block_size - 1]], dtype=np.int64)}
-    empty = np.zeros((1, c.n_head, 0, c.head_size), dtype=np.float32)  # (B, H, P=0, D)
-    feeds |= {name: empty for name in input_names(c.n_layer)[3:]}
+    past = np.zeros((1, c.n_head, slots, c.head_size), dtype=np.float32)  # (B, H, slots, D)
+    feeds |= {name: past for name in input_names(c.n_layer)[3:]}
     try:
         with _quiet_stderr():
             logits = session.run(["logits"], feeds)[0]
@@ -135,50 +146,83 @@ def _check_graph(session, config: GPTConfig, path: Path) -> None:
         raise mismatch(f"logits come out {list(logits.shape)}, the config says [1, 1, {c.vocab_size}]")
 
 
+def _check_feed(P: int, ids: list[int], config: GPTConfig) -> None:
+    if not ids or P + len(ids) > config.block_size:
+        raise ValueError(f"{P} + {len(ids)} positions exceed block_size {config.block_size}; reset() and "
+                         "re-feed the last part of the context (model.generate.engine does this)")
+    if min(ids) < 0 or max(ids) >= config.vocab_size:
+        bad = next(i for i in ids if not 0 <= i < config.vocab_size)
+        raise ValueError(f"token id {bad} is outside the vocabulary [0, {config.vocab_size})")
+
+
 class OrtDecoder:
-    """One sequence on an ONNX Runtime session: model.generate.backend.Decoder with the past in NumPy."""
+    """One sequence on a cache-layout graph: model.generate.backend.Decoder over one row of an
+    ``OrtCache``, written in place."""
 
     def __init__(self, session, config: GPTConfig):
-        self.session = session
+        self.cache = OrtCache(session, config, rows=1)
         self.config = config
         self.block_size = config.block_size
+        self.pos = 0
+        self._ones = np.ones((1, config.block_size), dtype=np.int64)  # every slot up to pos is real
+
+    def reset(self) -> None:
+        self.pos = 0  # the slots stay as they are: the next feed rewrites the ones it reads
+
+    def feed(self, ids: list[int]) -> torch.Tensor:
+        P, T = self.pos, len(ids)
+        _check_feed(P, ids, self.config)
+        x = np.asarray([ids], dtype=np.int64)  # (1, T)
+        logits = self.cache.run(0, x, np.arange(P, P + T, dtype=np.int64)[None], self._ones[:, :P + T])
+        self.pos += T
+        return torch.from_numpy(logits[0, -1])  # (V,) float32
+
+
+class OrtConcatDecoder:
+    """One sequence on a concat-layout graph: each step's present (past + new, a new buffer from
+    the graph's Concat) is bound as the next step's past, as ONNX Runtime values: no NumPy copies."""
+
+    def __init__(self, session, config: GPTConfig):
+        self.session, self.config = session, config
+        self.block_size = config.block_size
+        self.names = input_names(config.n_layer)
         self.outputs = output_names(config.n_layer)
         self.reset()
 
     @property
     def pos(self) -> int:
-        return self.past[0].shape[2]
+        return self.past[0].shape()[2]
 
     def reset(self) -> None:
+        from onnxruntime import OrtValue
+
         c = self.config
         empty = np.zeros((1, c.n_head, 0, c.head_size), dtype=np.float32)  # (B, H, P=0, D)
-        self.past = [empty] * (2 * c.n_layer)
+        self.past = [OrtValue.ortvalue_from_numpy(empty)] * (2 * c.n_layer)
 
     def feed(self, ids: list[int]) -> torch.Tensor:
         P, T = self.pos, len(ids)
-        if not ids or P + T > self.block_size:
-            raise ValueError(f"{P} + {T} positions exceed block_size {self.block_size}; reset() and "
-                             "re-feed the last part of the context (model.generate.engine does this)")
-        if min(ids) < 0 or max(ids) >= self.config.vocab_size:
-            bad = next(i for i in ids if not 0 <= i < self.config.vocab_size)
-            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size})")
-        feeds = {
-            "input_ids": np.asarray([ids], dtype=np.int64),  # (1, T)
-            "attention_mask": np.ones((1, P + T), dtype=np.int64),
-            "position_ids": np.arange(P, P + T, dtype=np.int64)[None],
-        }
-        feeds |= dict(zip(input_names(self.config.n_layer)[3:], self.past, strict=True))
-        logits, *self.past = self.session.run(self.outputs, feeds)
-        return torch.from_numpy(logits[0, -1].copy())  # (V,) float32
+        _check_feed(P, ids, self.config)
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))  # (1, T)
+        binding.bind_cpu_input("attention_mask", np.ones((1, P + T), dtype=np.int64))
+        binding.bind_cpu_input("position_ids", np.arange(P, P + T, dtype=np.int64)[None])
+        for name, value in zip(self.names[3:], self.past, strict=True):
+            binding.bind_ortvalue_input(name, value)
+        for name in self.outputs:
+            binding.bind_output(name, "cpu")  # ONNX Runtime allocates: the present grows each step
+        self.session.run_with_iobinding(binding)
+        logits, *self.past = binding.get_outputs()
+        return torch.from_numpy(logits.numpy()[0, -1])  # (V,) float32
 
 
 class OrtBackend:
     """model.generate.backend.Backend over an exported .onnx file."""
 
     def __init__(self, session, config: GPTConfig, tokenizer: Tokenizer, path: str, meta: dict,
-                 weights: str):
+                 weights: str, layout: Layout = "cache"):
         self.session, self.config, self.tokenizer = session, config, tokenizer
-        self.path, self.meta, self.weights = path, meta, weights
+        self.path, self.meta, self.weights, self.layout = path, meta, weights, layout
 
     @property
     def provider(self) -> str:
@@ -196,12 +240,27 @@ class OrtBackend:
     def unknown_chars(self, prompt: str) -> list[str]:
         return self.tokenizer.unknown_chars(prompt)
 
-    def decoder(self) -> OrtDecoder:
-        return OrtDecoder(self.session, self.config)
+    def decoder(self) -> OrtDecoder | OrtConcatDecoder:
+        if self.layout == "cache":
+            return OrtDecoder(self.session, self.config)
+        return OrtConcatDecoder(self.session, self.config)
 
-    def batch_decoder(self, rows: int) -> OrtBatchDecoder:
-        """Up to ``rows`` sequences decoded together (model.generate.batched.Batch drives it)."""
-        return OrtBatchDecoder(self.session, self.config, rows)
+    def batch_decoder(self, rows: int) -> OrtBatchDecoder | None:
+        """Up to ``rows`` sequences decoded together (model.generate.batched.Batch drives it); None
+        for a concat-layout file, whose items run one at a time."""
+        return OrtBatchDecoder(self.session, self.config, rows) if self.layout == "cache" else None
+
+    def window_logits(self, ids: np.ndarray) -> np.ndarray:
+        """Logits (B, T, V) for B whole windows of ids (B, T) int64, each from position 0, in one
+        pass and with no state kept: what a validation loss needs (export.quantize)."""
+        c = self.config
+        B, T = ids.shape
+        slots = c.block_size if self.layout == "cache" else 0  # a cache to write in, or no past
+        past = np.zeros((B, c.n_head, slots, c.head_size), dtype=np.float32)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+                 "position_ids": np.broadcast_to(np.arange(T, dtype=np.int64), ids.shape).copy()}
+        feeds |= {name: past for name in input_names(c.n_layer)[3:]}
+        return self.session.run(["logits"], feeds)[0]
 
     def torch_model(self) -> None:
         return None  # no PyTorch model here: the attention view needs the checkpoint
@@ -219,9 +278,9 @@ def load_ort_backend(path: str | Path, provider: Provider = "auto", threads: int
     if not path.is_file():
         raise OnnxModelError(f"{path} not found; export one with gpt-export onnx --ckpt CKPT --out {path}")
     session = _session(path, provider, threads)
-    config, tokenizer_dict, meta, weights = _read_metadata(session, path)
+    config, tokenizer_dict, meta, weights, layout = _read_metadata(session, path)
     try:
         tokenizer = tokenizer_from_dict(tokenizer_dict)
     except (ValueError, OSError, RuntimeError) as e:
         raise OnnxModelError(f"{path}: its tokenizer cannot be rebuilt here ({e})") from None
-    return OrtBackend(session, config, tokenizer, str(path), meta, weights)
+    return OrtBackend(session, config, tokenizer, str(path), meta, weights, layout)

@@ -39,7 +39,7 @@ import torch
 from onnx import numpy_helper
 from torch.nn import functional as F
 
-from export.graph import WEIGHTS_KEY, input_names
+from export.graph import WEIGHTS_KEY
 from export.ort_backend import OnnxModelError, OrtBackend, load_ort_backend
 from model.atomic import atomic_write, write_error, writing
 
@@ -176,16 +176,11 @@ def split_loss(backend: OrtBackend, ids: torch.Tensor, batch_size: int = 16) -> 
         raise ValueError(f"the split has {len(ids)} tokens, fewer than one window of {block} + 1")
     x = ids[: n * block].view(n, block).numpy().astype(np.int64)
     y = ids[1: n * block + 1].view(n, block)
-    names = input_names(config.n_layer)
     total = 0.0
     for i in range(0, n, batch_size):
         xb = x[i: i + batch_size]
         B = len(xb)
-        past = np.zeros((B, config.n_head, 0, config.head_size), dtype=np.float32)
-        feeds = {"input_ids": xb, "attention_mask": np.ones_like(xb),
-                 "position_ids": np.broadcast_to(np.arange(block, dtype=np.int64), xb.shape).copy()}
-        feeds |= {name: past for name in names[3:]}
-        logits = torch.from_numpy(backend.session.run(["logits"], feeds)[0]).float()  # (B, T, V)
+        logits = torch.from_numpy(backend.window_logits(xb)).float()  # (B, T, V)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y[i: i + B].reshape(-1))
         total += float(loss) * B
     return total / n

@@ -1,9 +1,10 @@
 """Check an exported .onnx against the PyTorch model it came from; raise with the figures if it is off.
 
 1. ``onnx.checker`` with full shape inference.
-2. Logit parity, ONNX Runtime against PyTorch (the same weights in eager mode), at several batch,
-   prompt and past lengths, including a left-padded batch; the max abs difference is reported
-   and must stay under ``LOGIT_TOLERANCE``; a NaN or infinite logit on either side fails.
+2. Logit parity, ONNX Runtime against PyTorch (the same weights in eager mode, the file's cache
+   layout), at several batch, prompt and past lengths, including a batch of prompts of different
+   lengths; the max abs difference is reported and must stay under ``LOGIT_TOLERANCE``; a NaN or
+   infinite logit on either side fails.
 3. Greedy tokens: a prompt plus 20 steps through both backends' decoders must be identical (every
    step compared: end-of-text does not end it).
 """
@@ -18,7 +19,7 @@ import numpy as np
 import onnx
 import torch
 
-from export.graph import OnnxDecoderModel, input_names, sample_inputs
+from export.graph import Layout, OnnxDecoderModel, input_names, sample_inputs
 from export.ort_backend import load_ort_backend
 from model.generate.torch_backend import TorchDecoder
 from model.gpt import GPT
@@ -35,35 +36,44 @@ class ValidationError(ValueError):
     """The exported model disagrees with PyTorch (or is not a valid ONNX model)."""
 
 
-def padded_batch(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Left-pad prompts of different lengths: (input_ids, attention_mask, position_ids), each (B, T).
+def padded_batch(prompts: list[list[int]], layout: Layout = "concat"
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Prompts of different lengths in one batch: (input_ids, attention_mask, position_ids), each (B, T).
 
-    Padding goes on the left so every prompt ends at the last column, where the next token's logits
-    are read; positions count real tokens only, so each row sees the positions it would alone."""
+    ``concat`` (Optimum's way): padding on the left, so every prompt ends at the last column, where
+    the next token's logits are read; positions count real tokens only, so each row sees the
+    positions it would alone. ``cache``: each row from slot 0, its position, padded on the right
+    (a row's slots are its positions, export.graph)."""
     T = max(len(p) for p in prompts)
     ids = np.zeros((len(prompts), T), dtype=np.int64)
     mask = np.zeros((len(prompts), T), dtype=np.int64)
     for b, p in enumerate(prompts):
-        ids[b, T - len(p):] = p
-        mask[b, T - len(p):] = 1
+        real = slice(T - len(p), T) if layout == "concat" else slice(0, len(p))
+        ids[b, real] = p
+        mask[b, real] = 1
+    if layout == "cache":
+        return ids, mask, np.broadcast_to(np.arange(T), (len(prompts), T)).copy()
     positions = np.clip(mask.cumsum(axis=1) - 1, 0, None)
     return ids, mask, positions
 
 
-def empty_past(config, batch: int) -> list[np.ndarray]:
-    shape = (batch, config.n_head, 0, config.head_size)
+def empty_past(config, batch: int, layout: Layout = "concat") -> list[np.ndarray]:
+    """The past of a prompt: no slots (concat), or a zeroed cache of block_size slots (cache)."""
+    slots = config.block_size if layout == "cache" else 0
+    shape = (batch, config.n_head, slots, config.head_size)
     return [np.zeros(shape, dtype=np.float32) for _ in range(2 * config.n_layer)]
 
 
-def max_logit_diff(session, model: GPT) -> float:
-    """Max |ORT - PyTorch| over all outputs for PARITY_CASES and a left-padded batch of two."""
-    wrapper = OnnxDecoderModel(model)
+def max_logit_diff(session, model: GPT, layout: Layout = "cache") -> float:
+    """Max |ORT - PyTorch| over all outputs for PARITY_CASES and a batch of two prompts of
+    different lengths, in the file's cache layout."""
+    wrapper = OnnxDecoderModel(model, layout)
     names = input_names(model.config.n_layer)
     worst = 0.0
     with torch.no_grad():
         for i, (batch, new, past) in enumerate(PARITY_CASES):
             new = min(new, model.config.block_size - past)
-            inputs = sample_inputs(model.config, batch, new, past, seed=i)
+            inputs = sample_inputs(model.config, batch, new, past, layout, seed=i)
             expect = wrapper(*inputs)
             got = session.run(None, dict(zip(names, (x.numpy() for x in inputs), strict=True)))
             for g, e in zip(got, expect, strict=True):
@@ -71,12 +81,13 @@ def max_logit_diff(session, model: GPT) -> float:
         # a padded batch: each row's real positions must match that prompt run alone
         V = model.config.vocab_size
         prompts = [[(3 * j + 1) % V for j in range(6)], [(5 * j + 2) % V for j in range(3)]]
-        ids, mask, positions = padded_batch(prompts)
+        ids, mask, positions = padded_batch(prompts, layout)
         logits = session.run(["logits"], {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
-                             | dict(zip(names[3:], empty_past(model.config, 2), strict=True)))[0]
+                             | dict(zip(names[3:], empty_past(model.config, 2, layout), strict=True)))[0]
         for b, p in enumerate(prompts):
             alone, _ = model(torch.tensor([p]))
-            worst = float(np.maximum(worst, np.abs(logits[b, -len(p):] - alone[0].numpy()).max()))
+            real = logits[b, -len(p):] if layout == "concat" else logits[b, :len(p)]
+            worst = float(np.maximum(worst, np.abs(real - alone[0].numpy()).max()))
     return worst
 
 
@@ -103,7 +114,7 @@ def validate_export(path: Path, model: GPT, say: Callable[[str], None] = lambda 
         raise ValidationError(f"{name} fails onnx.checker: {str(e).splitlines()[0]}") from None
     backend = load_ort_backend(path, provider="cpu")
     say("comparing logits with PyTorch")
-    diff = max_logit_diff(backend.session, model.eval())
+    diff = max_logit_diff(backend.session, model.eval(), backend.layout)
     if not math.isfinite(diff):
         raise ValidationError(f"{name}: the logits hold NaN or infinity (in PyTorch or ONNX Runtime); "
                               "the weights are broken: export an earlier checkpoint")

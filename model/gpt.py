@@ -17,15 +17,19 @@ from model.config import GPTConfig
 
 
 class LayerCache(Protocol):
-    """Where one layer keeps its keys and values between calls (see model.kv_cache)."""
+    """Where one layer keeps its keys and values between calls (model.kv_cache; the ONNX graph's
+    cache in export.graph): one write by position serves a prompt, a decode step and a batch."""
 
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the new (B, H, T, D) keys/values; return all of them so far, (B, H, S, D)."""
+    def update(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new (B, H, T, D) keys/values at the slots of their positions pos, (T,) or
+        (B, T); return every key/value the new queries attend over, (B, H, S, D)."""
         ...
 
 
 class Cache(Protocol):
     pos: int  # positions already cached (the same for every sequence in the batch)
+    span: int  # slots the next pass reads back from its layers: the width of its mask
     layers: list[LayerCache]
 
     def advance(self, n: int) -> None: ...
@@ -57,13 +61,15 @@ class CausalSelfAttention(nn.Module):
         mask: torch.Tensor | None = None,
         cache: LayerCache | None = None,
         weights: list[torch.Tensor] | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C).
 
         ``causal``: query i sees keys <= i (needs T == S). ``mask``: bool (.., T, S), True where
         attending is allowed. Neither: every query sees every key (a one-token decode step).
         ``weights``: a list to append this layer's attention softmax (B, H, T, S) to (the attention
-        view); it takes the explicit path, the only one that forms the softmax."""
+        view); it takes the explicit path, the only one that forms the softmax. ``positions`` (T,)
+        or (B, T): where the new tokens sit, which is where ``cache`` stores their keys."""
         B, T, C = x.shape
         H, D = self.n_head, C // self.n_head
         q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each
@@ -72,7 +78,7 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         v = v.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         if cache is not None:
-            k, v = cache.update(k, v)  # (B, H, S, D): the cached past in front of the T new keys
+            k, v = cache.update(positions, k, v)  # (B, H, S, D): the cached past and the T new keys
         S = k.size(2)
         if self.explicit or weights is not None:
             # the lecture's attention, step by step
@@ -125,9 +131,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, causal=True, mask=None, cache=None, weights=None):
+    def forward(self, x, causal=True, mask=None, cache=None, weights=None, positions=None):
         # residual connections: gradients flow straight down the sum, so deep stacks still train
-        x = x + self.attn(self.ln_1(x), causal, mask, cache, weights)  # (B, T, C)
+        x = x + self.attn(self.ln_1(x), causal, mask, cache, weights, positions)  # (B, T, C)
         return x + self.mlp(self.ln_2(x))  # (B, T, C)
 
 
@@ -191,7 +197,10 @@ class GPT(nn.Module):
         mask = None
         if start > 0 and T > 1:
             mask = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(diagonal=start)
-        layers = None if cache is None else cache.layers
+        layers = None
+        if cache is not None:
+            cache.span = start + T  # the past and the new tokens: the mask's width
+            layers = cache.layers
         logits = self.forward_at(idx, positions, causal=start == 0, mask=mask, caches=layers)
         if cache is not None:
             cache.advance(T)
@@ -213,7 +222,7 @@ class GPT(nn.Module):
         # what a token is plus where it is: positions are learned, one vector per slot
         x = self.drop(self.wte(idx) + self.wpe(positions))  # (B, T, C)
         for i, block in enumerate(self.blocks):
-            x = block(x, causal, mask, None if caches is None else caches[i], weights)  # (B, T, C)
+            x = block(x, causal, mask, None if caches is None else caches[i], weights, positions)  # (B, T, C)
         return self.lm_head(self.ln_f(x))  # (B, T, V): a score for every possible next token
 
 

@@ -79,7 +79,7 @@ def test_a_step_gives_each_row_the_logits_it_would_get_alone(tiny_model):
         got = batch.step(tokens)
         for b, t in tokens.items():
             torch.testing.assert_close(got[b], decoders[b].feed([t]), rtol=0, atol=1e-5)
-    assert batch.cache.lengths[:3] == [8, 9, 6]
+    assert batch.lengths[:3] == [8, 9, 6]
     torch.testing.assert_close(batch.step({1: 4})[1], decoders[1].feed([4]), rtol=0, atol=1e-5)
 
 
@@ -90,7 +90,7 @@ def test_a_moved_row_carries_on_as_it_would_have_in_place(tiny_model):
         d.feed([t])
     batch.release(0)
     batch.move(2, 0)  # the longest row into the shortest one's place
-    assert batch.cache.lengths == [8, 3, 0]
+    assert batch.lengths == [8, 3, 0]
     got = batch.step({0: 8, 1: 9})
     torch.testing.assert_close(got[0], decoders[2].feed([8]), rtol=0, atol=1e-5)
     torch.testing.assert_close(got[1], decoders[1].feed([9]), rtol=0, atol=1e-5)
@@ -172,29 +172,30 @@ def test_onnx_batched_completions_equal_one_at_a_time(ort_backend, rows):
 
 
 @pytest.mark.slow
-def test_onnx_rows_stay_right_aligned_and_the_past_shrinks(ort_backend):
+def test_onnx_a_step_gives_each_row_the_logits_it_would_get_alone(ort_backend):
+    """Rows left-aligned in the in-place cache, each at its own position; an idle row in between."""
     decoder = ort_backend.batch_decoder(4)
-    decoder.prefill(0, [1, 2, 3])
-    decoder.prefill(2, [4, 5, 6, 7, 8])  # longer: row 0 is padded on the left; row 1 is empty
-    assert decoder.lengths == [3, 0, 5] and decoder.P == 5
-    decoder.step({0: 9, 2: 10})
-    assert decoder.lengths == [4, 0, 6] and decoder.P == 6
-    decoder.release(2)  # the longest and the last row: both the row and the padding go
-    assert decoder.lengths == [4] and decoder.P == 4
-    alone = ort_backend.decoder()
-    alone.feed([1, 2, 3, 9])
-    torch.testing.assert_close(decoder.step({0: 11})[0], alone.feed([11]), rtol=0, atol=1e-5)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12], [13]]
+    alone = [ort_backend.decoder() for _ in prompts]
+    for b, p in enumerate(prompts):
+        torch.testing.assert_close(decoder.prefill(b, p), alone[b].feed(p), rtol=0, atol=1e-5)
+    for t in range(5):
+        got = decoder.step({0: 20 + t, 2: 30 + t})  # row 1 sits these steps out: untouched
+        torch.testing.assert_close(got[0], alone[0].feed([20 + t]), rtol=0, atol=1e-5)
+        torch.testing.assert_close(got[2], alone[2].feed([30 + t]), rtol=0, atol=1e-5)
+    assert decoder.lengths[:3] == [8, 9, 6]
+    torch.testing.assert_close(decoder.step({1: 40})[1], alone[1].feed([40]), rtol=0, atol=1e-5)
 
 
 @pytest.mark.slow
-def test_onnx_a_moved_row_carries_on_and_the_batch_shrinks(ort_backend):
+def test_onnx_a_moved_row_carries_on_as_it_would_have_in_place(ort_backend):
     decoder = ort_backend.batch_decoder(3)
     prompts = [[1, 2, 3, 4], [5, 6], [7, 8, 9, 10, 11, 12]]
     for b, p in enumerate(prompts):
         decoder.prefill(b, p)
     decoder.release(0)
-    decoder.move(2, 0)
-    assert decoder.lengths == [6, 2] and decoder.P == 6
+    decoder.move(2, 0)  # the longest row into the shortest one's place
+    assert decoder.lengths == [6, 2, 0]
     expect = []
     for p, t in ((prompts[2], 13), (prompts[1], 14)):
         alone = ort_backend.decoder()

@@ -20,7 +20,7 @@ def test_cached_logits_equal_uncached_for_prefill_and_50_decode_steps(tiny_model
     V, T = tiny_model.config.vocab_size, tiny_model.config.block_size
     ids = torch.randint(0, V, (2, 30))
     full, _ = tiny_model(ids)  # (2, 30, V), no cache
-    cache = KVCache(tiny_model.config, batch_size=2)
+    cache = KVCache(tiny_model.config, rows=2)
     prefill, _ = tiny_model(ids[:, :10], cache=cache)
     steps = [tiny_model(ids[:, t:t + 1], cache=cache)[0] for t in range(10, 30)]
     cached = torch.cat([prefill, *steps], dim=1)

@@ -60,22 +60,82 @@ def test_prefill_and_decode_logits_match_across_block_size(ort, tiny_model):
         torch.testing.assert_close(a, b, rtol=0, atol=LOGIT_TOLERANCE, msg=f"step {step}")
 
 
-def test_left_padded_batch_of_two_prompts_matches_each_alone(ort, tiny_model):
+def test_rows_of_two_lengths_in_the_cache_then_a_step_each_at_its_own_position(ort, tiny_model):
     prompts = [[5, 6, 7, 8, 9, 10, 11], [40, 41, 42]]
-    ids, mask, positions = padded_batch(prompts)
+    ids, mask, positions = padded_batch(prompts, "cache")
     feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
-    feeds |= dict(zip(input_names(2)[3:], empty_past(tiny_model.config, 2), strict=True))
+    cache = empty_past(tiny_model.config, 2, "cache")
+    feeds |= dict(zip(input_names(2)[3:], cache, strict=True))
     logits, *present = ort.session.run(None, feeds)
     assert np.isfinite(logits).all()  # padded rows included
-    # one decode step for both rows on top of the padded past
-    step = {"input_ids": np.array([[12], [43]]), "attention_mask": np.concatenate([mask, [[1], [1]]], 1),
-            "position_ids": positions[:, -1:] + 1} | dict(zip(input_names(2)[3:], present, strict=True))
+    assert present[0].shape == cache[0].shape  # the cache comes back whole, the new slots written
+    # one decode step for both rows, each at its own position, over the written cache
+    step_mask = (np.arange(8)[None, :] <= np.array([[7], [3]])).astype(np.int64)  # (2, 8)
+    step = {"input_ids": np.array([[12], [43]]), "attention_mask": step_mask,
+            "position_ids": np.array([[7], [3]])} | dict(zip(input_names(2)[3:], present, strict=True))
     next_logits = ort.session.run(["logits"], step)[0]
     with torch.no_grad():
         for b, (p, new) in enumerate(zip(prompts, (12, 43), strict=True)):
             alone, _ = tiny_model(torch.tensor([p + [new]]))
-            np.testing.assert_allclose(logits[b, -len(p):], alone[0, :-1].numpy(), atol=LOGIT_TOLERANCE)
+            np.testing.assert_allclose(logits[b, :len(p)], alone[0, :-1].numpy(), atol=LOGIT_TOLERANCE)
             np.testing.assert_allclose(next_logits[b, 0], alone[0, -1].numpy(), atol=LOGIT_TOLERANCE)
+
+
+def test_the_decoder_binds_one_cache_the_graph_writes_in_place(ort, onnx_path):
+    import onnx
+
+    proto = onnx.load(str(onnx_path))
+    made_by = {out: node.op_type for node in proto.graph.node for out in node.output}
+    assert {made_by[f"present.{i}.{kv}"] for i in range(2) for kv in ("key", "value")} == {"ScatterND"}
+    decoder = ort.decoder()
+    buffers = [b.copy() for b in decoder.cache.buffers]
+    decoder.feed([1, 2, 3])
+    decoder.feed([4])
+    for before, after in zip(buffers, decoder.cache.buffers, strict=True):  # (1, H, S, D), same arrays
+        written = np.abs(after - before).sum(axis=(0, 1, 3)) > 0  # (S,)
+        assert written.tolist() == [True] * 4 + [False] * 28
+
+
+def test_dynamic_dimensions_are_named(onnx_path):
+    import onnx
+
+    proto = onnx.load(str(onnx_path))
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in [*proto.graph.input, *proto.graph.output]}
+    assert dims["attention_mask"] == ["batch", "total"]
+    assert dims["input_ids"] == dims["position_ids"] == ["batch", "new"]
+    assert dims["past_key_values.0.key"] == dims["present.1.value"] == ["batch", 2, "past", 8]
+
+
+@pytest.fixture(scope="module")
+def concat_path(tiny_ckpt, tmp_path_factory):
+    return export_onnx(tiny_ckpt, tmp_path_factory.mktemp("concat") / "tiny.onnx", layout="concat")
+
+
+def test_a_concat_layout_file_decodes_as_pytorch_one_row_at_a_time(concat_path, tiny_model, char_tok):
+    import onnx
+
+    proto = onnx.load(str(concat_path))
+    mask = next(v for v in proto.graph.input if v.name == "attention_mask")
+    assert [d.dim_param for d in mask.type.tensor_type.shape.dim] == ["batch", "total"]  # past + new, not s53
+    backend = load_ort_backend(concat_path, provider="cpu")
+    assert backend.layout == "concat" and backend.batch_decoder(4) is None
+    greedy = Settings(temperature=0.0, max_new_tokens=70)  # past the 32-token window twice
+    torch_text = "".join(e.text for e in TorchBackend(tiny_model, char_tok).stream("ROMEO:", greedy))
+    assert "".join(e.text for e in backend.stream("ROMEO:", greedy)) == torch_text
+
+
+def test_a_file_of_another_format_version_is_refused_in_one_line(onnx_path, tmp_path):
+    import onnx
+
+    proto = onnx.load(str(onnx_path))
+    mark = next(p for p in proto.metadata_props if p.key == "gpt_from_scratch.format")
+    mark.value = "gpt-from-scratch-onnx/9"
+    onnx.save(proto, str(tmp_path / "future.onnx"))
+    with pytest.raises(OnnxModelError) as e:
+        load_ort_backend(tmp_path / "future.onnx", provider="cpu")
+    assert str(e.value) == (f"{tmp_path / 'future.onnx'} is a gpt-from-scratch ONNX model of another format "
+                            "('gpt-from-scratch-onnx/9'); re-export it with this version's gpt-export onnx")
 
 
 def test_greedy_text_equals_pytorch_for_100_tokens(ort, tiny_model, char_tok):

@@ -11,10 +11,12 @@ hole left by a short generation would otherwise be paid for by every step until 
 
 Nothing about sampling is batched: each generation keeps its own settings, its own
 ``torch.Generator`` (seeded per item), stop strings and block-size window, because each one is
-still an ``engine.Generation``; only the forward passes are shared. Its decoder is a ``_Row``:
-asked to ``feed`` before the batch has computed its logits, the row notes what was asked and
-raises ``_NeedsInput`` (nothing in ``Generation`` has changed by then); once the batched pass has
-run, the same call returns the row's logits. So the decisions stay in the one decode loop.
+still an ``engine.Generation``; only the forward passes are shared. A step reads top to bottom:
+1. ask each running generation what the model must see next (``Generation.to_feed()``: its prompt,
+   its last token, or the window's re-prefill); one that has ended frees its row;
+2. run the passes: one decode step for the rows that carry on, a prefill for each row that starts over;
+3. hand each generation its logits (``Generation.sample_from()``), which samples, stops and builds
+   the event exactly as ``next()`` does alone.
 
 Batched logits equal one-at-a-time logits up to the summation order of a matmul with B rows
 instead of one (~1e-7 in fp32), so a token can differ only where two candidates tie that closely.
@@ -22,7 +24,6 @@ instead of one (~1e-7 in fp32), so a token can differ only where two candidates 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -57,40 +58,19 @@ class BatchDecoder(Protocol):
         ...
 
 
-class _NeedsInput(Exception):
-    """Raised by a row asked to feed before the batch computed its logits; never leaves ``Batch``."""
-
-
-class _Row:
-    """model.generate.backend.Decoder for one row: hands back the logits the batch computed for it.
-
-    A reset only takes effect with the feed that follows it: the generation asks twice (once to
-    say what it needs, once to take the logits) and must see the same ``pos`` both times."""
+class _InBatch:
+    """The decoder of a generation in a ``Batch``: its logits come from the batch's shared passes
+    (``Generation.sample_from``), so it is never fed itself."""
 
     def __init__(self, block_size: int):
         self.block_size = block_size
         self.pos = 0
-        self.fresh = True  # reset since the last feed: the next feed is a prefill
-        self.wanted: list[int] | None = None  # what the generation asked to feed this step
-        self.ready: torch.Tensor | None = None  # its logits, once the batch has run
 
     def reset(self) -> None:
-        self.fresh = True
+        pass
 
     def feed(self, ids: list[int]) -> torch.Tensor:
-        if self.ready is None:
-            self.wanted = list(ids)
-            raise _NeedsInput
-        logits, self.ready, self.wanted = self.ready, None, None
-        self.pos = len(ids) if self.fresh else self.pos + len(ids)
-        self.fresh = False
-        return logits
-
-
-@dataclass
-class _Slot:
-    generation: Generation
-    row: _Row
+        raise RuntimeError("a generation in a Batch is advanced by Batch.step(), not by next()")
 
 
 class Batch:
@@ -99,66 +79,62 @@ class Batch:
     def __init__(self, decoder: BatchDecoder, tokenizer: Tokenizer):
         self.decoder = decoder
         self.tokenizer = tokenizer
-        self.slots: list[_Slot | None] = [None] * decoder.rows
+        self.rows: list[Generation | None] = [None] * decoder.rows  # row -> its generation
 
     @property
     def free(self) -> int:
-        return sum(s is None for s in self.slots)
+        return self.rows.count(None)
 
     def __len__(self) -> int:
-        return len(self.slots) - self.free
+        return len(self.rows) - self.free
 
     def add(self, prompt: str, settings: Settings) -> Generation:
         """Start a generation in the lowest free row (rows stay packed at the low end, so a step
         spans fewer rows). Raises ValueError when every row is busy, and whatever ``Generation``
         raises for the prompt (unknown characters) before taking a row."""
         if not self.free:
-            raise ValueError(f"all {len(self.slots)} rows are busy; step() until one ends")
-        row = _Row(self.decoder.block_size)
-        generation = Generation(row, self.tokenizer, prompt, settings)
-        self.slots[self.slots.index(None)] = _Slot(generation, row)
+            raise ValueError(f"all {len(self.rows)} rows are busy; step() until one ends")
+        generation = Generation(_InBatch(self.decoder.block_size), self.tokenizer, prompt, settings)
+        self.rows[self.rows.index(None)] = generation
         return generation
 
     def step(self) -> list[tuple[Generation, TokenEvent | None]]:
         """One token for every running generation, in row order: (generation, its event), or
         (generation, None) when it has ended (``stop_reason`` says why) and its row is free."""
         out: list[tuple[Generation, TokenEvent | None]] = []
-        needs: list[int] = []
-        for b, slot in enumerate(self.slots):  # what each generation needs fed (nothing is sampled)
-            if slot is None:
+        # 1. what each generation needs the model to see; one that has ended leaves its row
+        wanted: dict[int, tuple[list[int], bool]] = {}
+        for b, generation in enumerate(self.rows):
+            if generation is None:
                 continue
-            try:
-                next(slot.generation)
-            except _NeedsInput:
-                needs.append(b)
-                continue
-            except StopIteration:
+            if generation.ended():
                 self._free(b)
-                out.append((slot.generation, None))
-                continue
-            raise RuntimeError("a batched generation produced a token without the batch's logits")
-        slots = [(b, self.slots[b]) for b in needs]
-        decode = {b: s.row.wanted[0] for b, s in slots if not s.row.fresh}
-        # the step first, then the prefills: a step also touches rows outside it (see the decoders)
-        logits = self.decoder.step(decode) if decode else {}
-        for b, s in slots:
-            if s.row.fresh:
-                logits[b] = self.decoder.prefill(b, s.row.wanted)
-        for b, s in slots:
-            s.row.ready = logits[b]
+                out.append((generation, None))
+            else:
+                wanted[b] = generation.to_feed()
+        # 2. the forward passes: the decode step first, then the prefills (a step also writes rows
+        # outside it, see the decoders; a prefill then starts its row over)
+        carry_on = {b: ids[0] for b, (ids, start_over) in wanted.items() if not start_over}
+        logits = self.decoder.step(carry_on) if carry_on else {}
+        for b, (ids, start_over) in wanted.items():
+            if start_over:
+                logits[b] = self.decoder.prefill(b, ids)
+        # 3. each generation samples from its own logits, as it would alone
+        for b in wanted:
+            generation = self.rows[b]
             try:
-                out.append((s.generation, next(s.generation)))
+                out.append((generation, generation.sample_from(logits[b])))
             except StopIteration:  # end of text: not a token
                 self._free(b)
-                out.append((s.generation, None))
+                out.append((generation, None))
         self._pack()
         return out
 
     def cancel(self, generation: Generation) -> None:
         """Stop ``generation`` (a client went away, a user pressed Esc) and free its row at once, so
         the next ``step()`` no longer computes it; a generation already ended is left as it is."""
-        for b, slot in enumerate(self.slots):
-            if slot is not None and slot.generation is generation:
+        for b, running in enumerate(self.rows):
+            if running is generation:
                 generation.close()
                 self._free(b)
                 self._pack()
@@ -166,23 +142,23 @@ class Batch:
 
     def close(self) -> None:
         """Stop every running generation and free its row."""
-        for b, slot in enumerate(self.slots):
-            if slot is not None:
-                slot.generation.close()
+        for b, generation in enumerate(self.rows):
+            if generation is not None:
+                generation.close()
                 self._free(b)
 
     def _free(self, b: int) -> None:
-        self.slots[b] = None
+        self.rows[b] = None
         self.decoder.release(b)
 
     def _pack(self) -> None:
         """Move the highest busy rows down into the free rows below them, so rows [0, len) are busy.
-        Between steps, where no row is waiting for the batch's logits."""
-        busy = [b for b, slot in enumerate(self.slots) if slot is not None]
-        holes = [b for b, slot in enumerate(self.slots[:len(busy)]) if slot is None]
+        Between steps, where every generation has taken its logits."""
+        busy = [b for b, generation in enumerate(self.rows) if generation is not None]
+        holes = [b for b, generation in enumerate(self.rows[:len(busy)]) if generation is None]
         for dst, src in zip(holes, reversed(busy), strict=False):  # each hole takes a row above it
             self.decoder.move(src, dst)
-            self.slots[dst], self.slots[src] = self.slots[src], None
+            self.rows[dst], self.rows[src] = self.rows[src], None
 
 
 def generate_all(decoder: BatchDecoder, tokenizer: Tokenizer,

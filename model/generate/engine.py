@@ -4,10 +4,13 @@ A backend supplies a ``Decoder`` (one sequence's model state: ``feed(ids) -> nex
 ``Generation`` turns it into a stream of ``TokenEvent``. The PyTorch decoders are in
 model.generate.torch_backend, the ONNX Runtime one in export.ort_backend.
 
-Two ways to drive it. As an iterator, each ``next()`` samples a token with the current settings.
+Three ways to drive it. As an iterator, each ``next()`` samples a token with the current settings.
 Step by step, a caller reads ``next_logits()`` and hands any token it likes to ``accept()`` (step
-mode lets the user pick a candidate). Both go through ``accept``, the one place a ``TokenEvent`` is
-built, so the text, held multi-byte pieces, stop strings and end-of-text are handled alike.
+mode lets the user pick a candidate). From outside, a caller that runs the forward passes itself
+(model.generate.batched, one pass for many generations) asks ``to_feed()`` what the model must see
+next and hands the logits to ``sample_from()``. All go through ``accept``, the one place a
+``TokenEvent`` is built, so the text, held multi-byte pieces, stop strings and end-of-text are
+handled alike.
 
 The window. Positions are learned and absolute (``wpe`` has block_size rows), so once a sequence
 has filled block_size positions the cache cannot slide: every cached key was computed at a
@@ -67,6 +70,7 @@ class Generation:
         self.stop_reason: StopReason | None = None
         self._held: list[int] = []  # ids whose text waits for the rest of a character
         self._logits: torch.Tensor | None = None  # the next token's, until a token is accepted
+        self._fed = 0  # positions the decoder holds since this generation last reset it
         self.generator = torch.Generator()
         if settings.seed is None:
             self.generator.seed()  # fresh randomness from the OS
@@ -77,12 +81,9 @@ class Generation:
         return self
 
     def __next__(self) -> TokenEvent:
-        if self.stop_reason is not None:
+        if self.ended():
             raise StopIteration
         s = self.settings  # once per token: a UI may have replaced it
-        if len(self.ids) >= s.max_new_tokens:
-            self._finish("max_tokens")
-            raise StopIteration
         logits = self.next_logits()  # (V,) float32
         token = choose(logits, self.generator, s, self.recent(), self.counts)
         event = self.accept(token)
@@ -90,6 +91,35 @@ class Generation:
         if event.text and any(stop in self.text[-(len(stop) + len(event.text)):] for stop in s.stop):
             self._finish("stop_string")
         return event
+
+    def ended(self) -> bool:
+        """Whether the stream is over; reaching max_new_tokens ends it here, before a forward pass."""
+        if self.stop_reason is None and len(self.ids) >= self.settings.max_new_tokens:
+            self._finish("max_tokens")
+        return self.stop_reason is not None
+
+    def to_feed(self) -> tuple[list[int], bool]:
+        """What the model must see for the next token's logits, as (ids, start_over): the prompt,
+        the last accepted token, or the last half of a full window (see the module docstring).
+        ``start_over``: the ids begin a fresh cache instead of following the positions it holds."""
+        if not self.ids:
+            return self.prompt_ids, True
+        if self._fed < self.block_size:
+            return self.ids[-1:], False
+        keep = max(1, self.block_size // 2)
+        return (self.prompt_ids + self.ids)[-keep:], True
+
+    def sample_from(self, logits: torch.Tensor) -> TokenEvent:
+        """The next event, as ``next()`` gives it, from logits (V,) computed elsewhere for what
+        ``to_feed()`` named (a batch's shared pass): this generation's decoder is not fed.
+        Raises StopIteration where ``next()`` does."""
+        self._took(self.to_feed(), logits)
+        return next(self)
+
+    def _took(self, fed: tuple[list[int], bool], logits: torch.Tensor) -> None:
+        ids, start_over = fed
+        self._fed = len(ids) if start_over else self._fed + len(ids)
+        self._logits = logits
 
     def recent(self) -> list[int]:
         """The ids the repetition penalty looks at for the next token (the context's last ones)."""
@@ -108,18 +138,11 @@ class Generation:
         decoder = self.decoder  # a local reference: close() may run from another thread
         if decoder is None:  # finished, or closed meanwhile by another thread
             raise StopIteration
-        if not self.ids:
+        ids, start_over = fed = self.to_feed()
+        if start_over:
             decoder.reset()  # a decoder may be reused: start from an empty cache
-            logits = decoder.feed(self.prompt_ids)
-        elif decoder.pos < self.block_size:
-            logits = decoder.feed(self.ids[-1:])
-        else:  # the window is full: re-prefill with its last half
-            keep = max(1, self.block_size // 2)
-            context = (self.prompt_ids + self.ids)[-keep:]
-            decoder.reset()
-            logits = decoder.feed(context)
-        self._logits = logits
-        return logits
+        self._took(fed, decoder.feed(ids))
+        return self._logits
 
     def accept(self, token: int) -> TokenEvent:
         """Append ``token`` (sampled or chosen) to the output and return its event.

@@ -22,8 +22,8 @@ from model.checkpoint import load_model
 from model.device import Device, cpu_has_bf16, resolve_device
 from model.generate.backend import BackendInfo, Settings
 from model.generate.engine import Generation
-from model.gpt import GPT, Bigram
-from model.kv_cache import BatchKVCache, KVCache, StaticLayerKV
+from model.gpt import GPT, Bigram, LayerCache
+from model.kv_cache import KVCache
 from model.tokenizer import CharTokenizer, Tokenizer
 
 
@@ -77,11 +77,9 @@ class TorchDecoder:
         self.step = step
         self._static = None
         if step != "eager" and isinstance(self.model, GPT):
-            # the fixed-shape step reads every slot and masks those past pos; a masked score must be
-            # finite (NaN + -inf is NaN), so no stray bits: zeros once, then only finite keys
-            self.cache.k.zero_()
-            self.cache.v.zero_()
-            self._static = _StaticStep(self.model, self.cache, compiled=step == "compile",
+            # the fixed-shape step reads every slot and masks those past pos: zeros once, then only
+            # finite keys (see model.kv_cache)
+            self._static = _StaticStep(self.model, self.cache.zero_(), compiled=step == "compile",
                                        graphed=step == "cuda_graph")
 
     @property
@@ -106,10 +104,10 @@ class TorchDecoder:
 
 
 class _StaticStep:
-    """The one-token step with fixed shapes, over a KVCache's buffers: the token and its position
-    live in device tensors, the new key goes to slot ``pos`` (``StaticLayerKV``), and attention
-    spans all block_size slots under a mask of those <= pos. Masked slots get exactly zero weight,
-    so the logits are the eager step's up to summation order."""
+    """The one-token step with fixed shapes, over the decoder's KVCache: the token and its position
+    live in device tensors, the cache writes the new key at the slot the position tensor holds, and
+    attention spans all block_size slots under a mask of those <= pos. Masked slots get exactly
+    zero weight, so the logits are the eager step's up to summation order."""
 
     def __init__(self, model: GPT, cache: KVCache, compiled: bool = False, graphed: bool = False):
         device = cache.k.device
@@ -118,7 +116,8 @@ class _StaticStep:
         self.idx = torch.zeros(1, 1, dtype=torch.long, device=device)  # (1, 1)
         self.slot = torch.zeros(1, dtype=torch.long, device=device)  # (1,)
         self.slots = torch.arange(cache.block_size, device=device)  # (S,)
-        self.layers = [StaticLayerKV(layer.k, layer.v, self.slot) for layer in cache.layers]
+        self.cache = cache
+        self.layers = cache.layers
         self.compiled = compiled
         self.called = False  # the compiled step's first call is the one that may compile
         self.graph = None
@@ -139,6 +138,7 @@ class _StaticStep:
         """Logits (1, 1, V) for token at position pos; its key/value land in slot pos."""
         self.idx.fill_(token)
         self.slot.fill_(pos)
+        self.cache.span = self.cache.block_size  # every slot, always: the shapes never change
         if not self.graphed:
             return self.forward()
         if self.graph is None:
@@ -166,7 +166,7 @@ class _StaticStep:
 
 
 def _step_forward(model: GPT, idx: torch.Tensor, slot: torch.Tensor, slots: torch.Tensor,
-                  layers: list[StaticLayerKV]) -> torch.Tensor:
+                  layers: list[LayerCache]) -> torch.Tensor:
     """The fixed-shape step: token idx (1, 1) at position slot (1,), attending to the slots <= it."""
     mask = (slots <= slot)[None, None, None, :]  # (1, 1, 1, S)
     return model.forward_at(idx, slot, causal=False, mask=mask, caches=layers)
@@ -222,9 +222,9 @@ class RecomputeDecoder:
 
 
 class TorchBatchDecoder:
-    """model.generate.batched.BatchDecoder over a PyTorch GPT: rows prefilled alone into their slice of a
-    ``BatchKVCache``, then decode steps for rows [0, B) in one pass, each row at its own position
-    and masked to its own slots."""
+    """model.generate.batched.BatchDecoder over a PyTorch GPT: rows prefilled alone into their slice of
+    a ``KVCache`` of ``rows`` rows, then decode steps for rows [0, B) in one pass, each row writing
+    at its own position and masked to its own slots."""
 
     def __init__(self, model: GPT, rows: int, device: torch.device | str | None = None):
         if not isinstance(model, GPT):
@@ -234,27 +234,33 @@ class TorchBatchDecoder:
         self.device = weight.device
         self.rows = rows
         self.block_size = model.config.block_size
-        self.cache = BatchKVCache(model.config, rows, self.device, weight.dtype)
+        # zeros: a step reads slots [0, width) of every row and masks those a row has not written
+        self.cache = KVCache(model.config, rows, self.device, weight.dtype).zero_()
+        self.lengths = [0] * rows  # positions cached per row
 
     @torch.inference_mode()
     def prefill(self, row: int, ids: list[int]) -> torch.Tensor:
         cache = self.cache.row(row)
         logits, _ = self.model(torch.tensor([ids], device=self.device), cache=cache)  # (1, T, V)
-        self.cache.lengths[row] = cache.pos
+        self.lengths[row] = cache.pos
         return logits[0, -1].float().cpu()
 
     @torch.inference_mode()
     def step(self, tokens: dict[int, int]) -> dict[int, torch.Tensor]:
-        lengths = self.cache.lengths
+        lengths = self.lengths
         B = max(tokens) + 1  # rows [0, B): a free or prefilling row in between takes a dummy token
         # a row not stepping writes its dummy key at a slot nobody reads before it is rewritten:
         # its next free one (it is prefilled after the step, from slot 0)
         positions = [lengths[b] if b in tokens else min(lengths[b], self.block_size - 1) for b in range(B)]
-        layers = self.cache.step_layers(positions)
+        if max(positions) >= self.block_size:
+            raise ValueError(f"a row is at position {max(positions)}, past block_size {self.block_size}; "
+                             "re-prefill it with the last part of its context")
         pos = torch.tensor(positions, device=self.device)[:, None]  # (B, 1)
         idx = torch.tensor([tokens.get(b, 0) for b in range(B)], device=self.device)[:, None]  # (B, 1)
-        slots = torch.arange(self.cache.step_width, device=self.device)
+        self.cache.span = max(positions) + 1  # up to the furthest row's new slot
+        slots = self.model.slots[:self.cache.span]  # (width,)
         mask = (slots[None, :] <= pos)[:, None, None, :]  # (B, 1, 1, width): each row its own past
+        layers = self.cache.layers
         logits = self.model.forward_at(idx, pos, causal=False, mask=mask, caches=layers)  # (B, 1, V)
         logits = logits[:, -1].float().cpu()
         for b in tokens:
@@ -262,11 +268,12 @@ class TorchBatchDecoder:
         return {b: logits[b] for b in tokens}
 
     def release(self, row: int) -> None:
-        self.cache.lengths[row] = 0
+        self.lengths[row] = 0
 
     @torch.inference_mode()
     def move(self, src: int, dst: int) -> None:
-        self.cache.move(src, dst)
+        self.cache.move(src, dst, self.lengths[src])
+        self.lengths[dst], self.lengths[src] = self.lengths[src], 0
 
 
 def step_seconds(model: GPT | Bigram, steps: int = 8, prompt: int = 16) -> float:
