@@ -38,7 +38,7 @@ from onnx import numpy_helper
 
 from export.blockwise import to_int4
 from export.graph import WEIGHTS_KEY
-from export.judge import judge_data, split_loss, window_starts
+from export.judge import JudgeDataError, judge_data, split_loss, window_starts
 from export.ort_backend import OnnxModelError, OrtBackend, load_ort_backend
 from model.atomic import atomic_write, write_error, writing
 from model.terminal import visible
@@ -177,15 +177,14 @@ def quantize_export(
     say: Callable[[str], None] = lambda m: None,
     check: bool = True,
     status: Callable[[str], None] = lambda m: None,
-    fp32_loss: float | None = None,
 ) -> tuple[float, float]:
     """Convert ``fp32_path`` to ``kind`` and write it to ``out`` only if its validation loss on
     ``val_ids`` (a tensor or a TokenSplit; export.judge picks the windows) is within
     ``LOSS_TOLERANCE[kind]`` of the fp32 file's and it generates; returns (fp32 loss, its loss).
-    ``fp32_loss``, when known, is not measured again; ``status`` gets the transient progress lines.
-    fp16 / bf16 files are checked only where the CPU provider runs them."""
-    losses = [math.nan if fp32_loss is None else fp32_loss, math.nan]
-    if check and fp32_loss is None:
+    ``status`` gets the transient progress lines. fp16 / bf16 files are checked only where the CPU
+    provider runs them."""
+    losses = [math.nan, math.nan]
+    if check:
         say("validation loss of the fp32 graph (ONNX Runtime)")
         # the fp32 session lives only for this: it is gone before the converted one loads
         losses[0] = judged_loss(load_ort_backend(fp32_path, provider="cpu"), val_ids, "fp32", status)
@@ -236,17 +235,24 @@ def quantize_export(
 def judge_split(ckpt_path: Path, data: str | None, kind: str, say: Callable[[str], None]):
     """The validation split a converted file of ``ckpt_path`` is judged on (export.judge.judge_data
     says which, or refuses with JudgeDataError), opened with the checkpoint's tokenizer."""
-    from model.checkpoint import load
+    from model.checkpoint import CheckpointError, load
+    from model.config import GPTConfig
     from model.data.corpus import open_corpus
     from model.tokenizer import tokenizer_from_dict
 
     ckpt = load(ckpt_path)
-    meta, tokenizer = ckpt.get("meta", {}), tokenizer_from_dict(ckpt["tokenizer"])
-    block = ckpt["config"].get("block_size")
+    try:
+        block = GPTConfig.from_dict(ckpt["config"]).block_size
+        meta, tokenizer = ckpt.get("meta", {}), tokenizer_from_dict(ckpt["tokenizer"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{ckpt_path} has an unusable config or tokenizer: {e}") from None
     del ckpt  # the weights: the fp32 export loads them again, and the peak is its own
     source, why = judge_data(data, meta, ckpt_path, kind)
     val = open_corpus(source, tokenizer)[1].val
-    windows = len(window_starts(len(val), block)) if isinstance(block, int) else 0
+    try:
+        windows = len(window_starts(len(val), block))
+    except ValueError as e:
+        raise JudgeDataError(f"--data {visible(source)}: {e}; judge on a longer text") from None
     say(f"judging on the validation split of {visible(source)} ({why}): {windows} "
         f"window{'s' * (windows != 1)} of {block} tokens")
     return val

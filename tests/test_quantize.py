@@ -321,3 +321,15 @@ def test_a_quantized_folder_runs_in_optimum_and_genai_with_our_greedy_ids(import
         assert genai_greedy(out, prompt, 30) == until_eot, text
         compared += len(until_eot)
     assert compared >= 20
+
+
+def test_a_validation_split_shorter_than_a_window_is_refused_before_any_export_work(tiny_ckpt, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text(TEXT[:300])  # its last tenth, 30 characters, is the validation split
+    out = tmp_path / "q.onnx"
+    args = ["onnx", "--ckpt", str(tiny_ckpt), "--out", str(out), "--quantize", "int8", "--data", str(short)]
+    result = CliRunner().invoke(export_cli, args, env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert result.output.endswith(f"Error: --data {short}: the split has 30 tokens, fewer than one window of "
+                                  "32 + 1; judge on a longer text\n")
+    assert not out.exists()
