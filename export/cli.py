@@ -52,19 +52,24 @@ def main() -> None:
                    "checked by validation loss against fp32 [default: off].")
 @click.option("--dtype", type=click.Choice(["fp16", "bf16"]),
               help="16-bit weights and activations inside the graph, for GPU runtimes [default: fp32].")
+@click.option("--data",
+              help="With --quantize or --dtype: what the converted file is judged on, 'shakespeare', a "
+                   "UTF-8 text file or a gpt-prepare folder (its validation split) [default: what the "
+                   "checkpoint says it was trained on, when that is shakespeare].")
 def onnx(ckpt: str, out: str | None, opset: int | None, no_validate: bool, quantize: str | None,
-         dtype: str | None) -> None:
+         dtype: str | None, data: str | None) -> None:
     """Write one self-contained .onnx with a KV cache (prefill and decode in one graph), then
     validate it: onnx.checker with shape inference, logit parity with PyTorch at several batch,
     prompt and past lengths, and identical greedy tokens for a prompt plus 20 steps. With --quantize
-    or --dtype, the fp32 file is then converted and kept only if its validation loss on Tiny
-    Shakespeare is close to fp32's (both printed).
+    or --dtype, the fp32 file is then converted and kept only if its validation loss on the model's
+    own data (--data) is close to fp32's (both printed).
 
     With --out DIR/ the folder also holds config.json, genai_config.json and the tokenizer files, so
-    optimum's ORTModelForCausalLM and onnxruntime_genai.Model load it as it is."""
+    optimum's ORTModelForCausalLM and onnxruntime_genai.Model load it as it is (--quantize too)."""
     from rich.console import Console
 
     from export.folder import MODEL_FILE, export_folder
+    from export.judge import JudgeDataError
     from export.onnx_export import export_onnx
     from export.ort_backend import OnnxModelError
     from export.validate import ValidationError
@@ -75,9 +80,12 @@ def onnx(ckpt: str, out: str | None, opset: int | None, no_validate: bool, quant
     folder = bool(out) and (out.endswith(("/", os.sep)) or os.path.isdir(out))
     if quantize and dtype:
         raise CommandUsageError("--quantize and --dtype are alternatives; pass one")
-    if folder and (quantize or dtype):
-        raise CommandUsageError("--quantize and --dtype write one .onnx file; pass --out FILE.onnx, not a "
-                                "folder")
+    if folder and dtype:
+        raise CommandUsageError("--dtype writes one .onnx file (for GPU runtimes); pass --out FILE.onnx, "
+                                "not a folder")
+    if data is not None and not (quantize or dtype):
+        raise CommandUsageError("--data says what a converted file is judged on; pass it with --quantize "
+                                "or --dtype")
     console = Console(stderr=True, log_path=False)
     start = time.perf_counter()
     try:
@@ -86,15 +94,21 @@ def onnx(ckpt: str, out: str | None, opset: int | None, no_validate: bool, quant
                 console.log(visible(message), markup=False, highlight=False)
                 status.update(visible(message))
 
+            def progress(message: str) -> None:  # the status line alone: no log line per step
+                status.update(visible(message))
+
             if folder:
-                written = export_folder(path, out, opset, say, not no_validate) / MODEL_FILE
+                written = export_folder(path, out, opset, say, not no_validate, quantize, data,
+                                        progress) / MODEL_FILE
             elif quantize or dtype:
                 from export.quantize import export_converted
 
                 written = export_converted(path, out and Path(out), quantize or dtype, opset, say,
-                                           validate=not no_validate)
+                                           not no_validate, data, progress)
             else:
                 written = export_onnx(path, out, opset, say, validate=not no_validate)
+    except JudgeDataError as e:  # decided before any export work: a flag to add, exit 2
+        raise CommandUsageError(str(e)) from None
     except (CheckpointError, OnnxModelError, ValidationError, WriteError, ValueError) as e:
         raise CommandError(str(e)) from None
     size = written.stat().st_size / 2**20

@@ -12,7 +12,9 @@
 The ``model.onnx`` is the single-file export in the ``concat`` layout (export.graph): Optimum feeds
 an empty past first and left-pads a batch, which the single file's in-place cache cannot take. It
 carries the same metadata, so our own ONNX Runtime backend opens it too (one row at a time: its
-batched decoder needs the cache layout).
+batched decoder needs the cache layout). With ``kind`` it is the converted file (export.quantize),
+whose contrib ops (MatMulNBits, GatherBlockQuantized, MatMulInteger) both loaders run through ONNX
+Runtime as they are, so the other files do not change.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from export.onnx_export import export_onnx
+from export.quantize import Quantize, export_converted
 from model.atomic import writing
 from model.checkpoint import load, restore_model
 from model.config import GPTConfig
@@ -64,15 +67,25 @@ def export_folder(
     opset: int | None = None,
     progress: Callable[[str], None] | None = None,
     validate: bool = True,
+    kind: Quantize | None = None,
+    data: str | None = None,
+    status: Callable[[str], None] = lambda message: None,
 ) -> Path:
-    """Write ``out/model.onnx`` (validated as the single file is) and the files Optimum and GenAI read."""
+    """Write ``out/model.onnx`` (validated as the single file is; with ``kind``, converted and judged
+    on ``data`` as export.quantize.export_converted does) and the files Optimum and GenAI read."""
     say = progress or (lambda message: None)
     out = Path(out)
     model, tokenizer = restore_model(load(ckpt_path), ckpt_path)
+    config = model.config
+    del model  # the export loads the weights again; holding them here would add to its peak
     with writing(out):  # one export into the folder at a time
-        export_onnx(ckpt_path, out / MODEL_FILE, opset, say, validate, layout="concat")
+        if kind is None:
+            export_onnx(ckpt_path, out / MODEL_FILE, opset, say, validate, layout="concat")
+        else:
+            export_converted(Path(ckpt_path), out / MODEL_FILE, kind, opset, say, validate, data, status,
+                             layout="concat")
         say(f"writing config.json, genai_config.json and the tokenizer into {out}")
-        files = hf_files(model.config, tokenizer)
-        files["genai_config.json"] = genai_config(model.config, tokenizer.eot_id)
+        files = hf_files(config, tokenizer)
+        files["genai_config.json"] = genai_config(config, tokenizer.eot_id)
         write_files(out, files)
     return out

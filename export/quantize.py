@@ -1,27 +1,25 @@
 """Smaller ONNX files: int8 / int4 weights for the CPU, fp16 / bf16 for GPU runtimes, judged by quality.
 
 A batch-1 decode step reads every weight once, so once the weights outgrow the CPU's caches the
-bytes per weight set the speed; fewer bytes per weight is the way past that limit. ONNX Runtime's
-own tools do the work:
+bytes per weight set the speed; fewer bytes per weight is the way past that limit.
 
-  int8  ``quantize_dynamic``: every MatMul with a constant weight becomes MatMulInteger on int8
-        weights (one scale per output channel), the activations quantized on the fly per call.
-  int4  ``MatMulNBitsQuantizer``: weight-only, 4 bits in blocks of 32 with a scale each
-        (``MatMulNBits``, a contrib op), with ``accuracy_level`` 4: the activations go to int8 inside
-        the kernel, which is what ONNX Runtime's CPU kernels are fastest at.
+  int8  ONNX Runtime's ``quantize_dynamic``: every MatMul with a constant weight becomes
+        MatMulInteger on int8 weights (one scale per output channel), the activations quantized
+        on the fly per call. The tied head, exported as ``MatMul(x, Transpose(wte))``, gets its
+        transpose folded into an initializer first so that it is quantized too; the embedding
+        lookups stay fp32.
+  int4  export.blockwise: weight-only, 4 bits in blocks of 32 with a scale each (``MatMulNBits``,
+        a contrib op) for every MatMul, and the token embedding as ``GatherBlockQuantized`` over the
+        same 4-bit table as the tied head, so the largest matrix is stored once, in 4 bits.
   fp16 / bf16  every float weight and activation inside the graph in 16 bits, the inputs and
         outputs kept fp32 so the backend feeds the file like any other; for GPU runtimes (ONNX Runtime's
         CPU provider runs fp16 slowly and bf16 not at all, so a bf16 file's loss is checked only
         where CUDA runs).
 
-The tied head: the exporter writes the head as ``MatMul(x, Transpose(wte))``; the transpose is
-folded into its own initializer first so the head (the largest matrix at GPT-2's vocabulary) is a
-plain weight MatMul and gets quantized too. The embedding lookups (Gather) stay fp32: a lookup
-reads one row per token, so its bytes do not bound a decode step.
-
-Logit parity would fail by design, so a quantized file is validated by quality instead: the
-whole-split validation loss of the quantized graph against the fp32 graph's, both through ONNX
-Runtime on the same windows (``split_loss``), with a tolerance per kind (``LOSS_TOLERANCE``).
+Logit parity would fail by design, so a converted file is validated by quality instead: its
+validation loss against the fp32 graph's, both through ONNX Runtime on the same windows of the
+model's own data (export.judge: which data, how many windows, streamed), with a tolerance per kind
+(``LOSS_TOLERANCE``). The fp32 loss is measured once per command, before the conversion.
 """
 
 from __future__ import annotations
@@ -37,18 +35,19 @@ import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
-from torch.nn import functional as F
 
-from export.graph import WEIGHTS_KEY
+from export.blockwise import to_int4
+from export.graph import WEIGHTS_KEY, Layout
+from export.judge import JudgeDataError, judge_data, split_loss, window_starts
 from export.ort_backend import OnnxModelError, OrtBackend, load_ort_backend
 from model.atomic import atomic_write, write_error, writing
+from model.terminal import visible
 
 Quantize = Literal["int8", "int4"]
 Dtype = Literal["fp16", "bf16"]
 # the largest relative rise in validation loss a file may show against fp32 before it is refused;
 # a tolerance, not a goal: docs/export.md states what each kind measures
 LOSS_TOLERANCE = {"int8": 0.02, "int4": 0.06, "fp16": 0.005, "bf16": 0.02}
-INT4_BLOCK = 32  # weights per scale: 32 is ONNX Runtime's finest block, the best quality
 
 
 class QuantizeError(ValueError):
@@ -90,10 +89,10 @@ def _copy_metadata(src: onnx.ModelProto, dst: onnx.ModelProto, weights: str) -> 
 def convert(src: Path, dst: Path, kind: Quantize | Dtype) -> None:
     """Write ``src`` (an fp32 gpt-export file) as ``kind`` to ``dst``, metadata carried over."""
     proto = onnx.load(str(src))
-    fold_head_transpose(proto)
     if kind == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
+        fold_head_transpose(proto)  # the tied head's weight as a constant, so that it is quantized too
         with tempfile.TemporaryDirectory() as tmp:
             folded = Path(tmp) / "folded.onnx"
             onnx.save_model(proto, str(folded))
@@ -108,12 +107,8 @@ def convert(src: Path, dst: Path, kind: Quantize | Dtype) -> None:
                 root.setLevel(level)
         out = onnx.load(str(dst))
     elif kind == "int4":
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-        quantizer = MatMulNBitsQuantizer(proto, bits=4, block_size=INT4_BLOCK, is_symmetric=True,
-                                         accuracy_level=4, op_types_to_quantize=("MatMul",))
-        quantizer.process()
-        out = quantizer.model.model
+        out = proto
+        to_int4(out)
     elif kind in ("fp16", "bf16"):
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -166,41 +161,33 @@ def _fp16_to_bf16(proto: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
-def split_loss(backend: OrtBackend, ids: torch.Tensor, batch_size: int = 16) -> float:
-    """Mean cross-entropy over every target of ``ids`` (consecutive block_size windows, each target
-    once, as model.train.report.full_val_loss) through the ONNX Runtime graph: prefill only, no past."""
-    config = backend.config
-    block = config.block_size
-    n = (len(ids) - 1) // block
-    if n < 1:
-        raise ValueError(f"the split has {len(ids)} tokens, fewer than one window of {block} + 1")
-    x = ids[: n * block].view(n, block).numpy().astype(np.int64)
-    y = ids[1: n * block + 1].view(n, block)
-    total = 0.0
-    for i in range(0, n, batch_size):
-        xb = x[i: i + batch_size]
-        B = len(xb)
-        logits = torch.from_numpy(backend.window_logits(xb)).float()  # (B, T, V)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y[i: i + B].reshape(-1))
-        total += float(loss) * B
-    return total / n
+def judged_loss(backend: OrtBackend, ids, what: str, status: Callable[[str], None]) -> float:
+    """export.judge.split_loss of the graph behind ``backend``, its progress told to ``status``."""
+    def progress(done: int, total: int) -> None:
+        status(f"val loss of the {what} graph: window {done} of {total}")
+
+    return split_loss(backend, ids, progress=progress)
 
 
 def quantize_export(
     fp32_path: Path,
     out: Path,
     kind: Quantize | Dtype,
-    val_ids: torch.Tensor,
+    val_ids,
     say: Callable[[str], None] = lambda m: None,
     check: bool = True,
+    status: Callable[[str], None] = lambda m: None,
 ) -> tuple[float, float]:
     """Convert ``fp32_path`` to ``kind`` and write it to ``out`` only if its validation loss on
-    ``val_ids`` is within ``LOSS_TOLERANCE[kind]`` of the fp32 file's and it generates; returns
-    (fp32 loss, its loss). fp16 / bf16 files are checked only where the CPU provider runs them."""
+    ``val_ids`` (a tensor or a TokenSplit; export.judge picks the windows) is within
+    ``LOSS_TOLERANCE[kind]`` of the fp32 file's and it generates; returns (fp32 loss, its loss).
+    ``status`` gets the transient progress lines. fp16 / bf16 files are checked only where the CPU
+    provider runs them."""
     losses = [math.nan, math.nan]
     if check:
-        say("validation loss of the fp32 graph (whole split, ONNX Runtime)")
-        losses[0] = split_loss(load_ort_backend(fp32_path, provider="cpu"), val_ids)
+        say("validation loss of the fp32 graph (ONNX Runtime)")
+        # the fp32 session lives only for this: it is gone before the converted one loads
+        losses[0] = judged_loss(load_ort_backend(fp32_path, provider="cpu"), val_ids, "fp32", status)
 
     def validate(tmp: Path) -> None:
         if not check:
@@ -215,7 +202,7 @@ def quantize_export(
                 "CUDA, and CUDA is not usable here)")
             return
         say(f"validation loss of the {kind} graph")
-        losses[1] = split_loss(backend, val_ids)
+        losses[1] = judged_loss(backend, val_ids, kind, status)
         rise = losses[1] / losses[0] - 1
         say(f"val loss fp32 {losses[0]:.4f}, {kind} {losses[1]:.4f} ({rise:+.2%}; "
             f"tolerance {LOSS_TOLERANCE[kind]:+.1%})")
@@ -245,6 +232,32 @@ def quantize_export(
     return losses[0], losses[1]
 
 
+def judge_split(ckpt_path: Path, data: str | None, kind: str, say: Callable[[str], None]):
+    """The validation split a converted file of ``ckpt_path`` is judged on (export.judge.judge_data
+    says which, or refuses with JudgeDataError), opened with the checkpoint's tokenizer."""
+    from model.checkpoint import CheckpointError, load
+    from model.config import GPTConfig
+    from model.data.corpus import open_corpus
+    from model.tokenizer import tokenizer_from_dict
+
+    ckpt = load(ckpt_path)
+    try:
+        block = GPTConfig.from_dict(ckpt["config"]).block_size
+        meta, tokenizer = ckpt.get("meta", {}), tokenizer_from_dict(ckpt["tokenizer"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{ckpt_path} has an unusable config or tokenizer: {e}") from None
+    del ckpt  # the weights: the fp32 export loads them again, and the peak is its own
+    source, why = judge_data(data, meta, ckpt_path, kind)
+    val = open_corpus(source, tokenizer)[1].val
+    try:
+        windows = len(window_starts(len(val), block))
+    except ValueError as e:
+        raise JudgeDataError(f"--data {visible(source)}: {e}; judge on a longer text") from None
+    say(f"judging on the validation split of {visible(source)} ({why}): {windows} "
+        f"window{'s' * (windows != 1)} of {block} tokens")
+    return val
+
+
 def export_converted(
     ckpt_path: Path,
     out: Path | None,
@@ -252,20 +265,20 @@ def export_converted(
     opset: int | None = None,
     say: Callable[[str], None] = lambda m: None,
     validate: bool = True,
-    data: str = "shakespeare",
+    data: str | None = None,
+    status: Callable[[str], None] = lambda m: None,
+    layout: Layout = "cache",
 ) -> Path:
     """``gpt-export onnx --quantize/--dtype``: the fp32 export (validated against PyTorch as usual)
     into a temp folder, then converted to ``kind`` into ``out`` (default: the checkpoint's path
-    with ``.{kind}.onnx``), judged on the validation split of ``data``."""
+    with ``.{kind}.onnx``), judged on the validation split of ``data`` (default: the checkpoint's
+    own, see export.judge); the data is settled before any export work starts. ``layout``: the
+graph's KV cache (export.graph; the ONNX folder takes "concat")."""
     from export.onnx_export import export_onnx
-    from model.data.corpus import open_corpus
 
     out = Path(out) if out else ckpt_path.with_suffix(f".{kind}.onnx")
+    val_ids = judge_split(ckpt_path, data, kind, say) if validate else torch.empty(0, dtype=torch.long)
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export_onnx(ckpt_path, Path(tmp) / "fp32.onnx", opset, say, validate=validate)
-        val_ids = torch.empty(0, dtype=torch.long)
-        if validate:
-            tokenizer = load_ort_backend(fp32, provider="cpu").tokenizer
-            val_ids = open_corpus(data, tokenizer)[1].val
-        quantize_export(fp32, out, kind, val_ids, say, check=validate)
+        fp32 = export_onnx(ckpt_path, Path(tmp) / "fp32.onnx", opset, say, validate=validate, layout=layout)
+        quantize_export(fp32, out, kind, val_ids, say, check=validate, status=status)
     return out
