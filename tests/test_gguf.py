@@ -228,10 +228,11 @@ def test_our_loaders_refuse_a_gguf_in_one_line(tmp_path, tiny_ckpt):
 # --- llama.cpp itself: where a build is found (LLAMA_CPP_BIN, its bin folder) ------------------------
 
 LLAMA_BIN = Path(os.environ.get("LLAMA_CPP_BIN", "/nonexistent"))
+LLAMA_TOOLS = ("llama-completion", "llama-tokenize", "llama-quantize")
 needs_llama = pytest.mark.skipif(
-    not all((LLAMA_BIN / tool).is_file() for tool in ("llama-completion", "llama-tokenize")),
-    reason="no llama.cpp build: set LLAMA_CPP_BIN to the bin folder holding llama-completion and "
-           "llama-tokenize (docs/export.md says how to build it)")
+    not all((LLAMA_BIN / tool).is_file() for tool in LLAMA_TOOLS),
+    reason="no llama.cpp build: set LLAMA_CPP_BIN to the bin folder holding llama-completion, "
+           "llama-tokenize and llama-quantize (docs/export.md says how to build it)")
 needs_ranks = pytest.mark.skipif(
     not (Path(os.environ.get("GPT_DATA_DIR", ".")) / "gpt2.tiktoken").is_file(),
     reason="GPT-2's ranks file gpt2.tiktoken is not in GPT_DATA_DIR")
@@ -257,10 +258,11 @@ def llama_ids(path: Path, prompt: str) -> list[int]:
 
 def llama_greedy_text(path: Path, prompt: str, steps: int) -> bytes:
     """What llama-completion writes after the prompt: greedy (temperature 0), KV cache in f32 so
-    only the arithmetic differs from ours, one thread."""
+    only the arithmetic differs from ours, one thread. --no-repack: llama.cpp's AMX kernels for
+    q8_0/q4_0 die with SIGILL on this machine's CPU, on llama-quantize's own files as on ours."""
     out = llama("llama-completion", "-m", str(path), "-p", prompt, "-n", str(steps), "--temp", "0",
                 "-no-cnv", "--no-display-prompt", "-ctk", "f32", "-ctv", "f32", "-t", "1", "--no-warmup",
-                "--simple-io", "-s", "0")
+                "--simple-io", "-s", "0", "--no-repack")
     data = out.encode("utf-8", errors="surrogateescape")
     assert data.endswith(b"\n\n"), data[-40:]  # completion's closing lines
     return data[:-2].removesuffix(b" [end of text]\n")
@@ -371,3 +373,24 @@ def test_shipped_model_greedy_text_is_llama_cpps(tmp_path):
     steps = model.config.block_size - len(prompt)
     ids, _ = our_greedy(model, tok.encode(prompt), steps)
     assert llama_greedy_text(path, prompt, steps).decode() == tok.decode(ids)
+
+
+@pytest.mark.slow
+@needs_llama
+def test_quantized_files_are_llama_quantizes_own_bytes_and_run(tmp_path):
+    model, tok, _ = checkpoint.load_model(checkpoint.resolve_ckpt("shakespeare.pt"))
+    write_gguf(model, tok, tmp_path / "f32.gguf", "f32")
+    for kind in ("q8_0", "q4_0"):
+        ours, theirs = tmp_path / f"{kind}.gguf", tmp_path / f"llama-{kind}.gguf"
+        write_gguf(model, tok, ours, kind)
+        llama("llama-quantize", str(tmp_path / "f32.gguf"), str(theirs), kind.upper())
+        # llama.cpp's C quantizer from our f32 file, tensor for tensor: the same types (384 wide, its q4_0
+        # gives the tied embedding q8_0 as ours does) and the same bytes
+        want = {t.name: (t.tensor_type, np.asarray(t.data)) for t in gguf.GGUFReader(theirs).tensors}
+        got = {t.name: (t.tensor_type, np.asarray(t.data)) for t in gguf.GGUFReader(ours).tensors}
+        assert sorted(got) == sorted(want)
+        for name, (qtype, data) in want.items():
+            assert got[name][0] == qtype, (kind, name)
+            np.testing.assert_array_equal(got[name][1], data, err_msg=f"{kind} {name}")
+        text = llama_greedy_text(ours, "ROMEO:\n", 100).decode()
+        assert len(text) == 100 and set(text) <= set(tok.chars), text  # one character a token
