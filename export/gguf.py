@@ -255,16 +255,19 @@ def write_gguf(model: GPT, tokenizer: Tokenizer, path: str | Path, gguf_type: st
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.types)
     writer.add_token_merges(vocab.merges)
+    # the special tokens as the converter's SpecialVocab writes GPT-2's: end of text for all three
     writer.add_bos_token_id(tokenizer.eot_id)
     writer.add_eos_token_id(tokenizer.eot_id)
-    # llama.cpp's default for the gpt-2 pre-tokenizer too, said outright: our prompts start with
-    # their own first token, never with an end-of-text marker put in front
+    writer.add_unk_token_id(tokenizer.eot_id)
+    # nothing added around a prompt: it starts with its own first token, as ours do
     writer.add_add_bos_token(False)
+    writer.add_add_eos_token(False)
     planned = {}
     for tname, array in gguf_weights(model).items():
         data, qtype = encoded(array, planned_type(tname, array, matrices))
         writer.add_tensor(tname, data, raw_dtype=qtype)
         planned[tname] = (qtype, array.shape)
+    writer.add_size_label(gguf.size_label(*writer.get_total_parameter_count()))  # as the converter labels it
 
     def check(tmp: Path) -> None:
         reader = gguf.GGUFReader(tmp)

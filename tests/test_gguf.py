@@ -8,6 +8,7 @@ import copy
 import math
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import gguf
@@ -118,7 +119,9 @@ def test_f32_file_holds_every_weight_and_key_of_the_checkpoint(tmp_path, char_to
         "tokenizer.ggml.token_type": [1] * len(char_tok.chars) + [3],
         "tokenizer.ggml.merges": ["ÿ ÿ"],  # printable ASCII only: just the merge that never fires
         "tokenizer.ggml.bos_token_id": char_tok.eot_id, "tokenizer.ggml.eos_token_id": char_tok.eot_id,
-        "tokenizer.ggml.add_bos_token": False,
+        "tokenizer.ggml.unknown_token_id": char_tok.eot_id,
+        "tokenizer.ggml.add_bos_token": False, "tokenizer.ggml.add_eos_token": False,
+        "general.size_label": gguf.size_label(sum(v.numel() for v in want.values()), 0, 0, 0),
     }
 
 
@@ -373,6 +376,41 @@ def test_shipped_model_greedy_text_is_llama_cpps(tmp_path):
     steps = model.config.block_size - len(prompt)
     ids, _ = our_greedy(model, tok.encode(prompt), steps)
     assert llama_greedy_text(path, prompt, steps).decode() == tok.decode(ids)
+
+
+@pytest.mark.slow
+@needs_llama
+@needs_ranks
+def test_the_file_is_what_llama_cpps_converter_writes_for_gpt2(tmp_path, monkeypatch):
+    # llama.cpp's own convert_hf_to_gguf.py, beside its build (LLAMA_CPP_BIN/../..), on our gpt-export
+    # hf folder of a GPT-2-vocabulary model: the same keys and values but the name, the same tensors
+    # byte for byte, at f16 and q8_0 (what the converter quantizes itself)
+    source = LLAMA_BIN.parent.parent
+    if not (source / "convert_hf_to_gguf.py").is_file() or not (source / "gguf-py").is_dir():
+        pytest.skip(f"no llama.cpp source tree with convert_hf_to_gguf.py at {source}")
+    from model.hf.save import export_hf
+
+    monkeypatch.setenv("GPT_BPE_RANKS", str(Path(os.environ["GPT_DATA_DIR"]) / "gpt2.tiktoken"))
+    config = PRESETS["gpt2-124m"].replace(n_layer=2, n_head=2, n_embd=64, block_size=64, dropout=0.0,
+                                          activation="gelu_tanh")
+    ckpt = save(random_model(config), gpt2_tokenizer(), tmp_path / "small.pt")
+    export_hf(ckpt, tmp_path / "small")
+    for kind in ("f16", "q8_0"):
+        theirs = tmp_path / f"converter.{kind}.gguf"
+        run = subprocess.run([sys.executable, str(source / "convert_hf_to_gguf.py"), str(tmp_path / "small"),
+                              "--outfile", str(theirs), "--outtype", kind], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(source / "gguf-py")}, check=False)
+        assert run.returncode == 0, run.stderr[-2000:]
+        ours = export_gguf(ckpt, tmp_path / f"ours.{kind}.gguf", kind).path
+        want, got = fields(theirs), fields(ours)
+        assert want.pop("general.name") == "Small" and got.pop("general.name") == "small"
+        assert got == want
+        want_t = {t.name: (t.tensor_type, np.asarray(t.data)) for t in gguf.GGUFReader(theirs).tensors}
+        got_t = {t.name: (t.tensor_type, np.asarray(t.data)) for t in gguf.GGUFReader(ours).tensors}
+        assert sorted(got_t) == sorted(want_t)
+        for name, (qtype, data) in want_t.items():
+            assert got_t[name][0] == qtype, (kind, name)
+            np.testing.assert_array_equal(got_t[name][1], data, err_msg=f"{kind} {name}")
 
 
 @pytest.mark.slow
