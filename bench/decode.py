@@ -1,6 +1,7 @@
 """Decode speed at batch 1: the KV cache against nanoGPT-style recompute, and ONNX Runtime.
 
     python bench/decode.py [--tokens 500] [--runs 3] [--quick] [--compile] [--hf [--hf-shape tiny]]
+                           [--llama BIN_DIR]
 
 For the shipped model (when checkpoints/shakespeare.pt exists) and the shakespeare-char preset with
 random weights: tokens/s for `--tokens` new tokens from a short prompt, greedy, through the same
@@ -25,6 +26,13 @@ Runtime's own mat-vec kernels stream the same weights faster, so it can beat thi
 The ONNX Runtime files (fp32, int8, int4) are timed alternately, run by run, so each ratio compares
 them on the same machine state.
 
+With ``--llama BIN_DIR`` (llama.cpp's bin folder), llama.cpp is the yardstick in the same run: its
+own ``llama-bench`` times text generation on GGUF files of the same weights that ``gpt-export
+gguf``'s writer makes (f32, f16, q8_0, q4_0), with as many threads as PyTorch uses, for at most a
+block of tokens from an empty context (its gpt2 graph has no window to slide: positions past the
+block have no embedding), median of ``--runs`` repetitions. Without a llama-bench there the
+llama.cpp lines say so and the llama_* keys are left out.
+
 With ``--hf``, Hugging Face transformers' ``generate()`` (greedy, its KV cache) runs the same weights
 side by side with our cached path (fp32, and bf16 weights when ``--precision auto`` picks them, as
 gpt-tui does; the ratio is for the one it picks) and ONNX Runtime, at the shakespeare-char shape and at GPT-2
@@ -35,12 +43,16 @@ cached_tok_s=<f> recompute_tok_s=<f> speedup=<f> limit_tok_s=<f> [compiled_tok_s
   compiled_vs_limit=<f>] [onnx_tok_s=<f> onnx_vs_torch=<f>]
 onnx_int8_tok_s=<f> int8_vs_fp32=<f> onnx_int4_tok_s=<f> int4_vs_fp32=<f>
   [hf_tok_s=<f> torch_vs_hf=<f> onnx_vs_hf=<f>]   (with --hf: GPT-2 124M's, on the last line)
+  [llama_f32_tok_s=<f> llama_f16_tok_s=<f> llama_q8_0_tok_s=<f> llama_q4_0_tok_s=<f>]   (with --llama;
+  with --hf as well, GPT-2's as llama_gpt2_<type>_tok_s)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -171,7 +183,43 @@ def bench_model(name: str, model: GPT, tokenizer, ckpt_path: Path, args) -> dict
             print(f"  onnx {kind}  {onnx[kind]:8.1f} tok/s   {onnx[kind] / fp32:.2f}x ONNX Runtime fp32",
                   flush=True)
             result |= {f"onnx_{kind}_tok_s": onnx[kind], f"{kind}_vs_fp32": onnx[kind] / fp32}
+    if args.llama:
+        result |= {f"llama_{kind}_tok_s": rate for kind, rate in llama_tok_s(model, tokenizer, args).items()}
     return result
+
+
+LLAMA_TYPES = ("f32", "f16", "q8_0", "q4_0")
+
+
+def llama_tok_s(model: GPT, tokenizer, args) -> dict[str, float]:
+    """llama.cpp's llama-bench on GGUF files of ``model``'s weights: {type: median tok/s}, printed
+    beside our paths (a type whose run fails is printed with llama-bench's last line, and left out)."""
+    from export.gguf import write_gguf
+
+    bench = Path(args.llama) / "llama-bench"
+    tokens = min(args.tokens, model.config.block_size)
+    rates = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in LLAMA_TYPES:
+            path = Path(tmp) / f"model.{kind}.gguf"
+            write_gguf(model, tokenizer, path, kind)
+            command = [str(bench), "-m", str(path), "-p", "0", "-n", str(tokens), "-r", str(args.runs),
+                       "-t", str(torch.get_num_threads()), "-o", "json"]
+            run = subprocess.run(command, capture_output=True, text=True, check=False)
+            note = ""
+            if run.returncode < 0 or run.returncode > 128:
+                # killed by a signal: where the CPU reports AMX that the kernel does not grant, the
+                # repacked (AMX) q8_0/q4_0 kernels die with SIGILL, on llama.cpp's own files as on ours
+                run = subprocess.run([*command, "--repack", "0"], capture_output=True, text=True, check=False)
+                note = ", --repack 0: its repacked kernels died here"
+            if run.returncode != 0:
+                why = (run.stderr.strip().splitlines() or ["no message"])[-1]
+                print(f"  llama.cpp {kind:<5}failed: llama-bench exited {run.returncode} ({why})", flush=True)
+                continue
+            rates[kind] = statistics.median(json.loads(run.stdout)[0]["samples_ts"])
+            print(f"  llama.cpp {kind:<5}{rates[kind]:8.1f} tok/s   (llama-bench, {tokens} tokens from an "
+                  f"empty context, {path.stat().st_size / 2**20:.1f} MiB{note})", flush=True)
+    return rates
 
 
 def onnx_tok_s(ckpt_path: Path, tokenizer, args) -> dict[str, float] | None:
@@ -246,6 +294,9 @@ def bench_hf(name: str, model: GPT, tokenizer, ckpt_path: Path, args) -> dict:
         for kind, rate in onnx.items():  # fp32, int8, int4
             print(f"  onnx {kind:<7} {rate:8.1f} tok/s   {rate / hf:.2f}x transformers", flush=True)
         result |= dict(onnx_vs_hf=onnx["fp32"] / hf, onnx_int4_vs_hf=onnx["int4"] / hf)
+    if args.llama:
+        llama = llama_tok_s(model, tokenizer, sub)
+        result |= {f"llama_gpt2_{kind}_tok_s": rate for kind, rate in llama.items()}
     return result
 
 
@@ -259,10 +310,18 @@ def main() -> None:
     parser.add_argument("--hf", action="store_true", help="also transformers' generate() on the same weights")
     parser.add_argument("--hf-shape", choices=["124m", "tiny"], default="124m",
                         help="the GPT-2 shape for --hf (tiny: check the script runs)")
+    parser.add_argument("--llama", metavar="BIN_DIR",
+                        help="also llama.cpp's llama-bench from this bin folder, on GGUF files of the "
+                             "same weights")
     args = parser.parse_args()
     if args.quick:
         args.tokens, args.runs = 20, 1
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.llama and not (Path(args.llama) / "llama-bench").is_file():
+        print(f"llama.cpp: skipped, no llama-bench in {args.llama} (pass llama.cpp's bin folder)")
+        args.llama = None
+    elif not args.llama:
+        print("llama.cpp: skipped (pass --llama BIN_DIR to time it on the same weights)")
     with tempfile.TemporaryDirectory() as tmp:
         models = []
         if SHIPPED.is_file():
@@ -282,6 +341,7 @@ def main() -> None:
             result |= bench_hf(f"GPT-2 {args.hf_shape} (random weights)", model, tokenizer, path, args)
     last = ("onnx_int8_tok_s", "int8_vs_fp32", "onnx_int4_tok_s", "int4_vs_fp32",
             "hf_tok_s", "torch_vs_hf", "onnx_vs_hf", "onnx_int4_vs_hf")
+    last += tuple(k for k in result if k.startswith("llama_"))
     print(" ".join(f"{k}={v:.2f}" for k, v in result.items() if k not in last))
     print(" ".join(f"{k}={result[k]:.2f}" for k in last if k in result))
 

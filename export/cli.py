@@ -136,5 +136,45 @@ def hf(ckpt: str, out: str) -> None:
     click.echo(f"wrote {written}/: {', '.join(sorted(p.name for p in written.iterdir()))}")
 
 
+GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")  # export.gguf.GGUF_TYPES, named here without importing it
+
+
+@main.command("gguf")
+@click.option("--ckpt", default=DEFAULT_CKPT, show_default=True,
+              help="Checkpoint to export (a relative name is also looked up in checkpoints/).")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Where to write the .gguf [default: the checkpoint's path with .gguf].")
+@click.option("--type", "gguf_type", type=click.Choice(GGUF_TYPES), default="f16", show_default=True,
+              help="The matrices' precision: f32, f16, or 8-bit / 4-bit blocks (q8_0, q4_0); biases, "
+                   "LayerNorms and position embeddings stay f32.")
+def gguf(ckpt: str, out: str | None, gguf_type: str) -> None:
+    """Write one .gguf for llama.cpp, ollama and LM Studio: llama.cpp's gpt2 architecture with the
+    model's own tokenizer (GPT-2 BPE, or one token per character), read back before it replaces
+    --out. For an exact-GELU model it also prints how much llama.cpp's tanh GELU moves the logits."""
+    from rich.console import Console
+
+    from export.gguf import GgufExportError, export_gguf
+    from model.atomic import WriteError
+    from model.checkpoint import CheckpointError
+
+    path = checkpoint_file(ckpt)
+    console = Console(stderr=True, log_path=False)
+    start = time.perf_counter()
+    try:
+        with console.status("exporting") as status:
+            def say(message: str) -> None:
+                console.log(visible(message), markup=False, highlight=False)
+                status.update(visible(message))
+
+            result = export_gguf(path, out, gguf_type, say)
+    except (CheckpointError, GgufExportError, WriteError) as e:
+        raise CommandError(str(e)) from None
+    size = result.path.stat().st_size / 2**20
+    click.echo(visible(f"wrote {result.path} ({size:.1f} MiB, {gguf_type}) in "
+                       f"{time.perf_counter() - start:.0f} s"))
+    if result.gelu_shift is not None:
+        click.echo(visible(str(result.gelu_shift)))
+
+
 if __name__ == "__main__":
     main()

@@ -137,6 +137,9 @@ def _check_container(path: Path) -> None:
     """torch.save writes a zip archive: anything else is not ours; a broken zip is damaged."""
     with path.open("rb") as f:
         magic = f.read(4)
+    if magic == b"GGUF":  # what gpt-export gguf writes: for llama.cpp, never read back as a model here
+        raise CheckpointError(f"{path} is a GGUF file (for llama.cpp and ollama), not a checkpoint of "
+                              "ours; pass the .pt it was exported from")
     if magic != b"PK\x03\x04":
         what = "an empty file" if not magic else "not a PyTorch zip archive"
         raise CheckpointError(f"{path} is not a checkpoint of ours ({what}); "
