@@ -26,8 +26,8 @@ def typeahead(fd: int | None = None) -> Iterator[None]:
     except ImportError:  # Windows: its console keeps typed keys for the app already
         yield
         return
-    fd = sys.stdin.fileno() if fd is None else fd
     try:
+        fd = sys.stdin.fileno() if fd is None else fd
         before = termios.tcgetattr(fd)
     except (termios.error, OSError, ValueError):  # a pipe, a file, a closed stdin
         yield
