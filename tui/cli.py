@@ -255,9 +255,19 @@ def _main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | 
 
     if app:
         from tui.app import GPTApp, freeze_heap
+        from tui.backends import exported_from
+        from tui.switch import OpenedModel
 
-        def open_model(path: str) -> dict:
-            return offloaded(factories(resolve_ckpt(path), device, None, provider, precision, step), threads)
+        def open_model(path: str) -> OpenedModel:
+            """/model PATH: a checkpoint on the active backend, or an .onnx on ONNX Runtime with
+            PyTorch on the checkpoint it came from (else the session's)."""
+            onnx_file = Path(path).expanduser()
+            if onnx_file.suffix != ".onnx":
+                return OpenedModel(offloaded(factories(resolve_ckpt(path), device, None, provider, precision,
+                                                       step), threads))
+            source, why = exported_from(onnx_file, ckpt_path)
+            made = offloaded(factories(source, device, onnx_file, provider, precision, step), threads)
+            return OpenedModel(made, "onnx", {"torch": why} if source is not None else {})
 
         gpt_app = GPTApp(backend, backend_name, makers, settings, session_dir=session_dir,
                          session_file=session_file, keep_stop=keep_stop, open_model=open_model)

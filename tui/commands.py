@@ -36,7 +36,7 @@ COMMANDS: dict[str, Spec] = {
     "continue": Spec("", "continue from where the text ends", "continue"),
     "copy": Spec("", "copy the selected (clicked) or last document", "copy_output"),
     "backend": Spec("torch|onnx", "switch the backend", "backend"),
-    "model": Spec("PATH", "open another checkpoint", "model"),
+    "model": Spec("PATH", "open another checkpoint, or an .onnx (on ONNX Runtime)", "model"),
     "tokens": Spec("", "the exact tokens and ids the model saw for the last text", "tokens"),
     "save": Spec("[PATH]", "save the session as JSONL (it is also saved after each generation)", "save"),
     "load": Spec("[PATH]", "reopen a saved session (default: the latest other one)", "load"),
