@@ -7,7 +7,8 @@ import os
 import termios
 
 import pytest
-from test_tui import make_app, run_async
+from test_tui import done, make_app, run_async, until
+from textual import events
 from textual.screen import Screen
 
 from model.generate.backend import Settings
@@ -36,8 +37,15 @@ def test_keys_typed_while_the_model_loads_are_kept_unechoed_and_the_terminal_com
         assert not held[3] & (termios.ECHO | termios.ICANON) and held[3] & termios.ISIG  # ^C still works
         os.write(keyboard, b"llo\r")
         # what Textual's input thread will read: every key, Enter as \r (Enter, not Ctrl+J's \n)
-        assert os.read(tty, 100) == b"hello\r"
+        assert read_until(tty, b"\r") == b"hello\r"
     assert termios.tcgetattr(tty) == before
+
+
+def read_until(fd: int, end: bytes) -> bytes:
+    got = b""
+    while not got.endswith(end):
+        got += os.read(fd, 100)
+    return got
 
 
 def test_the_terminal_comes_back_when_loading_is_interrupted(terminal):
@@ -70,3 +78,39 @@ async def test_the_screen_focuses_the_prompt_box_by_itself():
         assert isinstance(app.focused, PromptArea)
         await pilot.press(*"hello")
         assert app.query_one(PromptArea).text == "hello"
+
+
+@run_async
+async def test_a_triple_quote_block_reads_lines_until_one_ends_with_the_quotes():
+    app = make_app(settings=Settings(max_new_tokens=5, seed=1))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press(*'"""ROMEO', "enter", *"O Juliet", "enter")
+        assert prompt(app).text == '"""ROMEO\nO Juliet\n' and app.current is None  # nothing sent yet
+        await pilot.press(*'"""', "enter")
+        await until(pilot, done(app))
+        assert app.backend.prompts == ["ROMEO\nO Juliet"]  # the text between the quotes
+        # the marks on lines of their own: the newlines just inside them are not part of the prompt
+        await pilot.press(*'"""', "enter", *"JULIET:", "enter", *'"""', "enter")
+        await until(pilot, lambda: len(app.backend.prompts) == 2 and done(app)())
+        await pilot.press(*'"""one line"""', "enter")
+        await until(pilot, lambda: len(app.backend.prompts) == 3 and done(app)())
+        assert app.backend.prompts[1:] == ["JULIET:", "one line"]
+        assert prompt(app).text == ""
+
+
+@run_async
+async def test_a_pasted_text_arrives_whole_and_enter_sends_it():
+    app = make_app(settings=Settings(max_new_tokens=5, seed=1))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press(*"Q: ")
+        pasted = "first line\nsecond line\n\nlast line"
+        app.post_message(events.Paste(pasted))  # a bracketed paste, as Textual's driver posts it
+        await pilot.pause()
+        assert prompt(app).text == "Q: " + pasted and app.current is None
+        await pilot.press("enter")
+        await until(pilot, done(app))
+        assert app.backend.prompts == ["Q: " + pasted]
+
+
+def prompt(app) -> PromptArea:
+    return app.query_one(PromptArea)

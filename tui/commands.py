@@ -52,7 +52,8 @@ ALIASES = {"exit": "quit", "bye": "quit"}
 # keys no binding of the app lists, (key, what, docs/app.md's longer text): the prompt box's own
 # (tui.widgets.PromptArea) and Textual's command palette
 FIXED_KEYS = (
-    ("Enter", "send", "send the prompt (an empty prompt starts from the model's start-of-text token)"),
+    ("Enter", "send", "send the prompt (an empty prompt starts from the model's start-of-text token); in a "
+                      '`"""` block, a new line until a line ends with `"""`'),
     ("Ctrl+J", "newline", "new line in the prompt (Shift+Enter too, where the terminal reports it)"),
     ("↑/↓", "earlier prompts", "on the prompt's first / last line: earlier prompts and commands, kept "
                                "across restarts in `~/.local/share/gpt-from-scratch/history.jsonl`"),
