@@ -408,3 +408,17 @@ async def test_a_prompt_sent_while_a_backend_loads_runs_on_it_once_it_is_ready()
         assert (app.current.info.backend, app.current.text, app.current.stop_reason) == ("onnx", "onnx ",
                                                                                         "max_tokens")
         assert onnx.prompts == ["To"]
+
+
+@run_async
+async def test_a_notice_lies_on_the_top_bar_not_on_the_transcript():
+    app = GPTApp(FakeBackend(), settings=Settings(max_new_tokens=200, seed=1), clock=FakeClock())
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await send(pilot, "ROMEO:")
+        await until(pilot, done(app))
+        app.notify_text("now generating with torch on cpu")
+        await until(pilot, lambda: len(app.screen.query("Toast")) == 1)
+        toast = app.screen.query_one("Toast").region
+        # the top bar's right end, as wide as its text
+        assert (toast.y, toast.height, toast.width) == (0, 1, len("now generating with torch on cpu") + 3)
+        assert not toast.overlaps(app.query_one("#output").region)

@@ -76,6 +76,7 @@ class GPTApp(App[None]):
     # model loaded wait in the terminal and arrive then; with the default ("*") they would go to
     # the first focusable widget, the transcript, which ignores them
     AUTO_FOCUS = "#prompt"
+    NOTIFICATION_TIMEOUT = 4  # s (Textual's is 5): a notice is read at a glance; errors set longer ones
 
     settings: reactive[Settings] = reactive(Settings, init=False)  # for the next token and generation
 
