@@ -10,6 +10,8 @@ from textual.widgets import Input
 
 from model.generate.backend import Settings
 from tui.app import GPTApp
+from tui.backends import exported_from
+from tui.switch import OpenedModel
 from tui.widgets import PromptArea
 
 SIZE = (120, 30)
@@ -283,7 +285,7 @@ async def test_model_opens_another_checkpoint_and_file_names_stay_literal():
         opened.append(path)
         if path == "missing.pt":
             raise ValueError("checkpoint missing.pt not found\x1b[2J")
-        return {"torch": lambda progress: other}
+        return OpenedModel({"torch": lambda progress: other})
 
     app = make_app(open_model=open_model, settings=Settings(max_new_tokens=6, seed=1))
     async with app.run_test(size=SIZE) as pilot:
@@ -298,6 +300,43 @@ async def test_model_opens_another_checkpoint_and_file_names_stay_literal():
         await until(pilot, done(app))
         assert app.current.text == "other "
         assert app.is_running
+
+
+@run_async
+async def test_backend_torch_after_model_onnx_runs_the_checkpoint_it_was_exported_from(tmp_path):
+    (tmp_path / "sc.pt").write_bytes(b"")
+    (tmp_path / "sc.int8.onnx").write_bytes(b"")
+    session_ckpt = tmp_path / "session.pt"
+    source, why = exported_from(tmp_path / "sc.int8.onnx", session_ckpt)
+    assert source == tmp_path / "sc.pt"
+    assert why.endswith("sc.pt, the checkpoint sc.int8.onnx was exported from")
+    source, why = exported_from(tmp_path / "other.onnx", session_ckpt)  # none beside it: the session's
+    assert source == session_ckpt and why.endswith("session.pt, the session's --ckpt (other.onnx has no "
+                                                   "other.pt beside it)")
+
+    onnx = FakeBackend(script="onnx ", kind="onnx", name=str(tmp_path / "sc.int8.onnx"))
+    torch = FakeBackend(script="torch ", name=str(tmp_path / "sc.pt"))
+    made = []
+
+    def open_model(path):
+        source, why = exported_from(tmp_path / path, session_ckpt)
+        makers = {"onnx": lambda progress: made.append("onnx") or onnx,
+                  "torch": lambda progress: made.append(source.name) or torch}
+        return OpenedModel(makers, "onnx", {"torch": why})
+
+    app = make_app(open_model=open_model, settings=Settings(max_new_tokens=6, seed=1))
+    async with app.run_test(size=SIZE) as pilot:
+        await send(pilot, "/model sc.int8.onnx")  # started on torch: the .onnx is ONNX Runtime's
+        await until(pilot, lambda: app.backend is onnx)
+        assert app.backend_name == "onnx" and made == ["onnx"]
+        await send(pilot, "/backend torch")
+        await until(pilot, lambda: app.backend is torch)
+        assert made == ["onnx", "sc.pt"]
+        assert app.notices[-1] == (f"now generating with torch on cpu from {tmp_path / 'sc.pt'}, the "
+                                   "checkpoint sc.int8.onnx was exported from")
+        await send(pilot, "a")
+        await until(pilot, done(app))
+        assert app.current.text == "torch "
 
 
 @run_async
@@ -369,3 +408,17 @@ async def test_a_prompt_sent_while_a_backend_loads_runs_on_it_once_it_is_ready()
         assert (app.current.info.backend, app.current.text, app.current.stop_reason) == ("onnx", "onnx ",
                                                                                         "max_tokens")
         assert onnx.prompts == ["To"]
+
+
+@run_async
+async def test_a_notice_lies_on_the_top_bar_not_on_the_transcript():
+    app = GPTApp(FakeBackend(), settings=Settings(max_new_tokens=200, seed=1), clock=FakeClock())
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await send(pilot, "ROMEO:")
+        await until(pilot, done(app))
+        app.notify_text("now generating with torch on cpu")
+        await until(pilot, lambda: len(app.screen.query("Toast")) == 1)
+        toast = app.screen.query_one("Toast").region
+        # the top bar's right end, as wide as its text
+        assert (toast.y, toast.height, toast.width) == (0, 1, len("now generating with torch on cpu") + 3)
+        assert not toast.overlaps(app.query_one("#output").region)

@@ -72,6 +72,11 @@ class GPTApp(App[None]):
     # the screen gets -narrow below 100 columns: the side panels then overlay the transcript
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
     BINDINGS = BINDINGS  # tui.keys: one table with docs/app.md's key table and /help
+    # the prompt box is focused as the screen mounts, before on_mount runs: keys typed while the
+    # model loaded wait in the terminal and arrive then; with the default ("*") they would go to
+    # the first focusable widget, the transcript, which ignores them
+    AUTO_FOCUS = "#prompt"
+    NOTIFICATION_TIMEOUT = 4  # s (Textual's is 5): a notice is read at a glance; errors set longer ones
 
     settings: reactive[Settings] = reactive(Settings, init=False)  # for the next token and generation
 

@@ -158,6 +158,24 @@ class Backends:
         return self.loaded.setdefault(name, self.factories[name](progress))
 
 
+def exported_from(onnx: Path, ckpt: Path | None) -> tuple[Path | None, str]:
+    """The checkpoint PyTorch should run beside the ``onnx`` file, and how to say which it is:
+    the one it was exported from when it lies beside it under the name gpt-export and the app
+    give the export (X.pt -> X.onnx, or X.int8.onnx and the other weight types), else the
+    session's ``ckpt`` (--ckpt), else none. Only that folder is looked in."""
+    from export.graph import WEIGHT_TYPES  # the names export.quantize gives its files
+
+    stem = onnx.name.removesuffix(".onnx")
+    names = [stem, *(stem.removesuffix(f".{kind}") for kind in WEIGHT_TYPES if stem.endswith(f".{kind}"))]
+    for name in names:
+        beside = onnx.with_name(f"{name}.pt")
+        if beside.is_file():
+            return beside, f"{beside}, the checkpoint {onnx.name} was exported from"
+    if ckpt is not None:
+        return ckpt, f"{ckpt}, the session's --ckpt ({onnx.name} has no {names[-1]}.pt beside it)"
+    return None, ""
+
+
 def factories(
     ckpt: Path | None, device: str = "cpu", onnx: Path | None = None, provider: str = "auto",
     precision: str = "fp32", step: str = "auto", threads: int | None = None,

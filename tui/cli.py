@@ -8,6 +8,7 @@ answer at once, and each mode imports what it needs when it runs. Defaults come 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import replace
@@ -17,6 +18,7 @@ from typing import BinaryIO, NoReturn
 import click
 
 from tui.config import ConfigError, config_path, load_defaults
+from tui.typeahead import typeahead
 
 # model.generate.backend's bounds, repeated so that --help imports no torch
 # (tests/test_cli.py holds them equal)
@@ -179,9 +181,11 @@ def main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | N
     loaded or the output failed, 2 usage error, 3 some items failed (each line carries its error),
     130 interrupted (the lines already written are complete).
     """
-    _main(ckpt, prompt, backend_name, onnx, provider, device, precision, compile_step, threads, batch, output,
-          fmt, parallel, logprobs, logprobs_json, session_file, session_dir, unknown, stop, keep_stop,
-          **knobs)  # ^C: invoke()
+    # the app: keys typed from here on, while the model loads, wait for its prompt box (tui.typeahead)
+    with typeahead() if batch is None and prompt is None else contextlib.nullcontext():
+        _main(ckpt, prompt, backend_name, onnx, provider, device, precision, compile_step, threads, batch,
+              output, fmt, parallel, logprobs, logprobs_json, session_file, session_dir, unknown, stop,
+              keep_stop, **knobs)  # ^C: invoke()
 
 
 def _main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | None, provider: str,
@@ -251,9 +255,19 @@ def _main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | 
 
     if app:
         from tui.app import GPTApp, freeze_heap
+        from tui.backends import exported_from
+        from tui.switch import OpenedModel
 
-        def open_model(path: str) -> dict:
-            return offloaded(factories(resolve_ckpt(path), device, None, provider, precision, step), threads)
+        def open_model(path: str) -> OpenedModel:
+            """/model PATH: a checkpoint on the active backend, or an .onnx on ONNX Runtime with
+            PyTorch on the checkpoint it came from (else the session's)."""
+            onnx_file = Path(path).expanduser()
+            if onnx_file.suffix != ".onnx":
+                return OpenedModel(offloaded(factories(resolve_ckpt(path), device, None, provider, precision,
+                                                       step), threads))
+            source, why = exported_from(onnx_file, ckpt_path)
+            made = offloaded(factories(source, device, onnx_file, provider, precision, step), threads)
+            return OpenedModel(made, "onnx", {"torch": why} if source is not None else {})
 
         gpt_app = GPTApp(backend, backend_name, makers, settings, session_dir=session_dir,
                          session_file=session_file, keep_stop=keep_stop, open_model=open_model)

@@ -36,7 +36,7 @@ COMMANDS: dict[str, Spec] = {
     "continue": Spec("", "continue from where the text ends", "continue"),
     "copy": Spec("", "copy the selected (clicked) or last document", "copy_output"),
     "backend": Spec("torch|onnx", "switch the backend", "backend"),
-    "model": Spec("PATH", "open another checkpoint", "model"),
+    "model": Spec("PATH", "open another checkpoint, or an .onnx (on ONNX Runtime)", "model"),
     "tokens": Spec("", "the exact tokens and ids the model saw for the last text", "tokens"),
     "save": Spec("[PATH]", "save the session as JSONL (it is also saved after each generation)", "save"),
     "load": Spec("[PATH]", "reopen a saved session (default: the latest other one)", "load"),
@@ -52,7 +52,8 @@ ALIASES = {"exit": "quit", "bye": "quit"}
 # keys no binding of the app lists, (key, what, docs/app.md's longer text): the prompt box's own
 # (tui.widgets.PromptArea) and Textual's command palette
 FIXED_KEYS = (
-    ("Enter", "send", "send the prompt (an empty prompt starts from the model's start-of-text token)"),
+    ("Enter", "send", "send the prompt (an empty prompt starts from the model's start-of-text token); in a "
+                      '`"""` block, a new line until a line ends with `"""`'),
     ("Ctrl+J", "newline", "new line in the prompt (Shift+Enter too, where the terminal reports it)"),
     ("↑/↓", "earlier prompts", "on the prompt's first / last line: earlier prompts and commands, kept "
                                "across restarts in `~/.local/share/gpt-from-scratch/history.jsonl`"),

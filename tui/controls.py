@@ -79,9 +79,14 @@ class Controls(SidePanel):
             box.remove_class("-invalid")
         self.query_one("#set-unknown", Select).value = settings.unknown
 
-    def show_backend(self, name: str) -> None:
+    def show_backend(self, name: str, names: tuple[str, ...] | None = None) -> None:
+        """``name`` as the active backend; ``names``: the backends there now (another model opened)."""
         self._backend = name
         select = self.query_one("#backend", Select)
+        if names is not None and tuple(sorted(names)) != self._backends:
+            self._backends = tuple(sorted(names))
+            with select.prevent(Select.Changed):
+                select.set_options([(b, b) for b in self._backends])
         if select.value != name:
             with select.prevent(Select.Changed):
                 select.value = name

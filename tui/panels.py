@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 N_ROWS = 10  # candidates listed in the next-token panel
 ATTENTION_CELLS = 64  # the attention view draws the last this many tokens of a longer window
 BAR = 10  # cells of the widest probability bar
+# a next-token row: the mark and rank, the piece, the bar and its number, the model's p and logit
+ROW_FIXED = len("▶  1  ") + len("  ") + len("100.0%") + len("  100.0%  30.00")
+PIECE_MIN = 6  # cells a token's piece keeps on the narrowest panel
 _EIGHTHS = " ▏▎▍▌▋▊▉"
 
 # confidence colouring: (lowest probability, colour), most confident first
@@ -56,6 +59,18 @@ def legend() -> Content:
 def token_label(shown: str, width: int = 6) -> str:
     """A token's display piece (model.generate.insight.piece) as one short cell run: long ones cut."""
     return shown if len(shown) <= width else shown[: width - 1] + "…"
+
+
+def wrapped(text: str, width: int, sep: str = " · ") -> list[str]:
+    """``text``'s parts (joined by ``sep``) packed into lines of at most ``width`` cells, a line
+    break only between parts."""
+    lines: list[str] = []
+    for part in text.split(sep):
+        if lines and len(lines[-1]) + len(sep) + len(part) <= width:
+            lines[-1] += sep + part
+        else:
+            lines.append(part)
+    return lines
 
 
 def bar(fraction: float, width: int = BAR) -> str:
@@ -101,6 +116,8 @@ class NextTokenPanel(SidePanel):
     """The top candidates of one step: probability under the knobs (bar), the model's own
     probability, logit and rank; filtered ones struck out; entropy and surprisal above.
     It follows the app's settings (a reactive): new knobs redraw the step from its logits."""
+
+    PANEL_WIDTH = 47  # its text's width in app.tcss, until the first layout tells
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -167,24 +184,34 @@ class NextTokenPanel(SidePanel):
         recent = recent_ids(self.history, self.settings)
         view = self.view = explain(self.logits, self.piece, self.settings, self.chosen, N_ROWS, recent,
                                    Counter(self.generated))
-        lines = [Content.assemble((self.title, "bold"), ("  " + describe_knobs(self.settings), "dim"))]
+        # the columns share the panel's width: the token's piece gets what the numbers leave, so a
+        # BPE piece (␣Romeo, ␣therefore) shows whole; the bar shrinks first on a narrow panel
+        width = body.content_region.width or self.PANEL_WIDTH
+        bar_width = max(4, min(BAR, width - ROW_FIXED - PIECE_MIN))
+        piece_width = max(PIECE_MIN, width - ROW_FIXED - bar_width)
+        # the headers are lines of their own, each short enough for the panel: none is cut
+        first, *more = wrapped(f"{self.title}  {describe_knobs(self.settings)}", width)
+        lines = [Content.assemble((self.title, "bold"), (first.removeprefix(self.title), "dim"))]
+        lines += [Content.styled(line, "dim") for line in more]
         if view.chosen is not None:
-            lines.append(Content(f"took {token_label(view.chosen.text)} (rank {view.chosen.rank}, "
-                                 f"p {view.chosen.prob:.1%}) · surprisal {view.surprisal:.2f} bits"))
+            took = token_label(view.chosen.text, width - 32)
+            lines.append(Content(f"took {took} · rank {view.chosen.rank} · p {view.chosen.prob:.1%} · "
+                                 f"{view.surprisal + 0.0:.2f} bits"))  # + 0.0: no "-0.00" for a sure token
         lines.append(Content(f"entropy {view.entropy:.2f} bits (model {view.model_entropy:.2f}) · "
                              f"keeps {view.kept}"))
-        lines.append(Content.styled("   #  token   sampled p         model p  logit", "dim"))
+        lines.append(Content.styled(f"   #  {'token':<{piece_width}}  {'sampled p':<{bar_width + 6}} model p"
+                                    "  logit", "dim"))
         top = max((r.knob_prob for r in view.rows), default=0.0) or 1.0
         for r in view.rows:
             mark = "▶" if r.id == self.chosen else " "
-            label = f"{mark}{r.rank:>3}  {token_label(r.text):<6}  "
+            label = f"{mark}{r.rank:>3}  {token_label(r.text, piece_width):<{piece_width}}  "
             model = f"  {r.prob:6.1%} {r.logit:6.2f}"
             if r.kept:
-                lines.append(Content.assemble(label, (bar(r.knob_prob / top), "$accent"),
+                lines.append(Content.assemble(label, (bar(r.knob_prob / top, bar_width), "$accent"),
                                               f"{r.knob_prob:6.1%}", model))
             else:  # filtered out by the knobs: it cannot be sampled now
-                lines.append(Content.assemble((label, "dim strike"), ("✗ filtered".ljust(BAR + 6), "$error"),
-                                              (model, "dim")))
+                lines.append(Content.assemble((label, "dim strike"),
+                                              ("✗ filtered".ljust(bar_width + 6), "$error"), (model, "dim")))
         body.update(Content("\n").join(lines))
 
 

@@ -4,6 +4,7 @@ export can take a while), with its progress on the top bar. A failure keeps the 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from textual.worker import get_current_worker
 
@@ -11,7 +12,19 @@ from tui.backends import BackendFactory, Backends
 from tui.bars import TopBar
 from tui.controls import Controls
 
-ModelOpener = Callable[[str], dict[str, BackendFactory]]  # a checkpoint path -> its backends' factories
+
+@dataclass(frozen=True)
+class OpenedModel:
+    """What /model PATH opens: its backends' factories; the backend the file is for (an .onnx is
+    ONNX Runtime's; None: stay on the active one); and, for a backend that reads another file than
+    PATH (PyTorch beside an .onnx), which file and why, said when it is switched to."""
+
+    factories: dict[str, BackendFactory]
+    backend: str | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+ModelOpener = Callable[[str], OpenedModel]  # a path -> what opening it gives
 
 
 class BackendSwitch:
@@ -25,6 +38,7 @@ class BackendSwitch:
         self.backends, self.topbar, self.controls = backends, topbar, controls
         self.notify, self.leaving, self.landed = notify, leaving, landed
         self.loading = False  # a backend or model is being made in a worker: what is typed waits for it
+        self.sources: dict[str, str] = {}  # the opened model's OpenedModel.sources
 
     def show(self, loading: str = "") -> None:
         self.topbar.show_backend(self.backends.current.info(), loading)
@@ -53,23 +67,25 @@ class BackendSwitch:
     def _open(self, path: str, opener: ModelOpener) -> None:
         worker = get_current_worker()
         app = self.topbar.app
-        name = self.backends.active
         try:
-            makers = opener(path)
-            if name not in makers:
+            opened = opener(path)
+            name = opened.backend or self.backends.active
+            if name not in opened.factories:
                 raise ValueError(f"no {name} backend for it")
-            backend = makers[name](lambda message: app.call_from_thread(self._progress, message))
+            backend = opened.factories[name](lambda message: app.call_from_thread(self._progress, message))
         except Exception as e:  # a missing or damaged checkpoint: say so, keep the current model
             if not worker.is_cancelled:
                 app.call_from_thread(self._failed, path, str(e) or type(e).__name__)
             return
         if not worker.is_cancelled:
-            app.call_from_thread(self._replace, name, backend, makers)
+            app.call_from_thread(self._replace, name, backend, opened)
 
-    def _replace(self, name: str, backend, makers: dict[str, BackendFactory]) -> None:
+    def _replace(self, name: str, backend, opened: OpenedModel) -> None:
         self.leaving()
-        self.backends.replace(name, backend, makers)
+        self.backends.replace(name, backend, opened.factories)
+        self.sources = dict(opened.sources)
         self.show()
+        self.controls.show_backend(name, self.backends.names)
         self.notify(f"opened {backend.info().path} ({name})")
         self._landed()
 
@@ -108,7 +124,9 @@ class BackendSwitch:
         self.show()
         self.controls.show_backend(name)
         info = self.backends.current.info()
-        self.notify(f"now generating with {info.backend} on {info.device}")
+        source = f" from {self.sources[name]}" if name in self.sources else ""
+        self.notify(f"now generating with {info.backend} on {info.device}{source}",
+                    timeout=8 if source else None)
         self._landed()
 
     def _landed(self) -> None:

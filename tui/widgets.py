@@ -24,11 +24,12 @@ START = "⟨start of text⟩"
 
 
 class PromptArea(TextArea):
-    """The multiline prompt: Enter sends; Shift+Enter or Ctrl+J adds a newline; Up and Down at the
-    first and last line walk the prompt history; Ctrl+D on an empty prompt quits; Tab completes a
-    command (``complete``), and when it cannot add more, posts the candidates (as readline lists
-    them on a second Tab). Inside a command Tab never moves the focus: the next keys would land in
-    another widget."""
+    """The multiline prompt: Enter sends (in a triple-quote block, once its last line ends with the
+    quotes); Shift+Enter or Ctrl+J adds a newline; a paste arrives whole (the terminal brackets it,
+    so its newlines are not Enter); Up and Down at the first and last line walk the prompt history;
+    Ctrl+D on an empty prompt quits; Tab completes a command (``complete``), and when it cannot add
+    more, posts the candidates (as readline lists them on a second Tab). Inside a command Tab never
+    moves the focus: the next keys would land in another widget."""
 
     @dataclass
     class Submitted(Message):
@@ -51,19 +52,19 @@ class PromptArea(TextArea):
         self.candidates = candidates  # a line -> what its last word may become
 
     async def _on_key(self, event: events.Key) -> None:
-        if event.key == "enter":
+        if event.key in ("shift+enter", "ctrl+j") or (event.key == "enter" and open_block(self.text)):
+            event.stop()  # inside a """ block Enter is a new line too, until the block is closed
+            event.prevent_default()
+            start, end = self.selection
+            self.replace("\n", start, end, maintain_selection_offset=False)
+        elif event.key == "enter":
             event.stop()
             event.prevent_default()
             # clear now, not when the app gets the message: keys typed meanwhile belong to the next one
             text = self.text
             self.clear()
             self.prompt_history.add(text)
-            self.post_message(self.Submitted(self, text))
-        elif event.key in ("shift+enter", "ctrl+j"):
-            event.stop()
-            event.prevent_default()
-            start, end = self.selection
-            self.replace("\n", start, end, maintain_selection_offset=False)
+            self.post_message(self.Submitted(self, block_text(text)))
         elif event.key == "tab" and self.text.startswith("/") and "\n" not in self.text:
             event.stop()
             event.prevent_default()
@@ -105,6 +106,24 @@ class PromptArea(TextArea):
         if not self.text:
             self.load_text(text)
             self.select_all()
+
+
+# A prompt that starts with """ goes on over several lines until one ends with """, as in
+# `ollama run`; what is sent is the text between (a newline just inside either mark dropped).
+BLOCK = '"""'
+
+
+def open_block(text: str) -> bool:
+    """``text`` is a triple-quote block still waiting for the line that closes it."""
+    return text.startswith(BLOCK) and not (len(text) >= 2 * len(BLOCK) and text.endswith(BLOCK))
+
+
+def block_text(text: str) -> str:
+    """What a submitted prompt sends: a closed triple-quote block's inside, anything else as it is."""
+    if not text.startswith(BLOCK) or open_block(text):
+        return text
+    inside = text[len(BLOCK):-len(BLOCK)]
+    return inside.removeprefix("\n").removesuffix("\n")
 
 
 Part = str | tuple[str, str | Style]  # a piece of text and its style, as Content.assemble takes
