@@ -1,6 +1,6 @@
 """What a quantized export costs: wall time and peak memory of `gpt-export onnx --quantize`, and its size.
 
-    python bench/export.py [--kinds int4,int8] [--shape 124m|tiny]
+    python bench/export_cost.py [--kinds int4,int8] [--shape 124m|tiny]
 
 GPT-2 124M's shape with seeded random weights (bench/common.random_gpt2; what is measured does not
 depend on what the weights learned), its tokenizer GPT-2's real BPE where ``$GPT_BPE_RANKS`` or
