@@ -5,15 +5,18 @@ Why not every core: a matmul split over T threads waits for its slowest thread a
 idle machine that is one core's share of the work; on a loaded one, a thread whose core another
 process holds waits for the scheduler, and every op waits with it (a busy 2-core machine ran `-p`
 and training several times slower with two threads than with one). So the default leaves busy
-cores alone, judged by the 1-minute load average: the runnable processes over the whole machine,
-of which the share falling on the cores this process may use (its CPU affinity) is taken as busy.
-The load average lags by design (it is a minute's average), so a machine that has just become busy
-or idle is judged by its recent past; `--threads` and `OMP_NUM_THREADS` override the guess.
+cores alone, judged by the processes running on the machine now (``/proc/loadavg``'s count of
+runnable tasks, less this one, the median of a few samples 10 ms apart), of which the share falling
+on the cores this process may use (its CPU affinity) is taken as busy. Not the 1-minute load
+average: it lags a minute, so it would count the command that just finished in the same shell (a
+benchmark, the previous training run) as other work and halve the threads of the next one; it is
+the fallback where ``/proc`` is missing. `--threads` and `OMP_NUM_THREADS` override the guess.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 
 def default_threads(load: float, cores: int, machine_cores: int | None = None) -> int:
@@ -42,12 +45,31 @@ def asked_threads(asked: int | None = None) -> int | None:
     return int(env) if env.isdigit() and int(env) > 0 else None
 
 
+def running_others(samples: int = 5, path: str = "/proc/loadavg") -> float | None:
+    """How many other tasks are runnable right now: the median over ``samples`` reads of the
+    running count in /proc/loadavg ("0.20 0.18 0.12 3/80 11206": 3 runnable, this process one
+    of them), less this process; None where the file is missing (not Linux)."""
+    counts = []
+    for i in range(samples):
+        try:
+            with open(path, encoding="ascii") as f:
+                running = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        counts.append(max(0, running - 1))
+        if i + 1 < samples:
+            time.sleep(0.01)
+    return float(sorted(counts)[len(counts) // 2])
+
+
 def choose_threads(asked: int | None = None) -> int:
-    """``asked_threads``, else ``default_threads`` on this machine's load now."""
+    """``asked_threads``, else ``default_threads`` on what runs on this machine now."""
     explicit = asked_threads(asked)
     if explicit is not None:
         return explicit
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0  # no load average on Windows
+    load = running_others()
+    if load is None:  # no /proc: the 1-minute load average, or nothing (Windows has neither)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     return default_threads(load, usable_cores(), os.cpu_count())
 
 

@@ -176,6 +176,7 @@ def test_cli_usage_errors_and_bad_checkpoints(tiny_ckpt, tmp_path):
     assert runner.invoke(main, ["--temperature", "-1"]).exit_code == 2
 
 
+@pytest.mark.slow  # a child process importing torch
 def test_lines_are_flushed_as_each_prompt_finishes(tiny_ckpt):
     """Feed stdin one prompt at a time and read each answer before sending the next."""
     proc = subprocess.Popen(

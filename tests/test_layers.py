@@ -113,3 +113,11 @@ def test_only_training_imports_the_training_stack():
     users = sorted(f"{a} imports {b}" for a, targets in GRAPH.items() for b in targets
                    if part(b) == "model.train" and part(a) != "model.train")
     assert users == [], "inference, export and the app must not need the training stack: " + "; ".join(users)
+
+
+def test_no_script_folder_shadows_a_package():
+    """`python bench/X.py` puts bench/ first on sys.path, so a bench/export.py would be imported for
+    every `import export...` of that run, and the run would fail."""
+    shadowing = sorted(f"{folder}/{name}.py" for folder in ("bench", "docs")
+                       for name in (*PACKAGES, "tests") if (REPO / folder / f"{name}.py").exists())
+    assert shadowing == [], f"rename {', '.join(shadowing)}: it shadows the package of that name"

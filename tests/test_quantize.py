@@ -71,6 +71,7 @@ def test_a_converted_file_validates_by_loss_and_generates(fp32_path, val_ids, ki
     assert split_loss(backend, val_ids) == pytest.approx(loss)
 
 
+@pytest.mark.slow  # an ONNX export and conversion
 def test_a_files_weights_type_is_shown_only_when_it_is_one_we_write(fp32_path, tmp_path):
     from export.graph import WEIGHTS_KEY
 

@@ -30,10 +30,25 @@ def test_asked_threads_come_from_the_flag_then_omp_num_threads(monkeypatch):
         monkeypatch.setenv("OMP_NUM_THREADS", bad)
         assert threads.asked_threads() is None
     monkeypatch.delenv("OMP_NUM_THREADS")
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 0.5, 0.2))
+    monkeypatch.setattr(threads, "running_others", lambda: 1.0)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    assert threads.choose_threads() == 1  # nobody asked: the load decides
+    assert threads.choose_threads() == 1  # nobody asked: what runs now decides
+    monkeypatch.setattr(threads, "running_others", lambda: None)  # no /proc: the load average
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.0, 0.5, 0.2))
+    assert threads.choose_threads() == 1
+
+
+def test_what_runs_now_is_read_from_proc_loadavg_less_this_process(tmp_path):
+    """The count of runnable tasks, not the lagging averages: a command that just finished in this
+    shell leaves a load average of ~2 on a 2-core machine but is not running any more."""
+    path = tmp_path / "loadavg"
+    path.write_text("2.10 1.80 0.90 1/180 4242\n")  # busy a minute ago, only us running now
+    assert threads.running_others(samples=3, path=str(path)) == 0.0
+    path.write_text("15.3 16.0 14.2 18/240 4242\n")
+    assert threads.running_others(samples=1, path=str(path)) == 17.0
+    assert threads.running_others(path=str(tmp_path / "missing")) is None
 
 
 def test_set_threads_gives_pytorch_the_choice():
@@ -48,6 +63,7 @@ def test_the_apps_generation_process_keeps_a_core_for_the_screen(monkeypatch):
     from tui.remote import child_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(threads, "running_others", lambda: None)
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     monkeypatch.setattr(threads, "usable_cores", lambda: 8)
     monkeypatch.setattr(os, "cpu_count", lambda: 8)

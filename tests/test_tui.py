@@ -7,6 +7,7 @@ import functools
 import sys
 import types
 
+import pytest
 from fake_backend import FakeBackend, FakeClock
 from textual.widgets import Input, Select
 
@@ -243,6 +244,7 @@ async def test_switching_backend_with_injected_factories():
         assert app.backend_name == "torch" and app.query_one("#backend", Select).value == "torch"
 
 
+@pytest.mark.slow  # waits out a switch, ~4 s
 @run_async
 async def test_a_generation_the_backend_switch_ends_says_why():
     torch_side = FakeBackend(gated=True)

@@ -121,6 +121,7 @@ def test_a_compiled_step_prints_the_eager_completion(tiny_ckpt):
     assert made.info().precision == "fp32 weights (asked for); compiled one-token step"
 
 
+@pytest.mark.slow  # inductor is imported
 def test_compile_without_a_compiler_is_a_one_line_error(tiny_ckpt, monkeypatch):
     import torch._inductor.config as inductor
 
