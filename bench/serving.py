@@ -1,6 +1,6 @@
 """gpt-serve under load: N concurrent streaming clients on loopback against one client at a time.
 
-    python bench/serve.py [--parallel 16] [--sizes 16,64] [--backends torch,onnx] [--ckpt PATH] [--quick]
+    python bench/serving.py [--parallel 16] [--sizes 16,64] [--backends torch,onnx] [--ckpt PATH] [--quick]
 
 For each backend a `gpt-serve` process is started on 127.0.0.1 and a free port, on the shipped
 model (or shakespeare-char with random weights, or --ckpt). The work is bench/batch.py's: 16 and

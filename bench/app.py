@@ -1,6 +1,6 @@
 """What the app's views into the model cost: tokens/s in the app (headless) against batch mode.
 
-    python bench/tui.py [--tokens 500] [--runs 9] [--ckpt checkpoints/shakespeare.pt] [--backend torch]
+    python bench/app.py [--tokens 500] [--runs 9] [--ckpt checkpoints/shakespeare.pt] [--backend torch]
 
 The same model, prompt, seed and settings (temperature 0.8), four ways, in rounds (one run of each
 per round, so the machine's drift hits all four alike; the order turns by one each round, so none
