@@ -1,24 +1,35 @@
-"""Shared fixtures: tiny models and tokenizers built in the test, the shared Tiny Shakespeare copy."""
+"""What the tests share: tiny models and tokenizers built in the test, the shared Tiny Shakespeare copy,
+tiny training runs, the app under a Pilot, decoding by ids, the docs' fenced commands, and Hugging Face
+inputs built without a network. Test modules import helpers from here only (``from conftest import``)."""
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import functools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import click
 import pytest
 import torch
+from fake_backend import FakeBackend, FakeClock
 
 from model import checkpoint, measured
 from model.config import GPTConfig
+from model.data.corpus import text_source
+from model.generate.backend import Settings
+from model.generate.engine import Generation
 from model.gpt import GPT
 from model.paths import RANKS_FILE
 from model.tokenizer import BPETokenizer, CharTokenizer
+from tui.app import GPTApp
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -177,3 +188,217 @@ def torchrun(text: Path, out: Path, *flags: str) -> list[float]:
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [r["loss"] for r in rows if "loss" in r]
+
+
+# --- the app under a Pilot, with a fake deterministic backend and a frozen clock ---------------------
+
+SIZE = (120, 30)
+
+
+def run_async(test):
+    """Run an async test with asyncio.run (no asyncio plugin needed); fixtures still apply."""
+    @functools.wraps(test)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(test(*args, **kwargs))
+    return wrapper
+
+
+def make_app(backend=None, tmp_path=None, **kwargs) -> GPTApp:
+    kwargs.setdefault("settings", Settings(max_new_tokens=30, seed=1))
+    app = GPTApp(backend or FakeBackend(), session_dir=tmp_path, clock=FakeClock(), **kwargs)
+    app.notices = []  # every notification's text, in order
+    app.notify = lambda message, **kw: app.notices.append(message)
+    return app
+
+
+async def send(pilot, text: str) -> None:
+    """Put text in the prompt box and press Enter (typing key by key is slow; one test does it)."""
+    pilot.app.query_one("#prompt").load_text(text)
+    await pilot.press("enter")
+
+
+async def until(pilot, condition, timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if condition():
+            await pilot.pause()
+            return
+        await pilot.pause(0.02)
+    raise AssertionError("timed out")
+
+
+def done(app: GPTApp):
+    return lambda: app.current is not None and app.current.done
+
+
+def shown(app: GPTApp) -> str:
+    """The transcript's text, as on screen."""
+    return "\n".join(str(view.content) for view in app.query(".document"))
+
+
+def no_blink(pilot):
+    pilot.app.query_one("#prompt").cursor_blink = False  # a blinking cursor makes screenshots differ
+
+
+# --- decoding by ids -----------------------------------------------------------------------------
+
+def decode_logits(decoder, prompt: list[int], tokens: list[int]) -> list[torch.Tensor]:
+    """Logits for each step of feeding a fixed token sequence through a Generation-style window."""
+    gen = Generation(decoder, _IdTok(), "", Settings(temperature=0.0, max_new_tokens=len(tokens) + 1))
+    gen.prompt_ids = prompt
+    out = []
+    for t in tokens:
+        out.append(gen.next_logits())
+        gen.accept(t)
+    return out
+
+
+class _IdTok:
+    """A tokenizer stand-in for tests that drive ids directly."""
+
+    eot_id = -1  # no token ends the text: every id is accepted
+    vocab_size = 1
+
+    def encode(self, text, unknown="reject"):
+        return []
+
+    def decode(self, ids):
+        return "".join(chr(65 + i % 26) for i in ids)
+
+    def unknown_chars(self, text):
+        return []
+
+
+# --- the fenced bash blocks of README and docs/ ---------------------------------------------------
+
+FENCE = re.compile(r"^```bash\n(.*?)^```", re.M | re.S)
+
+
+def split_commands(words: list[str]) -> list[list[str]]:
+    parts, part = [], []
+    for w in words:
+        if w in ("&&", "||", "|", ";"):
+            parts.append(part)
+            part = []
+        else:
+            part.append(w)
+    return [*parts, part]
+
+
+def unknown_flags(command: click.Command, args: list[str]) -> list[str]:
+    """The flags in ``args`` that ``command`` (or the subcommand ``args`` names) does not take."""
+    if isinstance(command, click.Group):
+        sub = next((a for a in args if not a.startswith("-")), None)
+        if sub is None:
+            return []
+        if sub not in command.commands:
+            return [f"subcommand {sub}"]
+        return unknown_flags(command.commands[sub], args[args.index(sub) + 1:])
+    known = {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)}
+    known |= {"--help", "-h", "--version"}
+    flags = [a.split("=")[0] for a in args  # not "-" (stdin) nor a negative number
+             if a.startswith("-") and a != "-" and not re.fullmatch(r"-\d.*", a)]
+    return [f for f in flags if f not in known]
+
+
+# --- Hugging Face inputs built in the test, no network: a byte-level BPE trained on Tiny Shakespeare
+# with the `tokenizers` library and a random GPT2LMHeadModel (gelu_new, non-zero biases and LayerNorm
+# weights) saved with save_pretrained ---------------------------------------------------------------
+
+EOT = "<|endoftext|>"
+BPE_VOCAB = 400  # 256 bytes + 144 merges: small, and still merges common words
+
+
+def train_bpe(text: str):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=BPE_VOCAB, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator([text], trainer)
+    tok.add_special_tokens([EOT])  # id 400, after the merges, as GPT-2's 50256
+    return tok
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> None:
+    """Every weight random, biases and LayerNorm weights included, so a wrong mapping shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name.endswith("ln_f.weight"):
+                p.copy_(1.0 + 0.2 * noise)
+            else:
+                p.copy_(0.2 * noise if p.dim() == 1 else 0.5 * noise)  # large: greedy text varies
+
+
+def gpt2_folder(folder: Path, block_size: int = 96) -> Path:
+    """A Hugging Face GPT-2 folder as save_pretrained writes it (model and fast tokenizer)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    tok = train_bpe(text_source("shakespeare").read_text(encoding="utf-8"))
+    eot_id = tok.token_to_id(EOT)
+    config = GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=block_size, n_embd=16, n_layer=2,
+                        n_head=2, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
+                        attn_pdrop=0.0, bos_token_id=eot_id, eos_token_id=eot_id)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(config)
+    randomize(model)
+    model.save_pretrained(folder)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOT, bos_token=EOT,
+                                   clean_up_tokenization_spaces=False)
+    fast.save_pretrained(folder)
+    tok.model.save(str(folder))  # vocab.json + merges.txt as well, as GPT-2's hub folder has them
+    return folder
+
+
+VARIED_TEXT = [
+    "ROMEO:\nBut, soft! what light through yonder window breaks?",
+    "It's we'll they're I'd you've   three spaces\tand a tab\n\n\nnewlines",
+    "Numbers 1234567 and 3.14159, symbols #$%&*()[]{}<>@~`^|\\",
+    "Unicode: café naïve Ünïcödé Ελληνικά 日本語 emoji 😀🎭 and a lone combining e\u0301",
+    f"two documents{EOT}the second one",
+    "   leading spaces and trailing ones   ",
+]
+
+
+# the same text greedily, through each runtime
+
+PROMPT = "ROMEO:\nBut, soft! what light through yonder window breaks?"
+
+
+def hf_greedy(model, prompt: list[int], steps: int) -> list[int]:
+    ids = torch.tensor([prompt])
+    # eos_token_id=None: no early stop; an explicit mask, else generate masks every pad_token_id
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps, do_sample=False,
+                         eos_token_id=None, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def greedy_ort(backend, prompt: list[int], steps: int) -> list[int]:
+    decoder, out = backend.decoder(), []
+    logits = decoder.feed(prompt)
+    for _ in range(steps):
+        out.append(int(logits.argmax()))
+        logits = decoder.feed(out[-1:])
+    return out
+
+
+def genai_greedy(folder, prompt: list[int], steps: int) -> list[int]:
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt) + steps, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt)
+    out = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        out.append(int(generator.get_next_tokens()[0]))
+    return out[:-1] if out and out[-1] == model_eot(folder) else out
+
+
+def model_eot(folder) -> int:
+    return json.loads((folder / "genai_config.json").read_text())["model"]["eos_token_id"]

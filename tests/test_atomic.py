@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 
 from model.atomic import OutputBusyError, WriteError, atomic_write, writing
-from tests.conftest import REPO
 
 
 def test_writes_the_new_file_and_leaves_no_temp_file(tmp_path):

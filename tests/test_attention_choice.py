@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import TEXT, TINY, stored
 
 from model.config import GPTConfig
 from model.gpt import GPT
 from model.train.attention_choice import PATHS, choose_attention
 from model.train.cli import main
-from tests.conftest import TEXT, TINY, stored
 
 CPU = torch.device("cpu")
 

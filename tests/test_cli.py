@@ -4,11 +4,11 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+from conftest import TEXT
 
 from export.cli import main as export_cli
 from model.train.cli import main, report
 from model.train.report import split_losses
-from tests.conftest import TEXT
 
 
 def test_help_explains_the_flags():

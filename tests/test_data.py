@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import TEXT
 
 from model.data.corpus import DataError, Splits, get_batch, open_corpus, shakespeare_path
 from model.data.prepare import PrepareConfig, prepare
 from model.data.shards import MANIFEST, open_prepared
 from model.tokenizer import CharTokenizer
 from model.train.cli import main as train_main
-from tests.conftest import TEXT
 
 
 def test_shakespeare_comes_from_the_data_dir_without_download(tmp_path, monkeypatch):

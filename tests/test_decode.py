@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from test_engine import decode_logits
+from conftest import decode_logits
 
 from model import measured
 from model.generate.backend import Settings

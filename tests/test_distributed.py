@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ACCUM, BATCH, BLOCK, DIST_FLAGS, REPO, STEPS, TEXT, torchrun
 
 from model.checkpoint import CheckpointError
 from model.config import GPTConfig
@@ -17,7 +18,6 @@ from model.data.corpus import get_batch
 from model.train.distributed import SINGLE, Dist, batch_generator, from_env
 from model.train.loop import TrainConfig, setup, train_step
 from model.train.state import saved_rng
-from tests.conftest import ACCUM, BATCH, BLOCK, DIST_FLAGS, REPO, STEPS, TEXT, torchrun
 
 
 @pytest.fixture(scope="module")

@@ -4,16 +4,13 @@ themselves, nothing is run), and CI runs README's test command exactly as README
 
 from __future__ import annotations
 
-import re
 import shlex
 
 import click
 import pytest
-
-from tests.conftest import REPO
+from conftest import FENCE, REPO, split_commands, unknown_flags
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "checkpoints" / "README.md"]
-FENCE = re.compile(r"^```bash\n(.*?)^```", re.M | re.S)
 
 
 def commands() -> dict[str, click.Command]:
@@ -52,31 +49,6 @@ def invocations() -> list[tuple[str, int, list[str]]]:
     return found
 
 
-def split_commands(words: list[str]) -> list[list[str]]:
-    parts, part = [], []
-    for w in words:
-        if w in ("&&", "||", "|", ";"):
-            parts.append(part)
-            part = []
-        else:
-            part.append(w)
-    return [*parts, part]
-
-
-def unknown_flags(command: click.Command, args: list[str]) -> list[str]:
-    """The flags in ``args`` that ``command`` (or the subcommand ``args`` names) does not take."""
-    if isinstance(command, click.Group):
-        sub = next((a for a in args if not a.startswith("-")), None)
-        if sub is None:
-            return []
-        if sub not in command.commands:
-            return [f"subcommand {sub}"]
-        return unknown_flags(command.commands[sub], args[args.index(sub) + 1:])
-    known = {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)}
-    known |= {"--help", "-h", "--version"}
-    flags = [a.split("=")[0] for a in args  # not "-" (stdin) nor a negative number
-             if a.startswith("-") and a != "-" and not re.fullmatch(r"-\d.*", a)]
-    return [f for f in flags if f not in known]
 
 
 CALLS = invocations()

@@ -4,6 +4,7 @@ import itertools
 
 import pytest
 import torch
+from conftest import decode_logits
 
 from model.generate.backend import Settings
 from model.generate.engine import Generation
@@ -46,31 +47,6 @@ def test_cache_refuses_to_overflow_block_size(tiny_model):
         tiny_model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
 
 
-def decode_logits(decoder, prompt: list[int], tokens: list[int]) -> list[torch.Tensor]:
-    """Logits for each step of feeding a fixed token sequence through a Generation-style window."""
-    gen = Generation(decoder, _IdTok(), "", Settings(temperature=0.0, max_new_tokens=len(tokens) + 1))
-    gen.prompt_ids = prompt
-    out = []
-    for t in tokens:
-        out.append(gen.next_logits())
-        gen.accept(t)
-    return out
-
-
-class _IdTok:
-    """A tokenizer stand-in for tests that drive ids directly."""
-
-    eot_id = -1  # no token ends the text: every id is accepted
-    vocab_size = 1
-
-    def encode(self, text, unknown="reject"):
-        return []
-
-    def decode(self, ids):
-        return "".join(chr(65 + i % 26) for i in ids)
-
-    def unknown_chars(self, text):
-        return []
 
 
 def test_cached_and_recompute_decoders_agree_for_50_steps_across_block_size(tiny_model):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from test_engine import decode_logits
+from conftest import decode_logits
 
 from export.cli import main as export_cli
 from export.graph import input_names

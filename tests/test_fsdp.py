@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import ACCUM, BATCH, BLOCK, STEPS, torchrun
 
 from model.checkpoint import load_model
 from model.config import GPTConfig
 from model.data.corpus import get_batch
 from model.train.distributed import batch_generator
 from model.train.loop import TrainConfig, setup, train_step
-from tests.conftest import ACCUM, BATCH, BLOCK, STEPS, torchrun
 
 
 @pytest.fixture(scope="module")
 def text(tmp_path_factory):
-    from tests.conftest import TEXT
+    from conftest import TEXT
 
     path = tmp_path_factory.mktemp("text") / "tiny.txt"
     path.write_text(TEXT * 3)

@@ -9,8 +9,16 @@ import shutil
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import REPO
-from hf_fixtures import EOT, VARIED_TEXT, gpt2_folder
+from conftest import (
+    EOT,
+    PROMPT,
+    REPO,
+    VARIED_TEXT,
+    genai_greedy,
+    gpt2_folder,
+    greedy_ort,
+    hf_greedy,
+)
 
 from export.cli import main as export_cli
 from model import checkpoint
@@ -24,9 +32,6 @@ from model.hf.save import export_hf
 from model.tokenizer import GPT2_PATTERN, CharTokenizer
 
 transformers = pytest.importorskip("transformers", reason="the dev extra: pip install -e '.[dev]'")
-PROMPT = "ROMEO:\nBut, soft! what light through yonder window breaks?"
-
-
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory, shakespeare_available):
     return gpt2_folder(tmp_path_factory.mktemp("hf") / "gpt2")
@@ -51,14 +56,6 @@ def greedy(model, prompt: list[int], steps: int) -> list[int]:
         out.append(int(logits.argmax()))
         logits = decoder.feed(out[-1:])
     return out
-
-
-def hf_greedy(model, prompt: list[int], steps: int) -> list[int]:
-    ids = torch.tensor([prompt])
-    # eos_token_id=None: no early stop; an explicit mask, else generate masks every pad_token_id
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps, do_sample=False,
-                         eos_token_id=None, pad_token_id=0)
-    return out[0, len(prompt):].tolist()
 
 
 def test_imported_logits_equal_transformers(imported, hf_model):
@@ -342,34 +339,6 @@ def test_onnx_folder_runs_in_optimum_and_genai_with_our_greedy_ids(onnx_dir, imp
     genai_tok = og.Tokenizer(og.Model(str(onnx_dir)))
     for text in VARIED_TEXT:  # GenAI's tokenizer reads special tokens in the text, as training does
         assert list(genai_tok.encode(text)) == tok.encode(text, special=True), text
-
-
-def greedy_ort(backend, prompt: list[int], steps: int) -> list[int]:
-    decoder, out = backend.decoder(), []
-    logits = decoder.feed(prompt)
-    for _ in range(steps):
-        out.append(int(logits.argmax()))
-        logits = decoder.feed(out[-1:])
-    return out
-
-
-def genai_greedy(folder, prompt: list[int], steps: int) -> list[int]:
-    import onnxruntime_genai as og
-
-    model = og.Model(str(folder))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(prompt) + steps, do_sample=False)
-    generator = og.Generator(model, params)
-    generator.append_tokens(prompt)
-    out = []
-    while not generator.is_done():
-        generator.generate_next_token()
-        out.append(int(generator.get_next_tokens()[0]))
-    return out[:-1] if out and out[-1] == model_eot(folder) else out
-
-
-def model_eot(folder) -> int:
-    return json.loads((folder / "genai_config.json").read_text())["model"]["eos_token_id"]
 
 
 def converter_form(folder, pattern: str = GPT2_PATTERN, **changes) -> dict:

@@ -10,13 +10,13 @@ import shutil
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import TEXT
 
 from model import checkpoint
 from model.data.corpus import DataError, Splits
 from model.train.cli import main
 from model.train.config import TrainConfig
 from model.train.loop import setup
-from tests.conftest import TEXT
 
 TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "3",
         "--max-iters", "4", "--eval-interval", "2", "--eval-iters", "1", "--log-interval", "1",

@@ -10,8 +10,8 @@ import re
 
 import pytest
 from click.testing import CliRunner
+from conftest import SIZE, make_app, run_async, until
 from fake_backend import FakeBackend, FakeClock
-from test_tui import SIZE, make_app, run_async, until
 
 from model.generate.backend import Settings
 from tui import cli

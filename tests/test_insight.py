@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
+from conftest import SIZE, done, make_app, no_blink, run_async, send, until
 from fake_backend import FakeBackend, FakeClock
-from test_tui import SIZE, done, make_app, no_blink, run_async, send, until
 from textual.widgets import Select
 
 from model import gpt as gpt_module

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from tests.conftest import REPO
+from conftest import REPO
 
 PACKAGES = ("model", "export", "tui", "serve")
 LAYER = {"model": 0, "export": 1, "tui": 2, "serve": 3}  # a module may import its own layer or lower ones
@@ -121,3 +121,18 @@ def test_no_script_folder_shadows_a_package():
     shadowing = sorted(f"{folder}/{name}.py" for folder in ("bench", "docs")
                        for name in (*PACKAGES, "tests") if (REPO / folder / f"{name}.py").exists())
     assert shadowing == [], f"rename {', '.join(shadowing)}: it shadows the package of that name"
+
+
+def test_test_modules_share_helpers_through_conftest_only():
+    """A test module importing another runs that module's import-time work twice under two names
+    (``test_x`` and ``tests.test_x``) and ties the two modules' edits together: shared helpers live
+    in conftest, imported one way (``from conftest import``), as pytest itself loads it."""
+    tests = REPO / "tests"
+    wrong = []
+    for path in sorted(tests.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            wrong += [f"{path.name}: {name}" for name in names
+                      if name.startswith("tests") or name.startswith("test_")]
+    assert wrong == [], "import helpers from conftest: " + "; ".join(wrong)

@@ -9,13 +9,13 @@ import sys
 
 import pytest
 import torch
+from conftest import tiny_run
 
 from model.allocator import TUNABLES
 from model.config import GPTConfig
 from model.train.config import SettingsError
 from model.train.loop import TrainConfig, train
 from model.train.optimizers import Optimizers, make_optimizer
-from tests.conftest import tiny_run
 
 
 def tiny(text_file, out, **changes) -> TrainConfig:

@@ -9,13 +9,13 @@ import types
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import TEXT
 
 from model.data import encoders
 from model.data.cli import main
 from model.data.prepare import PrepareConfig, bpe_cut, prepare
 from model.data.shards import MANIFEST, DataError, dtype_for, open_prepared, read_manifest
 from model.tokenizer import CharTokenizer
-from tests.conftest import TEXT
 
 quiet = dict(log=lambda m: None)
 

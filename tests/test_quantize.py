@@ -181,6 +181,7 @@ def test_the_judge_spreads_its_windows_evenly_over_the_split():
         window_starts(32, 32)
 
 
+@pytest.mark.slow  # an ONNX export
 def test_the_streamed_loss_is_the_windows_mean_as_pytorch_computes_it(fp32_path, val_ids, tiny_model):
     from model.train.report import full_val_loss
 
@@ -289,7 +290,7 @@ def test_int4_at_gpt2s_vocabulary_stores_the_token_table_once_in_4_bits(tmp_path
 @pytest.fixture(scope="module")
 def imported_gpt2(tmp_path_factory, shakespeare_available):
     """A random Hugging Face GPT-2 (a BPE trained on Tiny Shakespeare), imported: it names no data."""
-    from hf_fixtures import gpt2_folder
+    from conftest import gpt2_folder
 
     from model.hf.load import import_hf
 
@@ -304,8 +305,8 @@ def imported_gpt2(tmp_path_factory, shakespeare_available):
 def test_a_quantized_folder_runs_in_optimum_and_genai_with_our_greedy_ids(imported_gpt2, tmp_path, kind):
     pytest.importorskip("optimum.onnxruntime", reason="the dev extra: pip install -e '.[dev]'")
     pytest.importorskip("onnxruntime_genai", reason="the dev extra: pip install -e '.[dev]'")
+    from conftest import PROMPT, genai_greedy, greedy_ort, hf_greedy
     from optimum.onnxruntime import ORTModelForCausalLM
-    from test_hf import PROMPT, genai_greedy, greedy_ort, hf_greedy
 
     out = tmp_path / kind
     result = CliRunner().invoke(export_cli, ["onnx", "--ckpt", str(imported_gpt2), "--out", f"{out}/",

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import REPO, TEXT, TINY, stored
 
 import model.train.loop as train_module
 from model.config import GPTConfig
@@ -22,7 +23,6 @@ from model.train import run_folder
 from model.train.cli import main
 from model.train.config import SettingsError, StoredSettingsError, TrainConfig, fresh, resumed
 from model.train.report import read_metrics
-from tests.conftest import REPO, TEXT, TINY, stored
 
 
 @pytest.fixture

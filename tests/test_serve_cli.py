@@ -16,11 +16,10 @@ import time
 
 import pytest
 from click.testing import CliRunner
+from conftest import FENCE, REPO, split_commands, unknown_flags
 
 from serve import cli
 from serve.cli import exposure_warning, main
-from tests.conftest import REPO
-from tests.test_docs import FENCE, split_commands, unknown_flags
 
 
 def test_help_and_version_answer_without_importing_torch_or_the_web_stack():

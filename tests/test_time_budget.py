@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import tiny_run
 from hypothesis import given
 from hypothesis import strategies as st
 
 from model.train.cli import main
 from model.train.config import SettingsError, format_duration, parse_duration
 from model.train.loop import TrainConfig, setup, time_budget, train, train_step
-from tests.conftest import tiny_run
 
 
 def tiny(text_file, out, **changes) -> TrainConfig:

@@ -2,11 +2,11 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_run
 
 from model.config import GPTConfig
 from model.train.loop import NonFiniteError, TrainConfig, evaluate, get_lr, setup, train, train_step
 from model.train.report import full_val_loss
-from tests.conftest import tiny_run
 
 
 def train_losses(out) -> list[float]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import sys
 import types
 
 import pytest
+from conftest import SIZE, done, make_app, no_blink, run_async, send, shown, until
 from fake_backend import FakeBackend, FakeClock
 from textual.widgets import Input, Select
 
@@ -17,48 +16,6 @@ from tui.backends import BackendError, OnnxFactory
 from tui.output import OutputView
 from tui.session import load_jsonl
 from tui.widgets import START
-
-SIZE = (120, 30)
-
-
-def run_async(test):
-    """Run an async test with asyncio.run (no asyncio plugin needed); fixtures still apply."""
-    @functools.wraps(test)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(test(*args, **kwargs))
-    return wrapper
-
-
-def make_app(backend=None, tmp_path=None, **kwargs) -> GPTApp:
-    kwargs.setdefault("settings", Settings(max_new_tokens=30, seed=1))
-    app = GPTApp(backend or FakeBackend(), session_dir=tmp_path, clock=FakeClock(), **kwargs)
-    app.notices = []  # every notification's text, in order
-    app.notify = lambda message, **kw: app.notices.append(message)
-    return app
-
-
-async def send(pilot, text: str) -> None:
-    """Put text in the prompt box and press Enter (typing key by key is slow; one test does it)."""
-    pilot.app.query_one("#prompt").load_text(text)
-    await pilot.press("enter")
-
-
-async def until(pilot, condition, timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if condition():
-            await pilot.pause()
-            return
-        await pilot.pause(0.02)
-    raise AssertionError("timed out")
-
-
-def done(app: GPTApp):
-    return lambda: app.current is not None and app.current.done
-
-
-def shown(app: GPTApp) -> str:
-    """The transcript's text, as on screen."""
-    return "\n".join(str(view.content) for view in app.query(".document"))
 
 
 @run_async
@@ -318,7 +275,8 @@ async def test_the_stats_bar_fills_in():
 
 @run_async
 async def test_output_follows_the_end_until_the_user_scrolls_away():
-    app = make_app(FakeBackend(script="l\n"), settings=Settings(max_new_tokens=100, seed=1))
+    # 35 lines: more than the view holds
+    app = make_app(FakeBackend(script="l\n"), settings=Settings(max_new_tokens=70, seed=1))
     async with app.run_test(size=SIZE) as pilot:
         output = app.query_one(OutputView)
         await send(pilot, "a")
@@ -349,10 +307,6 @@ async def test_real_tiny_model(tiny_ckpt):
 
 
 # ---- snapshots: the main screen, with a frozen clock and a fixed seed -------------------------
-
-def no_blink(pilot):
-    pilot.app.query_one("#prompt").cursor_blink = False  # a blinking cursor makes screenshots differ
-
 
 def test_snapshot_start_screen(snap_compare):
     app = GPTApp(FakeBackend(), settings=Settings(seed=1), clock=FakeClock())

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 import torch
-from test_tui import SIZE, done, make_app, run_async, send, until
+from conftest import SIZE, done, make_app, run_async, send, until
 
 from model import checkpoint
 from model.bpe import ByteBPETokenizer, bytes_to_unicode

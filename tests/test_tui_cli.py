@@ -8,8 +8,8 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+from conftest import REPO
 
-from tests.conftest import REPO
 from tui.cli import main
 from tui.config import config_path
 

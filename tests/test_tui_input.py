@@ -7,15 +7,13 @@ import os
 import termios
 
 import pytest
-from test_tui import done, make_app, run_async, until
+from conftest import SIZE, done, make_app, run_async, until
 from textual import events
 from textual.screen import Screen
 
 from model.generate.backend import Settings
 from tui.typeahead import typeahead
 from tui.widgets import PromptArea
-
-SIZE = (120, 30)
 
 
 @pytest.fixture
@@ -84,15 +82,21 @@ async def test_the_screen_focuses_the_prompt_box_by_itself():
 async def test_a_triple_quote_block_reads_lines_until_one_ends_with_the_quotes():
     app = make_app(settings=Settings(max_new_tokens=5, seed=1))
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press(*'"""ROMEO', "enter", *"O Juliet", "enter")
+        async def line(text: str) -> None:  # typed at the cursor (key by key is slow), then Enter
+            prompt(app).insert(text)
+            await pilot.press("enter")
+
+        await line('"""ROMEO')
+        await line("O Juliet")
         assert prompt(app).text == '"""ROMEO\nO Juliet\n' and app.current is None  # nothing sent yet
-        await pilot.press(*'"""', "enter")
+        await line('"""')
         await until(pilot, done(app))
         assert app.backend.prompts == ["ROMEO\nO Juliet"]  # the text between the quotes
         # the marks on lines of their own: the newlines just inside them are not part of the prompt
-        await pilot.press(*'"""', "enter", *"JULIET:", "enter", *'"""', "enter")
+        for text in ('"""', "JULIET:", '"""'):
+            await line(text)
         await until(pilot, lambda: len(app.backend.prompts) == 2 and done(app)())
-        await pilot.press(*'"""one line"""', "enter")
+        await line('"""one line"""')
         await until(pilot, lambda: len(app.backend.prompts) == 3 and done(app)())
         assert app.backend.prompts[1:] == ["JULIET:", "one line"]
         assert prompt(app).text == ""

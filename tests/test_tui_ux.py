@@ -3,8 +3,9 @@ sessions that come back, the palette, Tab, the new sampling knobs, and the fixes
 
 from __future__ import annotations
 
+import pytest
+from conftest import SIZE, done, make_app, run_async, send, shown, until
 from fake_backend import FakeBackend, FakeClock
-from test_tui import done, make_app, run_async, send, shown, until
 from textual.command import CommandList, CommandPalette
 from textual.widgets import Input
 
@@ -13,8 +14,6 @@ from tui.app import GPTApp
 from tui.backends import exported_from
 from tui.switch import OpenedModel
 from tui.widgets import PromptArea
-
-SIZE = (120, 30)
 
 
 def prompt(app) -> PromptArea:
@@ -96,30 +95,30 @@ async def test_a_session_is_autosaved_and_reloads_identically(tmp_path):
         assert "loaded" in again.notices[-1] or "no other session" in again.notices[-1]
 
 
+@pytest.mark.parametrize("way", ["/quit", "/exit", "/bye", "ctrl+d"])
 @run_async
-async def test_quit_exit_bye_and_ctrl_d_on_an_empty_prompt_quit_and_save(tmp_path):
-    for way in ("/quit", "/exit", "/bye", "ctrl+d"):
-        app = make_app(tmp_path=tmp_path / way.strip("/"), settings=Settings(max_new_tokens=5, seed=1))
-        exits: list[str] = []
+async def test_quit_exit_bye_and_ctrl_d_on_an_empty_prompt_quit_and_save(tmp_path, way):
+    app = make_app(tmp_path=tmp_path, settings=Settings(max_new_tokens=5, seed=1))
+    exits: list[str] = []
 
-        def exit_app(*args, _exit=app.exit, _way=way, _exits=exits, **kwargs):
-            _exits.append(_way)
-            _exit(*args, **kwargs)
+    def exit_app(*args, _exit=app.exit, **kwargs):
+        exits.append(way)
+        _exit(*args, **kwargs)
 
-        app.exit = exit_app
-        async with app.run_test(size=SIZE) as pilot:
-            await send(pilot, "To")
-            await until(pilot, done(app))
-            prompt(app).load_text("typed")
-            await pilot.press("ctrl+d")  # text in the box: Ctrl+D edits (deletes forward), no quitting
-            assert not exits
-            prompt(app).clear()
-            if way == "ctrl+d":
-                await pilot.press("ctrl+d")
-            else:
-                await send(pilot, way)
-            assert exits == [way]
-        assert app.session.path.is_file() and "To" in app.session.path.read_text()
+    app.exit = exit_app
+    async with app.run_test(size=SIZE) as pilot:
+        await send(pilot, "To")
+        await until(pilot, done(app))
+        prompt(app).load_text("typed")
+        await pilot.press("ctrl+d")  # text in the box: Ctrl+D edits (deletes forward), no quitting
+        assert not exits
+        prompt(app).clear()
+        if way == "ctrl+d":
+            await pilot.press("ctrl+d")
+        else:
+            await send(pilot, way)
+        assert exits == [way]
+    assert app.session.path.is_file() and "To" in app.session.path.read_text()
 
 
 @run_async
@@ -412,7 +411,7 @@ async def test_a_prompt_sent_while_a_backend_loads_runs_on_it_once_it_is_ready()
 
 @run_async
 async def test_a_notice_lies_on_the_top_bar_not_on_the_transcript():
-    app = GPTApp(FakeBackend(), settings=Settings(max_new_tokens=200, seed=1), clock=FakeClock())
+    app = GPTApp(FakeBackend(), settings=Settings(max_new_tokens=20, seed=1), clock=FakeClock())
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         await send(pilot, "ROMEO:")
         await until(pilot, done(app))
