@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from model.terminal import CommandError, CommandUsageError, InterruptibleGroup, visible
+from model.terminal import CommandError, CommandUsageError, InterruptibleGroup, ranks_option, visible
 
 DEFAULT_CKPT = "shakespeare.pt"  # model.checkpoint.DEFAULT_CKPT, named here without importing torch
 
@@ -56,6 +56,7 @@ def main() -> None:
               help="With --quantize or --dtype: what the converted file is judged on, 'shakespeare', a "
                    "UTF-8 text file or a gpt-prepare folder (its validation split) [default: what the "
                    "checkpoint says it was trained on, when that is shakespeare].")
+@ranks_option
 def onnx(ckpt: str, out: str | None, opset: int | None, no_validate: bool, quantize: str | None,
          dtype: str | None, data: str | None) -> None:
     """Write one self-contained .onnx with a KV cache (prefill and decode in one graph), then
@@ -121,6 +122,7 @@ def onnx(ckpt: str, out: str | None, opset: int | None, no_validate: bool, quant
               help="Checkpoint to export (a relative name is also looked up in checkpoints/).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Folder to write (created if missing).")
+@ranks_option
 def hf(ckpt: str, out: str) -> None:
     """Write a Hugging Face GPT-2 folder: config.json, model.safetensors and the tokenizer files, which
     transformers.AutoModelForCausalLM.from_pretrained(OUT) loads with our logits."""
@@ -147,6 +149,7 @@ GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")  # export.gguf.GGUF_TYPES, named her
 @click.option("--type", "gguf_type", type=click.Choice(GGUF_TYPES), default="f16", show_default=True,
               help="The matrices' precision: f32, f16, or 8-bit / 4-bit blocks (q8_0, q4_0); biases, "
                    "LayerNorms and position embeddings stay f32.")
+@ranks_option
 def gguf(ckpt: str, out: str | None, gguf_type: str) -> None:
     """Write one .gguf for llama.cpp, ollama and LM Studio: llama.cpp's gpt2 architecture with the
     model's own tokenizer (GPT-2 BPE, or one token per character), read back before it replaces

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from model.terminal import CommandError, CommandUsageError, InterruptibleCommand, visible
+from model.terminal import CommandError, CommandUsageError, InterruptibleCommand, ranks_option, visible
 
 STACK = ("fastapi", "uvicorn", "sse_starlette")  # the serve extra, as modules
 
@@ -61,6 +61,7 @@ def log(line: str) -> None:
                                    "its suffix].")
 @click.option("--drain", default=5.0, type=click.FloatRange(min=0),
               help="On SIGTERM, seconds running requests may go on before they are ended.")
+@ranks_option
 def main(ckpt: str, onnx: Path | None, backend_name: str | None, device: str, provider: str, precision: str,
          threads: int | None, host: str, port: int, parallel: int, queue: int, api_key: str | None,
          model_name: str | None, drain: float) -> None:

@@ -200,3 +200,53 @@ def test_ranks_flag_checks_the_file_before_any_work(tmp_path, monkeypatch, gpt2_
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["vocab_size"] == 50257 and os.environ["GPT_BPE_RANKS"] == str(gpt2_ranks.resolve())
+
+
+@pytest.fixture
+def gpt2_bpe_ckpt(tmp_path, gpt2_bpe):
+    """A random 1-layer, 16-wide GPT on GPT-2's tokenizer: its checkpoint names the encoding, and
+    whoever loads it must find the ranks."""
+    import torch
+
+    from model import checkpoint
+    from model.config import GPTConfig
+    from model.gpt import GPT
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=gpt2_bpe.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16,
+                          dropout=0.0))
+    path = tmp_path / "bpe.pt"
+    checkpoint.save(checkpoint.payload(model, gpt2_bpe, {"steps": 0}), path)
+    return path
+
+
+@pytest.mark.parametrize("command", ["gpt-tui", "gpt-export hf", "gpt-serve",
+                                     pytest.param("gpt-export onnx", marks=pytest.mark.slow),  # an export
+                                     pytest.param("gpt-export gguf", marks=pytest.mark.slow)])
+def test_every_command_that_loads_a_model_takes_ranks(command, gpt2_bpe_ckpt, gpt2_ranks, nowhere, tmp_path,
+                                                      monkeypatch):
+    """A wrong file is refused in one line before any work; without the flag the ranks are nowhere
+    (no $GPT_BPE_RANKS or data folder, empty caches, no network), and with it the command runs."""
+    from click.testing import CliRunner
+
+    from export.cli import main as gpt_export
+    from serve.cli import main as gpt_serve
+    from tui.cli import main as gpt_tui
+
+    main, *sub = {"gpt-tui": gpt_tui, "gpt-serve": gpt_serve, "gpt-export": gpt_export}[command.split()[0]], \
+        *command.split()[1:]
+    other = tmp_path / "other.tiktoken"
+    write_ranks(other, [bytes([b]) for b in range(256)])
+    args = [*sub, "--ckpt", str(gpt2_bpe_ckpt)]
+    result = CliRunner().invoke(main, [*args, "--ranks", str(other)])
+    assert result.exit_code == 1 and len(result.output.splitlines()) == 1, result.output
+    assert result.output.startswith(f"Error: GPT-2's BPE ranks at {other} (--ranks): not GPT-2's ranks")
+    if command == "gpt-serve":
+        return  # it would start serving: the model's loading is tests/test_serve_cli.py's
+    out = {"gpt-tui": ["-p", "Hello", "-n", "3", "--seed", "1"], "gpt-export onnx": ["--out", "m.onnx"],
+           "gpt-export hf": ["--out", "hf"], "gpt-export gguf": ["--out", "m.gguf"]}[command]
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, [*args, *out])
+    assert result.exit_code == 1 and "pass --ranks PATH" in result.output, result.output
+    result = CliRunner().invoke(main, [*args, *out, "--ranks", str(gpt2_ranks)])
+    assert result.exit_code == 0, result.output

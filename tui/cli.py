@@ -17,6 +17,7 @@ from typing import BinaryIO, NoReturn
 
 import click
 
+from model.terminal import ranks_option
 from tui.config import ConfigError, config_path, load_defaults
 from tui.typeahead import typeahead
 
@@ -163,6 +164,7 @@ def unescaped(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
               help="Reopen a saved session (JSONL) and keep saving to it.")
 @click.option("--session-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where sessions are saved [default: ~/.local/share/gpt-from-scratch/sessions].")
+@ranks_option
 def main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | None, provider: str,
          device: str, precision: str | None, compile_step: bool, threads: int | None, batch: BinaryIO | None,
          output: Path | None, fmt: str, parallel: int, logprobs: int | None, logprobs_json: Path | None,
