@@ -10,8 +10,9 @@ for), median of `--runs` runs in one process, for
   cached     model.generate.torch_backend.TorchDecoder: one position per token on a preallocated KV cache
   recompute  RecomputeDecoder (model.generate.torch_backend): the whole window again every token
              (nanoGPT's generate)
-  compiled   (--compile) TorchDecoder(step="compile"): the fixed-shape step through torch.compile,
-             timed alternately with cached; its compile time is printed (it is paid once a process)
+  compiled   (--compile) TorchDecoder(step="compile"): the fixed-shape step compiled ahead of time
+             (model.generate.compiled_step), timed alternately with cached; the time to build or
+             load its package is printed (built once per model and machine, then loaded)
   onnx       export.ort_backend on ONNX Runtime's CPU provider (when the export package imports)
   int8/int4  the same file quantized by export.quantize (int8 MatMuls; 4-bit weight-only MatMulNBits)
 It also states the arithmetic limit: a batch-1 decode step is a chain of mat-vecs, one through
@@ -63,8 +64,9 @@ from torch.nn import functional as F
 
 from model import checkpoint
 from model.generate.backend import Settings
+from model.generate.compiled_step import compile_settings
 from model.generate.engine import Generation
-from model.generate.torch_backend import RecomputeDecoder, TorchDecoder, compile_settings, decode_precision
+from model.generate.torch_backend import RecomputeDecoder, TorchDecoder, decode_precision
 from model.gpt import GPT
 
 PROMPT = "ROMEO:\n"
@@ -87,10 +89,10 @@ def tok_s(make_decoder, tokenizer, tokens: int, runs: int) -> float:
 def compiled_vs_eager(model: GPT, tokenizer, args) -> float:
     """The compiled step against the eager one, run by run in turn (one decoder each, reused);
     returns the compiled median tok/s."""
-    compiled = TorchDecoder(model, step="compile")
     t = time.perf_counter()
-    tok_s(lambda: compiled, tokenizer, 3, 1)  # compiles
-    print(f"  compile    {time.perf_counter() - t:8.1f} s", flush=True)
+    compiled = TorchDecoder(model, step="compile")  # builds the package, or loads the kept one
+    tok_s(lambda: compiled, tokenizer, 3, 1)
+    print(f"  compile    {time.perf_counter() - t:8.1f} s (built, or loaded when kept)", flush=True)
     eager = TorchDecoder(model)
     rates: dict[str, list[float]] = {"eager": [], "compiled": []}
     for _ in range(args.runs):

@@ -24,6 +24,7 @@ from fake_backend import FakeBackend, FakeClock
 from model import checkpoint, measured
 from model.config import GPTConfig
 from model.data.corpus import text_source
+from model.generate import compiled_step
 from model.generate.backend import Settings
 from model.generate.engine import Generation
 from model.gpt import GPT
@@ -130,8 +131,10 @@ def user_folders(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
-    # the timings kept per machine too (not the whole cache folder: the tokenized corpus stays shared)
+    # the timings and compiled decode steps kept per machine too (not the whole cache folder: the
+    # tokenized corpus stays shared), so no test finds what another one left
     monkeypatch.setattr(measured, "path", lambda: home / "measured.json")
+    monkeypatch.setattr(compiled_step, "folder", lambda: home / "compiled")
     return home
 
 

@@ -1,13 +1,18 @@
 """The one-token step's variants (fixed shapes, compiled) give the eager step's logits and tokens."""
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
-from conftest import decode_logits
+from conftest import REPO, decode_logits
 
 from model import measured
 from model.generate.backend import Settings
 from model.generate.engine import Generation
 from model.generate.torch_backend import RecomputeDecoder, TorchDecoder
+from model.kv_cache import KVCache
 
 
 def greedy(decoder, tokenizer, prompt="ROMEO:", steps=60):
@@ -50,20 +55,73 @@ def test_the_cuda_graph_step_gives_the_eager_tokens(tiny_model, char_tok):
         TorchDecoder(model, step="eager"), char_tok)
 
 
-@pytest.mark.slow
-def test_the_compiled_step_gives_the_eager_logits_and_tokens_compiled_once_per_model(tiny_model, char_tok):
-    from torch._dynamo.utils import counters
+@pytest.mark.slow  # compiles the step once (a C++ build)
+def test_the_compiled_step_gives_the_eager_logits_and_is_kept_for_later_processes(tiny_model, char_tok,
+                                                                                   monkeypatch):
+    from model.generate import compiled_step
+    from model.generate.torch_backend import TorchBackend
 
     prompt, tokens = steps_and_window(tiny_model)
     eager = decode_logits(TorchDecoder(tiny_model, step="eager"), prompt, tokens)
-    compiled = decode_logits(TorchDecoder(tiny_model, step="compile"), prompt, tokens)
+    compiled = decode_logits(TorchDecoder(tiny_model, step="compile"), prompt, tokens)  # builds it
     for i, (a, b) in enumerate(zip(compiled, eager, strict=True)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=f"step {i}")
-    graphs = counters["stats"]["unique_graphs"]
-    # a new decoder (the app makes one per generation) reuses the step compiled for its model
+    path = compiled_step.package_path(tiny_model)
+    assert path.is_file() and compiled_step.trusted(path)
+
+    # a new decoder (the app makes one per generation) uses the loaded step: nothing is built again
+    monkeypatch.setattr(compiled_step, "build", lambda *a: pytest.fail("built twice"))
     assert greedy(TorchDecoder(tiny_model, step="compile"), char_tok) == greedy(
         TorchDecoder(tiny_model, step="eager"), char_tok)
-    assert counters["stats"]["unique_graphs"] == graphs
+
+    # a later process loads the package and gets the same logits for the same step
+    cache = KVCache(tiny_model.config).zero_()
+    want = compiled_step.CompiledStep(path, torch.device("cpu")).run(cache, 5, 0)[0, -1]
+    code = ("import json, sys, torch; from model.kv_cache import KVCache; "
+            "from model.config import GPTConfig; from model.generate.compiled_step import CompiledStep; "
+            "cache = KVCache(GPTConfig(**json.loads(sys.argv[2]))).zero_(); "
+            "torch.save(CompiledStep(sys.argv[1], torch.device('cpu')).run(cache, 5, 0)[0, -1], sys.argv[3])")
+    out = path.parent / "logits.pt"
+    subprocess.run([sys.executable, "-c", code, str(path), json.dumps(tiny_model.config.to_dict()), str(out)],
+                   cwd=REPO, check=True, timeout=120)
+    torch.testing.assert_close(torch.load(out), want, rtol=0, atol=0)
+
+    # `auto` uses it only where it was measured faster than the eager step
+    for compiled_s, used in [(0.5, True), (0.95, False)]:  # seconds a step against eager's 1.0
+        timing = {"eager": 1.0, "compiled": compiled_s}
+        monkeypatch.setattr(measured, "path", lambda c=compiled_s: path.parent / f"measured-{c}.json")
+        monkeypatch.setattr(compiled_step, "_race", lambda *a, t=timing: t)
+        backend = TorchBackend(tiny_model, char_tok, step="auto")
+        assert (backend.decoder().step == "compile") == used
+        assert ("compiled one-token step" in backend.info().precision) == used
+
+
+def test_a_compiled_step_is_named_by_its_weights_and_loaded_only_from_the_users_own_folder(tiny_model,
+                                                                                         tmp_path):
+    from model.generate import compiled_step
+
+    path = compiled_step.package_path(tiny_model)
+    assert path.parent == compiled_step.folder() and path.suffix == ".pt2"
+    with torch.no_grad():
+        tiny_model.lm_head.weight[0, 0] += 1.0
+    assert compiled_step.package_path(tiny_model) != path  # retrained: another package
+    assert compiled_step.package_path(tiny_model.to(torch.bfloat16)) != compiled_step.package_path(
+        tiny_model.float())
+    folder = tmp_path / "compiled"
+    folder.mkdir(mode=0o700)
+    package = folder / "step-x.pt2"
+    package.write_bytes(b"not checked here: who may write it is")
+    package.chmod(0o600)
+    assert compiled_step.trusted(package)
+    folder.chmod(0o777)  # anyone could have put it there
+    assert not compiled_step.trusted(package)
+    folder.chmod(0o700)
+    package.chmod(0o666)
+    assert not compiled_step.trusted(package)
+    link = folder / "step-y.pt2"
+    link.symlink_to(package)
+    assert not compiled_step.trusted(link)
+    assert not compiled_step.trusted(folder / "absent.pt2")
 
 
 def test_bf16_decode_weights_give_the_fp32_logits_to_bf16_precision(tiny_model, char_tok):

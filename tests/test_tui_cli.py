@@ -99,12 +99,31 @@ def test_precision_reaches_the_pytorch_backend(tiny_ckpt, monkeypatch):
 def test_compile_reaches_the_generation_process_not_the_ui_one(tiny_ckpt):
     from tui.backends import factories
 
-    factory = factories(tiny_ckpt, "cpu", precision="fp32", step="compile")["torch"]
-    assert factory.step == "compile"
-    assert factory.for_ui().step == "auto"  # the app's own process decodes only step mode and views
+    factory = factories(tiny_ckpt, "cpu", precision="fp32", step="build")["torch"]
+    assert factory.step == "build"
+    assert factory.for_ui().step == "eager"  # the app's own process decodes only step mode and views
     local = factory.for_ui()(lambda message: None)
-    assert local.step == "auto" and factory.settled(local).step == "compile"
+    assert local.step == "eager" and factory.settled(local).step == "build"
     assert local.info().precision == "fp32 weights (asked for)"
+
+
+@pytest.mark.parametrize("flags, app, step", [
+    ([], True, "build"), ([], False, "auto"), (["--compile"], False, "compile"),
+    (["--no-compile"], True, "eager")])
+def test_the_app_builds_the_compiled_step_by_default_and_one_shots_use_it_once_kept(
+        tiny_ckpt, monkeypatch, flags, app, step):
+    import tui.backends
+
+    made = []
+
+    def factories(*args, **kwargs):
+        made.append(args[5])  # the step its backends are made with
+        raise KeyboardInterrupt  # and no further
+
+    monkeypatch.setattr(tui.backends, "factories", factories)
+    result = CliRunner().invoke(main, ["--ckpt", str(tiny_ckpt), *flags, *([] if app else ["-p", "x"])])
+    assert result.exit_code == 130
+    assert made == [step]
 
 
 @pytest.mark.slow
@@ -129,7 +148,15 @@ def test_compile_without_a_compiler_is_a_one_line_error(tiny_ckpt, monkeypatch):
     result = CliRunner().invoke(main, ["--ckpt", str(tiny_ckpt), "-p", "ROMEO:", "-n", "5", "--compile"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "Error: compiling the one-token decode step failed: " in result.output
-    assert "No working C++ compiler" in result.output and "or leave out --compile" in result.output
+    assert "No working C++ compiler" in result.output and "or pass --no-compile" in result.output
+    # the app's default asks for the step but does without it
+    from tui.backends import factories
+
+    said = []
+    backend = factories(tiny_ckpt, "cpu", precision="fp32", step="build")["torch"](said.append)
+    assert backend.compiled is None and backend.decoder().step == "eager"
+    assert said[-1].startswith("compiling the one-token decode step failed: ") and said[-1].endswith(
+        "; decoding without it")
 
 
 def test_frequency_and_presence_penalties_from_flags_and_the_config_file(tiny_ckpt):

@@ -49,7 +49,10 @@ class TorchFactory:
     device: str = "cpu"
     threads: int | None = None  # CPU threads for PyTorch in this process (None: leave as is)
     precision: str = "fp32"  # the decoding weights' type: fp32, bf16 or auto (model.generate.torch_backend)
-    step: str = "auto"  # how a one-token step runs: auto, eager or compile (model.generate.torch_backend)
+    # how a one-token step runs (model.generate.torch_backend): auto (the compiled step where one is
+    # kept and faster), eager, compile (build it if missing, else fail), or build (the same, falling
+    # back to auto where it cannot be built: the app's default)
+    step: str = "auto"
 
     def __call__(self, progress: Progress) -> Backend:
         from model.generate.torch_backend import CompileError, load_backend
@@ -59,19 +62,23 @@ class TorchFactory:
 
         where = "" if self.device == "auto" else f" on {self.device}"
         progress(f"loading {self.ckpt.name} with PyTorch{where}")
-        if self.step == "compile":
-            progress("compiling its one-token decode step (once per process; this takes a while)")
+        if self.step in ("compile", "build"):
+            progress("compiling its one-token decode step if it is not yet kept (the first time: a minute)")
+        step = "compile" if self.step == "build" else self.step
         try:
-            return load_backend(self.ckpt, self.device, self.precision, self.step)  # type: ignore[arg-type]
+            return load_backend(self.ckpt, self.device, self.precision, step)  # type: ignore[arg-type]
         except CompileError as e:
-            raise BackendError(f"{e}; torch.compile needs a working C++ compiler on a CPU (g++), or "
-                               "leave out --compile") from None
+            if self.step == "build":
+                progress(f"{e}; decoding without it")
+                return load_backend(self.ckpt, self.device, self.precision, "auto")  # type: ignore[arg-type]
+            raise BackendError(f"{e}; the compiled step needs a working C++ compiler on a CPU (g++), or "
+                               "pass --no-compile") from None
 
     def for_ui(self) -> TorchFactory:
         """This factory for the app's own process, which decodes in step mode, the views, and the
-        streams that start before its generation process (tui.remote) is ready: compiling there
-        would only delay the app."""
-        return replace(self, step="auto")
+        streams that start before its generation process (tui.remote) is ready: it decodes eagerly,
+        so the app starts as fast as ever, and loads or compiles nothing."""
+        return replace(self, step="eager")
 
     def settled(self, backend: Backend) -> TorchFactory:
         """This factory with ``auto`` precision replaced by what ``backend`` (made by it) chose, so

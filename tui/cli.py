@@ -111,10 +111,12 @@ def unescaped(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
               help="Weights' type for PyTorch decoding: auto times fp32 and bf16 on the model at load "
                    "(where the hardware has native bf16) and keeps the faster. [default: auto; fp32 "
                    "with --batch, so a seed replays exactly] [env var: GPT_TUI_PRECISION]")
-@click.option("--compile", "compile_step", is_flag=True,
-              help="Compile PyTorch's one-token decode step with torch.compile: a wait at load (the "
-                   "app decodes eagerly meanwhile), then faster tokens where inductor's kernels win "
-                   "(docs/performance.md). Needs a C++ compiler.")
+@click.option("--compile/--no-compile", "compile_step", default=None,
+              help="PyTorch's one-token decode step compiled ahead of time (C++ through inductor) and "
+                   "kept in the user's cache for every later run of the model. Default: the app builds "
+                   "it the first time in its generation process (decoding eagerly meanwhile); -p and "
+                   "--batch use it once it is there, where it is faster. --compile builds it now and "
+                   "waits (needs a C++ compiler); --no-compile decodes eagerly.")
 @click.option("--threads", type=click.IntRange(min=1), metavar="N",
               help="CPU threads for decoding (the app's generation process; -p and batch) [default: "
                    "$OMP_NUM_THREADS, else the cores other processes leave idle, by the load average; "
@@ -166,10 +168,10 @@ def unescaped(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
               help="Where sessions are saved [default: ~/.local/share/gpt-from-scratch/sessions].")
 @ranks_option
 def main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | None, provider: str,
-         device: str, precision: str | None, compile_step: bool, threads: int | None, batch: BinaryIO | None,
-         output: Path | None, fmt: str, parallel: int, logprobs: int | None, logprobs_json: Path | None,
-         session_file: Path | None, session_dir: Path | None, unknown: str, stop: tuple[str, ...],
-         keep_stop: bool, **knobs) -> None:
+         device: str, precision: str | None, compile_step: bool | None, threads: int | None,
+         batch: BinaryIO | None, output: Path | None, fmt: str, parallel: int, logprobs: int | None,
+         logprobs_json: Path | None, session_file: Path | None, session_dir: Path | None, unknown: str,
+         stop: tuple[str, ...], keep_stop: bool, **knobs) -> None:
     """Generate text from a GPT checkpoint: live in the terminal, one prompt, or in batch.
 
     \b
@@ -191,10 +193,10 @@ def main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | N
 
 
 def _main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | None, provider: str,
-          device: str, precision: str | None, compile_step: bool, threads: int | None, batch: BinaryIO | None,
-          output: Path | None, fmt: str, parallel: int, logprobs: int | None, logprobs_json: Path | None,
-          session_file: Path | None, session_dir: Path | None, unknown: str, stop: tuple[str, ...],
-          keep_stop: bool, **knobs) -> None:
+          device: str, precision: str | None, compile_step: bool | None, threads: int | None,
+          batch: BinaryIO | None, output: Path | None, fmt: str, parallel: int, logprobs: int | None,
+          logprobs_json: Path | None, session_file: Path | None, session_dir: Path | None, unknown: str,
+          stop: tuple[str, ...], keep_stop: bool, **knobs) -> None:
     if batch is None and (output is not None or fmt != "auto"):
         raise click.UsageError("--output and --format only apply with --batch")
     if logprobs is not None and batch is None and prompt is None:
@@ -236,8 +238,8 @@ def _main(ckpt: str, prompt: str | None, backend_name: str | None, onnx: Path | 
     # otherwise than the same row alone: a script's output must not depend on either
     batch_default = precision is None and batch is not None
     precision = precision or ("fp32" if batch is not None else "auto")
-    step = "compile" if compile_step else "auto"
     app = batch is None and prompt is None
+    step = {True: "compile", False: "eager", None: "build" if app else "auto"}[compile_step]
     if app:  # the app generates in a child process: rendering never stalls the model
         from tui.remote import offloaded
 

@@ -4,14 +4,10 @@ model.generate.engine.Generation."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import functools
 import logging
 import statistics
 import time
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -20,9 +16,11 @@ import torch
 from model import measured
 from model.checkpoint import load_model
 from model.device import Device, cpu_has_bf16, resolve_device
+from model.generate import compiled_step
 from model.generate.backend import BackendInfo, Settings
+from model.generate.compiled_step import CompiledStep, step_forward
 from model.generate.engine import Generation
-from model.gpt import GPT, Bigram, LayerCache
+from model.gpt import GPT, Bigram
 from model.kv_cache import KVCache
 from model.tokenizer import CharTokenizer, Tokenizer
 
@@ -38,9 +36,6 @@ Step = Literal["auto", "eager", "static", "cuda_graph", "compile"]
 # max_autotune_gemm with the CPP backend: per matmul shape, time inductor's own C++ GEMM kernels against
 # ATen's (MKL) and keep the faster; MKL's mat-vec is not the fastest on every CPU. cpp_wrapper: the
 # kernels are called from C++, not one Python line each.
-CPU_DECODE_COMPILE = {"freezing": True, "cpp_wrapper": True, "max_autotune_gemm": True,
-                      "max_autotune_gemm_backends": "CPP,ATEN", "autotune_num_choices_displayed": 0,
-                      "max_autotune_report_choices_stats": False}
 Precision = Literal["auto", "fp32", "bf16"]
 BF16_MARGIN = 0.95  # decode_precision keeps bf16 weights only when a step takes < 95% of fp32's time
 
@@ -57,11 +52,13 @@ class TorchDecoder:
     masked past the position; ``static`` runs it as it is, which is how a CPU checks the maths)
     captured once as a CUDA graph and replayed, so a token costs one
     graph launch instead of a few hundred kernel launches from Python. ``compile``: the same
-    fixed-shape step through ``torch.compile``, compiled once per model and process and shared by
-    its decoders (an option, not the default). ``auto``: ``cuda_graph`` on CUDA, else ``eager``.
-    The prompt and the window's re-prefill always run eagerly, into the same cache."""
+    fixed-shape step compiled ahead of time (model.generate.compiled_step), ``compiled`` if given,
+    else loaded from the user's cache or built there first. ``auto``: ``cuda_graph`` on CUDA, else
+    ``compiled`` where the backend found one, else ``eager``. The prompt and the window's re-prefill
+    always run eagerly, into the same cache."""
 
-    def __init__(self, model: GPT | Bigram, device: torch.device | str | None = None, step: Step = "auto"):
+    def __init__(self, model: GPT | Bigram, device: torch.device | str | None = None, step: Step = "auto",
+                 compiled: CompiledStep | None = None):
         self.model = _ready(model, device)
         weight = next(self.model.parameters())
         self.device = weight.device
@@ -69,18 +66,27 @@ class TorchDecoder:
         self.cache = KVCache(model.config, 1, self.device, weight.dtype)
         self._one = torch.zeros(1, 1, dtype=torch.long, device=self.device)  # a decode step's input
         if step == "auto":
-            step = "cuda_graph" if self.device.type == "cuda" else "eager"
+            step = "cuda_graph" if self.device.type == "cuda" else "compile" if compiled else "eager"
         if step == "cuda_graph" and self.device.type != "cuda":
             raise ValueError(f"step='cuda_graph' needs a CUDA device, not {self.device}; use 'eager'")
         if step not in ("eager", "static", "cuda_graph", "compile"):
             raise ValueError(f"step must be auto, eager, static, cuda_graph or compile, not {step!r}")
+        if not isinstance(self.model, GPT):
+            step = "eager"  # a bigram's step is one table lookup
         self.step = step
         self._static = None
-        if step != "eager" and isinstance(self.model, GPT):
+        self._compiled = None
+        if step == "compile":
+            self._compiled = compiled or compiled_step.load(self.model, build_if_missing=True,
+                                                            if_faster=False)
+            if self._compiled is None:
+                raise CompileError(f"no compiled step for this model on {self.device}")
+        if step != "eager":
             # the fixed-shape step reads every slot and masks those past pos: zeros once, then only
             # finite keys (see model.kv_cache)
-            self._static = _StaticStep(self.model, self.cache.zero_(), compiled=step == "compile",
-                                       graphed=step == "cuda_graph")
+            self.cache.zero_()
+        if step in ("static", "cuda_graph"):
+            self._static = _StaticStep(self.model, self.cache, graphed=step == "cuda_graph")
 
     @property
     def pos(self) -> int:
@@ -91,8 +97,11 @@ class TorchDecoder:
 
     @torch.inference_mode()
     def feed(self, ids: list[int]) -> torch.Tensor:
-        if self._static is not None and len(ids) == 1 and 0 < self.cache.pos < self.block_size:
-            logits = self._static.run(ids[0], self.cache.pos)  # (1, 1, V)
+        if self.step != "eager" and len(ids) == 1 and 0 < self.cache.pos < self.block_size:
+            if self._compiled is not None:
+                logits = self._compiled.run(self.cache, ids[0], self.cache.pos)  # (1, 1, V)
+            else:
+                logits = self._static.run(ids[0], self.cache.pos)
             self.cache.advance(1)
         else:
             if len(ids) == 1:  # a decode step: fill the preallocated (1, 1), no new tensor
@@ -109,7 +118,7 @@ class _StaticStep:
     attention spans all block_size slots under a mask of those <= pos. Masked slots get exactly
     zero weight, so the logits are the eager step's up to summation order."""
 
-    def __init__(self, model: GPT, cache: KVCache, compiled: bool = False, graphed: bool = False):
+    def __init__(self, model: GPT, cache: KVCache, graphed: bool = False):
         device = cache.k.device
         self.graphed = graphed
         self.model = model
@@ -118,21 +127,11 @@ class _StaticStep:
         self.slots = torch.arange(cache.block_size, device=device)  # (S,)
         self.cache = cache
         self.layers = cache.layers
-        self.compiled = compiled
-        self.called = False  # the compiled step's first call is the one that may compile
         self.graph = None
         self.out: torch.Tensor | None = None  # the captured graph's output buffer
 
     def forward(self) -> torch.Tensor:
-        args = (self.model, self.idx, self.slot, self.slots, self.layers)
-        if not self.compiled:
-            return _step_forward(*args)
-        if self.called:  # the same model and buffers: the guards pass, nothing compiles
-            return _compiled_step_forward()(*args)
-        with compile_settings(self.idx.device):  # patching is not free: only where it can compile
-            out = _compiled_step_forward()(*args)
-        self.called = True
-        return out
+        return step_forward(self.model, self.idx, self.slot, self.slots, self.layers)
 
     def run(self, token: int, pos: int) -> torch.Tensor:
         """Logits (1, 1, V) for token at position pos; its key/value land in slot pos."""
@@ -163,32 +162,6 @@ class _StaticStep:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.out = self.forward()
-
-
-def _step_forward(model: GPT, idx: torch.Tensor, slot: torch.Tensor, slots: torch.Tensor,
-                  layers: list[LayerCache]) -> torch.Tensor:
-    """The fixed-shape step: token idx (1, 1) at position slot (1,), attending to the slots <= it."""
-    mask = (slots <= slot)[None, None, None, :]  # (1, 1, 1, S)
-    return model.forward_at(idx, slot, causal=False, mask=mask, caches=layers)
-
-
-@contextlib.contextmanager
-def compile_settings(device: torch.device) -> Iterator[None]:
-    """inductor's settings (``CPU_DECODE_COMPILE`` on a CPU) around a call that compiles. Patched
-    around the call rather than passed as torch.compile's options, which (torch 2.13) do not reach
-    the freezing passes."""
-    options = CPU_DECODE_COMPILE if device.type == "cpu" else {}
-    with torch._inductor.config.patch(options), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "TypedStorage is deprecated")  # inductor's autotuner's
-        yield
-
-
-@functools.cache
-def _compiled_step_forward():
-    """``_step_forward`` through torch.compile, made once per process. The model and the cache come
-    in as arguments, so a new decoder (the app makes one per generation) passes the same guards and
-    reuses the code compiled for its model; another model compiles its own."""
-    return torch.compile(_step_forward, dynamic=False)
 
 
 class RecomputeDecoder:
@@ -334,8 +307,9 @@ class TorchBackend:
 
     ``precision`` is the weights' type for decoding (``decode_precision``); the insight views
     (``torch_model()``) keep the model as loaded. ``step`` is how its decoders run a one-token step
-    (``TorchDecoder``); with ``compile`` the step is compiled here, once, not in the first
-    generation."""
+    (``TorchDecoder``). The compiled step is found here, once, not in each generation: ``auto``
+    uses the one kept in the user's cache where it is faster than the eager step; ``compile`` also
+    builds it first when there is none (the first time: tens of seconds) and uses it."""
 
     def __init__(
         self, model: GPT | Bigram, tokenizer: Tokenizer, path: str = "<model>", meta: dict | None = None,
@@ -343,15 +317,18 @@ class TorchBackend:
     ):
         self.model = _ready(model, None)
         self.decode_model, self.precision = decode_precision(self.model, precision)
-        self.step = step
-        if step == "compile" and isinstance(self.model, GPT):
-            warm = self.decoder()
-            warm.feed([0])  # the prompt runs eagerly; the step after it compiles
+        self.compiled = None
+        if step in ("auto", "compile") and isinstance(self.model, GPT):
             try:
-                warm.feed([0])
+                self.compiled = compiled_step.load(self.decode_model, build_if_missing=step == "compile",
+                                                   if_faster=step == "auto")
             except Exception as e:  # inductor raises many kinds; the first line says what failed
                 first = (str(e).strip() or type(e).__name__).splitlines()[0]
                 raise CompileError(f"compiling the one-token decode step failed: {first}") from None
+            if step == "compile" and self.compiled is None:
+                raise CompileError("the compiled one-token decode step could not be loaded from "
+                                   f"{compiled_step.package_path(self.decode_model).parent}")
+        self.step = "compile" if self.compiled is not None else "eager" if step == "compile" else step
         self.tokenizer = tokenizer
         self.path = path
         self.meta = dict(meta or {})
@@ -367,7 +344,7 @@ class TorchBackend:
             vocab=self.tokenizer.chars if isinstance(self.tokenizer, CharTokenizer) else None,
             config=config.to_dict(),
             meta=self.meta,
-            precision=self.precision + ("; compiled one-token step" if self.step == "compile" else ""),
+            precision=self.precision + ("; compiled one-token step" if self.compiled is not None else ""),
         )
 
     def unknown_chars(self, prompt: str) -> list[str]:
@@ -375,7 +352,7 @@ class TorchBackend:
 
     def decoder(self) -> TorchDecoder:
         # a fresh cache per decoder (a few MB): streams never share state, and closing one frees it
-        return TorchDecoder(self.decode_model, step=self.step)
+        return TorchDecoder(self.decode_model, step=self.step, compiled=self.compiled)
 
     def batch_decoder(self, rows: int) -> TorchBatchDecoder | None:
         """Up to ``rows`` sequences decoded together (model.generate.batched.Batch drives it); None for the
