@@ -6,8 +6,10 @@ answer at once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -28,6 +30,25 @@ def checkpoint_file(ckpt: str) -> Path:
         return resolve_ckpt(ckpt)
     except CheckpointError as e:
         raise CommandUsageError(str(e)) from None
+
+
+@contextlib.contextmanager
+def reporting() -> Iterator[tuple[Callable[[str], None], Callable[[str], None]]]:
+    """An export's two ways to report on stderr, for the block: ``say`` logs a line that stays (a
+    step done, a figure) and shows it on the status line; ``progress`` only updates the status line
+    (a step under way). Every message passes through visible()."""
+    from rich.console import Console
+
+    console = Console(stderr=True, log_path=False)
+    with console.status("exporting") as status:
+        def progress(message: str) -> None:
+            status.update(visible(message))
+
+        def say(message: str) -> None:
+            console.log(visible(message), markup=False, highlight=False)
+            progress(message)
+
+        yield say, progress
 
 
 @click.group(cls=InterruptibleGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -67,7 +88,6 @@ def onnx(ckpt: str, out: str | None, opset: int | None, no_validate: bool, quant
 
     With --out DIR/ the folder also holds config.json, genai_config.json and the tokenizer files, so
     optimum's ORTModelForCausalLM and onnxruntime_genai.Model load it as it is (--quantize too)."""
-    from rich.console import Console
 
     from export.folder import MODEL_FILE, export_folder
     from export.judge import JudgeDataError
@@ -87,17 +107,9 @@ def onnx(ckpt: str, out: str | None, opset: int | None, no_validate: bool, quant
     if data is not None and not (quantize or dtype):
         raise CommandUsageError("--data says what a converted file is judged on; pass it with --quantize "
                                 "or --dtype")
-    console = Console(stderr=True, log_path=False)
     start = time.perf_counter()
     try:
-        with console.status("exporting") as status:
-            def say(message: str) -> None:
-                console.log(visible(message), markup=False, highlight=False)
-                status.update(visible(message))
-
-            def progress(message: str) -> None:  # the status line alone: no log line per step
-                status.update(visible(message))
-
+        with reporting() as (say, progress):
             if folder:
                 written = export_folder(path, out, opset, say, not no_validate, quantize, data,
                                         progress) / MODEL_FILE
@@ -154,21 +166,14 @@ def gguf(ckpt: str, out: str | None, gguf_type: str) -> None:
     """Write one .gguf for llama.cpp, ollama and LM Studio: llama.cpp's gpt2 architecture with the
     model's own tokenizer (GPT-2 BPE, or one token per character), read back before it replaces
     --out. For an exact-GELU model it also prints how much llama.cpp's tanh GELU moves the logits."""
-    from rich.console import Console
-
     from export.gguf import GgufExportError, export_gguf
     from model.atomic import WriteError
     from model.checkpoint import CheckpointError
 
     path = checkpoint_file(ckpt)
-    console = Console(stderr=True, log_path=False)
     start = time.perf_counter()
     try:
-        with console.status("exporting") as status:
-            def say(message: str) -> None:
-                console.log(visible(message), markup=False, highlight=False)
-                status.update(visible(message))
-
+        with reporting() as (say, _):
             result = export_gguf(path, out, gguf_type, say)
     except (CheckpointError, GgufExportError, WriteError) as e:
         raise CommandError(str(e)) from None
