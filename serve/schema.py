@@ -132,10 +132,8 @@ def chat_request(body: Mapping) -> Request:
 def settings_from(body: Mapping, stops: tuple[str, ...] = ()) -> Settings:
     """The request's sampling knobs as Settings (the one place they are mapped); ``stops`` are
     added to the request's own. A seed left out is a fresh one, so the log can name it."""
-    changes: dict[str, object] = {}
-    for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
-        low, high, what = _RANGES[name]
-        changes[name] = _number(body, name, low, high, what)
+    # every knob the request may set, None where it does not: Settings' default then holds
+    changes: dict[str, object] = {name: _number(body, name, *bounds) for name, bounds in _RANGES.items()}
     top_k = _whole(body, "top_k", 0, None)
     changes["top_k"] = top_k or None  # 0 is off, as in llama.cpp's server
     name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
@@ -143,9 +141,6 @@ def settings_from(body: Mapping, stops: tuple[str, ...] = ()) -> Settings:
     seed = _whole(body, "seed", 0, MAX_SEED)
     changes["seed"] = fresh_seed() if seed is None else seed
     changes["stop"] = (*_stops(body.get("stop")), *stops)
-    for name in ("frequency_penalty", "presence_penalty"):  # OpenAI's, over the generated tokens
-        if (value := _number(body, name, -2.0, 2.0, "from -2 to 2")) is not None:
-            changes[name] = value
     _only(body, "n", (None, 1), "only 1 (one completion per request)")
     bias = body.get("logit_bias")
     if bias not in (None, {}):
@@ -164,6 +159,8 @@ _RANGES: dict[str, tuple[float, float | None, str]] = {
     "top_p": (0.0, 1.0, "in (0, 1] (1 = off)"),
     "min_p": (0.0, 1.0, "in [0, 1) (0 = off)"),
     "repetition_penalty": (1.0, None, ">= 1 (1 = off)"),
+    "frequency_penalty": (-2.0, 2.0, "from -2 to 2"),  # OpenAI's, over the generated tokens
+    "presence_penalty": (-2.0, 2.0, "from -2 to 2"),
 }
 
 
