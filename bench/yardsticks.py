@@ -1,5 +1,6 @@
 """The other runtimes our decode paths are timed against, on the same weights (bench/decode.py):
-llama.cpp's own llama-bench on GGUF files, and transformers' generate(), both greedy."""
+llama.cpp's own llama-bench on GGUF files, onnxruntime-genai on the ONNX folders, and transformers'
+generate(), all greedy."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -46,6 +48,34 @@ def llama_tok_s(model: GPT, tokenizer, args) -> dict[str, float]:
             print(f"  llama.cpp {kind:<5}{rates[kind]:8.1f} tok/s   (llama-bench, {tokens} tokens from an "
                   f"empty context, {path.stat().st_size / 2**20:.1f} MiB{note})", flush=True)
     return rates
+
+
+def genai_run(folder: Path, prompt: list[int], tokens: int, threads: int) -> Callable[[], float]:
+    """A callable timing one greedy run (tok/s) of onnxruntime-genai on ``folder``: ``tokens`` new
+    tokens after ``prompt`` (end-of-text held off, so the count is exact), each read back as a
+    caller would. The thread count goes in as an overlay on its genai_config.json (the
+    ``session_options`` of the decoder), so the folder itself is left as it was written."""
+    import onnxruntime_genai as og
+
+    config = og.Config(str(folder))
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+    model = og.Model(config)
+    length = len(prompt) + tokens  # at most the block: its graph has no window to slide
+
+    def run() -> float:
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=length, min_length=length, do_sample=False)
+        generator = og.Generator(model, params)
+        t = time.perf_counter()
+        generator.append_tokens(prompt)
+        n = 0
+        while not generator.is_done():
+            generator.generate_next_token()
+            generator.get_next_tokens()
+            n += 1
+        return n / (time.perf_counter() - t)
+
+    return run
 
 
 def hf_tok_s(model: GPT, prompt: list[int], tokens: int, runs: int,
