@@ -157,10 +157,10 @@ class CompiledStep:
     """A loaded package: ``run(cache, token, pos)`` is the step on a decoder's own cache."""
 
     def __init__(self, path: Path, device: torch.device):
-        from torch._inductor import aoti_load_package
-
         self.path = path
-        self._run = aoti_load_package(str(path))
+        # the package's own loader (torch._C._aoti), not torch._inductor.aoti_load_package: that
+        # wrapper imports inductor, which would add more to every start than loading the package
+        self._loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
         self.idx = torch.zeros(1, 1, dtype=torch.long, device=device)
         self.slot = torch.zeros(1, dtype=torch.long, device=device)
         self.slots: torch.Tensor | None = None
@@ -172,7 +172,7 @@ class CompiledStep:
             self.slots = torch.arange(cache.block_size, device=self.idx.device)
         self.idx.fill_(token)
         self.slot.fill_(pos)
-        return self._run(self.idx, self.slot, self.slots, cache.k, cache.v)
+        return self._loader.boxed_run([self.idx, self.slot, self.slots, cache.k, cache.v])[0]
 
 
 def load(model: GPT, build_if_missing: bool = False, if_faster: bool = True) -> CompiledStep | None:
