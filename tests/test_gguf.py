@@ -69,19 +69,27 @@ def expected_tensors(model: GPT) -> dict[str, torch.Tensor]:
     return out
 
 
-def random_model(config: GPTConfig, seed: int = 0) -> GPT:
-    """Every weight random and large (biases and LayerNorms included, where the config has them), so
-    a wrong mapping shows and the greedy choice has clear margins."""
+def drawn(config: GPTConfig, value, seed: int = 0) -> GPT:
+    """A GPT of ``config`` whose every parameter is ``value(name, p, noise)``, noise N(0, 1) of its
+    shape from one seeded generator."""
     torch.manual_seed(seed)
     model = GPT(config).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            is_norm = ".ln_" in name or name.startswith("ln_f")
-            p.copy_(1.0 + 0.2 * noise if is_norm and name.endswith("weight") else
-                    0.2 * noise if p.dim() == 1 else 0.5 * noise)
+            p.copy_(value(name, p, torch.randn(p.shape, generator=g)))
     return model
+
+
+def random_model(config: GPTConfig, seed: int = 0) -> GPT:
+    """Every weight random and large (biases and LayerNorms included, where the config has them), so
+    a wrong mapping shows and the greedy choice has clear margins."""
+    def value(name, p, noise):
+        is_norm = ".ln_" in name or name.startswith("ln_f")
+        return (1.0 + 0.2 * noise if is_norm and name.endswith("weight") else
+                0.2 * noise if p.dim() == 1 else 0.5 * noise)
+
+    return drawn(config, value, seed)
 
 
 def save(model: GPT, tokenizer, path: Path) -> Path:
@@ -332,21 +340,17 @@ def gpt2_shaped(seed: int = 0) -> GPT:
     is peaked but not one-hot (a one-hot softmax flips on any rounding); small embeddings, so the
     blocks shape the text; and a final LayerNorm gain of ~5, so the tied head's logits spread widely."""
     config = PRESETS["gpt2-124m"].replace(activation="gelu_tanh", dropout=0.0)
-    torch.manual_seed(seed)
-    model = GPT(config).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if name == "ln_f.weight":
-                p.copy_(5.0 + noise)
-            elif p.dim() == 1:
-                p.copy_(1.0 + 0.2 * noise if name.endswith("weight") else 0.2 * noise)
-            elif name in ("wte.weight", "wpe.weight"):
-                p.copy_(0.1 * noise)
-            else:
-                p.copy_(2.0 * noise / math.sqrt(p.size(1)))
-    return model
+
+    def value(name, p, noise):
+        if name == "ln_f.weight":
+            return 5.0 + noise
+        if p.dim() == 1:
+            return 1.0 + 0.2 * noise if name.endswith("weight") else 0.2 * noise
+        if name in ("wte.weight", "wpe.weight"):
+            return 0.1 * noise
+        return 2.0 * noise / math.sqrt(p.size(1))
+
+    return drawn(config, value, seed)
 
 
 @pytest.mark.slow
