@@ -2,8 +2,8 @@
 moment instead of compiling again.
 
 On a CPU a batch-1 token is a chain of small mat-vecs, and the eager step pays Python and operator
-dispatch around each of them. Inductor compiles the fixed-shape step (``_step_forward`` in
-model.generate.torch_backend: every slot of the cache, masked past the position) into one C++
+dispatch around each of them. Inductor compiles the fixed-shape step (``step_forward``: every slot
+of the cache, masked past the position) into one C++
 function with the weights frozen in and packed for the CPU's matmul kernels. Compiled by
 ``torch.compile`` that costs tens of seconds in every process: with frozen weights inductor's own
 cache is bypassed. AOTInductor compiles the same step once into a package (a shared library and its
@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import stat
 import time
 import warnings
@@ -34,7 +35,7 @@ from pathlib import Path
 import torch
 
 from model import measured
-from model.atomic import OutputBusyError, remove_temps, writing
+from model.atomic import OutputBusyError, writing
 from model.device import machine
 from model.gpt import GPT, LayerCache
 from model.kv_cache import KVCache
@@ -117,10 +118,12 @@ def build(model: GPT, path: Path) -> bool:
     another process is building it now. Raises what inductor raises (no C++ compiler, ...)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        with writing(path):
+        with writing(path):  # which also removes what killed builds left: folders named as temps
             if path.exists():  # another process built it while this one waited for nothing
                 return True
-            temp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")  # inductor wants the suffix
+            # inductor writes only to a name ending .pt2: a file in a temp folder of atomic.py's naming
+            temp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+            temp.mkdir(mode=0o700)
             weight = next(model.parameters())
             cache = KVCache(model.config, 1, weight.device, weight.dtype).zero_()
             args = (torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long),
@@ -129,12 +132,11 @@ def build(model: GPT, path: Path) -> bool:
                 with torch.no_grad(), compile_settings(weight.device) as options:
                     program = torch.export.export(_Step(model).eval(), args, strict=False)
                     options.pop("cpp_wrapper", None)  # what AOTInductor always writes
-                    torch._inductor.aoti_compile_and_package(program, package_path=str(temp),
+                    torch._inductor.aoti_compile_and_package(program, package_path=str(temp / path.name),
                                                              inductor_configs=options)
-                os.replace(temp, path)
+                os.replace(temp / path.name, path)
             finally:
-                remove_temps(path)
-                temp.unlink(missing_ok=True)
+                shutil.rmtree(temp, ignore_errors=True)
     except OutputBusyError:
         return False
     return True
@@ -183,6 +185,8 @@ def load(model: GPT, build_if_missing: bool = False, if_faster: bool = True) -> 
     weight = next(model.parameters())
     if weight.device.type != "cpu":
         return None
+    if not build_if_missing and not any(folder().glob("step-*.pt2")):
+        return None  # nothing kept: spare the start the hash of every weight that names a package
     path = package_path(model)
     if not path.exists() and build_if_missing:
         build(model, path)
