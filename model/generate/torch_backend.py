@@ -328,7 +328,7 @@ class TorchBackend:
             if step == "compile" and self.compiled is None:
                 raise CompileError("the compiled one-token decode step could not be loaded from "
                                    f"{compiled_step.package_path(self.decode_model).parent}")
-        self.step = "compile" if self.compiled is not None else "eager" if step == "compile" else step
+        self.step = "compile" if self.compiled is not None else step  # a bigram's decoders run eagerly
         self.tokenizer = tokenizer
         self.path = path
         self.meta = dict(meta or {})
